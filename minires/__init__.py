@@ -1,0 +1,15 @@
+"""minires: a ResNet written from scratch in NumPy, to read and to use.
+
+Start with ``minires.layers`` (each layer's forward and backward side by side),
+``minires.naive`` (the loop-by-loop definitions) and ``minires.gradcheck``.
+"""
+from . import backend, gradcheck, initializers, layers, losses, naive
+from .backend import floatx, set_floatx
+from .initializers import set_random_seed
+from .layers import *  # noqa: F401,F403  (Keras-style: from minires import Conv2D)
+from .layers import __all__ as _layer_names
+from .losses import SoftmaxCrossEntropy
+
+__version__ = "0.1.0"
+__all__ = ["backend", "gradcheck", "initializers", "layers", "losses", "naive", "floatx",
+           "set_floatx", "set_random_seed", "SoftmaxCrossEntropy", *_layer_names]

@@ -1,0 +1,82 @@
+"""The one place that knows whether an array lives in NumPy (CPU) or CuPy (GPU).
+
+Every op asks ``get_array_module(x)`` for ``xp`` and then writes ``xp.zeros``,
+``xp.maximum`` ... so the same source runs on both devices.  Nothing else in
+minires imports CuPy.  This module also holds the default float type
+(``floatx``), as ``keras.backend`` does.
+"""
+import contextlib
+
+import numpy as np
+
+_FLOAT_TYPES = ("float16", "float32", "float64")
+_floatx = "float32"
+
+
+def _cupy():
+    """The CuPy module, or None when it is not installed."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+def get_array_module(*arrays):
+    """``cupy`` if any of ``arrays`` is a CuPy array, else ``numpy``."""
+    cupy = _cupy()
+    if cupy is not None and any(isinstance(a, cupy.ndarray) for a in arrays):
+        return cupy
+    return np
+
+
+def is_array(x):
+    """True for a NumPy or CuPy ndarray."""
+    return isinstance(x, get_array_module(x).ndarray)
+
+
+def device_of(x):
+    """'cuda' for a CuPy array, 'cpu' otherwise."""
+    return "cpu" if get_array_module(x) is np else "cuda"
+
+
+def to_device(x, device):
+    """Copy ``x`` to ``device`` ('cpu' or 'cuda'); no copy when already there."""
+    if device == "cpu":
+        return x.get() if device_of(x) == "cuda" else np.asarray(x)
+    if device == "cuda":
+        cupy = _cupy()
+        if cupy is None:
+            raise RuntimeError("device 'cuda' needs CuPy: pip install 'minires[cuda]'")
+        return cupy.asarray(x)
+    raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+
+
+def like(x, reference):
+    """``x`` (a NumPy array) moved to the device that ``reference`` lives on."""
+    return to_device(x, device_of(reference))
+
+
+def floatx():
+    """The default float type of new layers: 'float32' unless changed."""
+    return _floatx
+
+
+def set_floatx(dtype):
+    """Set the default float type of layers created from now on."""
+    global _floatx
+    name = np.dtype(dtype).name
+    if name not in _FLOAT_TYPES:
+        raise ValueError(f"floatx must be one of {_FLOAT_TYPES}, got {dtype!r}")
+    _floatx = name
+
+
+@contextlib.contextmanager
+def floatx_scope(dtype):
+    """``with floatx_scope('float64'):`` builds float64 layers (gradient checks)."""
+    previous = _floatx
+    set_floatx(dtype)
+    try:
+        yield
+    finally:
+        set_floatx(previous)

@@ -1,0 +1,141 @@
+"""Finite-difference gradient checking, for any layer, loss or function.
+
+The idea: pick a random direction r and the scalar L = sum(f(x) * r), so that
+dL/df = r.  Backward turns r into analytic gradients dL/dx and dL/dW; the
+centred difference
+
+    dL/dx_i  ~  (L(x + h e_i) - L(x - h e_i)) / 2h        (error O(h^2))
+
+measures the same numbers one entry at a time.  They must agree to ~1e-8
+in float64; a bug in a backward pass shows up as an error near 1.
+
+Typical use, in float64 (float32 is too coarse for finite differences):
+
+    >>> from minires import gradcheck, layers
+    >>> conv = layers.Conv2D(4, 3, strides=2, padding="same", dtype="float64")
+    >>> x = np.random.default_rng(0).standard_normal((2, 7, 7, 3))
+    >>> print(gradcheck.check_layer(conv, x))
+"""
+import numpy as np
+
+from .backend import get_array_module
+
+
+class Report(dict):
+    """{'input 0': rel. error, 'kernel': rel. error, ...}, printed as a table."""
+
+    def worst(self):
+        return max(self.values()) if self else 0.0
+
+    def __str__(self):
+        width = max(map(len, self), default=0)
+        return "\n".join(f"{name:<{width}}  relative error {error:.2e}" for name, error in self.items())
+
+
+def relative_error(analytic, numeric):
+    """max_i |a_i - n_i| / max_i (|a_i| + |n_i|)  (0 when both are all zero).
+
+    Scaled by the largest entry rather than entry by entry: an entry near zero
+    carries the finite difference's rounding noise (~1e-10) and would otherwise
+    report a large error for a correct gradient.
+    """
+    a, n = _to_numpy(analytic).astype(np.float64), _to_numpy(numeric).astype(np.float64)
+    scale = np.max(np.abs(a) + np.abs(n), initial=0.0)
+    return 0.0 if scale == 0 else float(np.max(np.abs(a - n)) / max(scale, 1e-300))
+
+
+def numerical_gradient(f, x, d_output=1.0, h=1e-5, indices=None):
+    """Gradient of L = sum(f() * d_output) with respect to x, by centred differences.
+
+    f() reads x, which is perturbed in place one entry at a time and restored.
+    The two outputs are subtracted BEFORE summing: outputs that x_i does not
+    reach cancel exactly, so rounding noise comes only from those it does.
+    ``indices`` (a list of index tuples) limits the check to some entries.
+    """
+    grad = get_array_module(x).zeros_like(x)
+    for index in (np.ndindex(*x.shape) if indices is None else indices):
+        original = x[index].item()
+        x[index] = original + h
+        f_plus = f()
+        x[index] = original - h
+        f_minus = f()
+        x[index] = original
+        grad[index] = ((f_plus - f_minus) * d_output).sum() / (2 * h)
+    return grad
+
+
+def check_gradients(forward, backward, inputs, params=None, h=1e-5, seed=0, max_entries=None):
+    """Compare backward with finite differences of forward; returns a Report.
+
+    forward(*inputs) -> output (one array)
+    backward(d_output) -> d_input, or a list of them, one per input
+    params: {name: (array, get_grad)} where get_grad() returns dL/d(array)
+            after backward has run (e.g. a layer's params and grads).
+    max_entries: check at most this many randomly chosen entries per array
+                 (whole networks); None checks every entry.
+    """
+    # A stream of its own, so the direction never repeats the caller's data
+    # (with r = x, the gradient of BN's sum(y * x) almost cancels to zero).
+    rng = np.random.default_rng([seed, 0x5EED])
+    inputs = [x.copy() for x in inputs]
+    output = forward(*inputs)
+    xp = get_array_module(output)
+    direction = xp.asarray(rng.standard_normal(output.shape)).astype(output.dtype)
+
+    def output_copy():
+        return forward(*inputs).copy()
+
+    input_grads = backward(direction)
+    if not isinstance(input_grads, (list, tuple)):
+        input_grads = [input_grads]
+    targets = [(f"input {i}", x, g) for i, (x, g) in enumerate(zip(inputs, input_grads))]
+    targets += [(name, array, get_grad()) for name, (array, get_grad) in (params or {}).items()]
+
+    report = Report()
+    for name, array, analytic in targets:
+        indices = _sample(array.shape, max_entries, rng)
+        numeric = numerical_gradient(output_copy, array, direction, h, indices)
+        if indices is not None:
+            mask = np.zeros(array.shape, dtype=bool)
+            mask[tuple(np.array(indices).T)] = True
+            analytic, numeric = _to_numpy(analytic)[mask], _to_numpy(numeric)[mask]
+        report[name] = relative_error(analytic, numeric)
+    return report
+
+
+def check_layer(layer, *inputs, training=True, h=1e-5, seed=0, max_entries=None):
+    """Gradient check of one layer for each input and each trainable param.
+
+    Pass one array for most layers, several for Add/Concatenate.  The layer must
+    be float64 (``dtype='float64'`` or ``backend.floatx_scope('float64')``).
+    Non-trainable state (BN moving statistics) is restored afterwards.
+    """
+    if layer.dtype != "float64":
+        raise TypeError(f"check_layer: layer {layer.name!r} is {layer.dtype}; finite differences "
+                        "need float64: create it with dtype='float64'")
+    merge = len(inputs) > 1
+
+    def forward(*xs):
+        return layer.forward(list(xs) if merge else xs[0], training=training)
+
+    forward(*inputs)                      # builds the layer, so its params exist
+    saved = {k: v.copy() for k, v in layer.params.items() if k in layer.non_trainable_names}
+    params = {name: (layer.params[name], lambda name=name: layer.grads[name])
+              for name in layer.trainable_names()}
+    try:
+        return check_gradients(forward, layer.backward, inputs, params, h, seed, max_entries)
+    finally:
+        for name, value in saved.items():
+            layer.params[name][...] = value
+
+
+def _sample(shape, max_entries, rng):
+    size = int(np.prod(shape))
+    if max_entries is None or size <= max_entries:
+        return None
+    flat = rng.choice(size, size=max_entries, replace=False)
+    return [tuple(int(i) for i in np.unravel_index(k, shape)) for k in flat]
+
+
+def _to_numpy(x):
+    return x.get() if get_array_module(x) is not np else np.asarray(x)

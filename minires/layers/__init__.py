@@ -1,0 +1,14 @@
+"""Layers with Keras's names and arguments; each has forward and backward."""
+from .activations import Activation, ReLU, Softmax
+from .base import Layer, clear_session
+from .conv import Conv2D
+from .core import Dense, Flatten, ZeroPadding2D
+from .merge import Add, Concatenate
+from .normalization import BatchNormalization
+from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
+
+__all__ = [
+    "Layer", "clear_session", "Activation", "ReLU", "Softmax", "Conv2D", "Dense", "Flatten",
+    "ZeroPadding2D", "Add", "Concatenate", "BatchNormalization", "AveragePooling2D",
+    "GlobalAveragePooling2D", "GlobalMaxPooling2D", "MaxPooling2D",
+]

@@ -1,0 +1,118 @@
+"""Activations: y = f(z), applied elementwise (softmax: along the last axis).
+
+Each backward is written in terms of the OUTPUT y, which is all it needs:
+  relu     y = max(z, 0)            dz = dy * [y > 0]
+  linear   y = z                    dz = dy
+  sigmoid  y = 1 / (1 + e^-z)       dz = dy * y * (1 - y)
+  tanh     y = tanh(z)              dz = dy * (1 - y^2)
+  softmax  y_i = e^z_i / sum_j e^z_j
+           dy_i/dz_k = y_i ([i = k] - y_k), so
+           dz_k = sum_i dy_i y_i ([i = k] - y_k) = y_k (dy_k - sum_i dy_i y_i)
+"""
+from ..backend import get_array_module
+from .base import Layer, check_choice
+
+
+def relu(z):
+    return get_array_module(z).maximum(z, 0)
+
+
+def relu_backward(dy, y):
+    return dy * (y > 0)
+
+
+def linear(z):
+    return z
+
+
+def linear_backward(dy, y):
+    return dy
+
+
+def sigmoid(z):
+    xp = get_array_module(z)
+    return 0.5 * (xp.tanh(0.5 * z) + 1)      # = 1 / (1 + e^-z), without overflow
+
+
+def sigmoid_backward(dy, y):
+    return dy * y * (1 - y)
+
+
+def tanh(z):
+    return get_array_module(z).tanh(z)
+
+
+def tanh_backward(dy, y):
+    return dy * (1 - y * y)
+
+
+def softmax(z, axis=-1):
+    """Subtracting the max changes nothing mathematically and keeps exp() finite."""
+    xp = get_array_module(z)
+    e = xp.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def softmax_backward(dy, y, axis=-1):
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
+ACTIVATIONS = {
+    "relu": (relu, relu_backward),
+    "linear": (linear, linear_backward),
+    "sigmoid": (sigmoid, sigmoid_backward),
+    "tanh": (tanh, tanh_backward),
+    "softmax": (softmax, softmax_backward),
+}
+
+
+def get_activation(name, layer_name):
+    """(forward, backward) for an activation name; None means 'linear', as in Keras."""
+    name = "linear" if name is None else name
+    return ACTIVATIONS[check_choice(name, tuple(ACTIVATIONS), "activation", layer_name)]
+
+
+class Activation(Layer):
+    """Applies a named activation: Activation('relu')."""
+
+    def __init__(self, activation, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.activation = activation
+        self.activation_forward, self.activation_backward = get_activation(activation, self.name)
+        self.y = None
+
+    def forward(self, x, training=False):
+        self.y = self.activation_forward(self._prepare(x))
+        return self.y
+
+    def backward(self, dy):
+        y = self._require_forward("y")
+        return self.activation_backward(self._check_grad(dy, y.shape), y)
+
+
+class ReLU(Activation):
+    """max(x, 0) as a layer of its own (Keras's ``ReLU()``)."""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__("relu", name=name, **kwargs)
+
+
+class Softmax(Layer):
+    """Softmax along ``axis`` (default the last): y_i = exp(x_i) / sum_j exp(x_j)."""
+
+    def __init__(self, axis=-1, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.axis = axis
+        self.y = None
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"layer {self.name!r}: axis {self.axis} is out of range "
+                             f"for an input of shape {x.shape}")
+        self.y = softmax(x, self.axis)
+        return self.y
+
+    def backward(self, dy):
+        y = self._require_forward("y")
+        return softmax_backward(self._check_grad(dy, y.shape), y, self.axis)

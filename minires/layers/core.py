@@ -1,0 +1,111 @@
+"""Dense, Flatten and ZeroPadding2D: the layers that only reshape or multiply."""
+import math
+
+from .. import initializers
+from ..padding import crop_2d, pad_2d
+from .activations import get_activation
+from .base import Layer, as_pair, check_positive_int
+
+
+class Dense(Layer):
+    """Fully connected layer: y = act(x @ W + b), on the last axis of x.
+
+    Shapes: x (N, D_in) (or (N, ..., D_in)), W (D_in, D_out), b (D_out,),
+    y (N, D_out) (or (N, ..., D_out)).
+
+    Backward, from dz = dL/dz (the activation's gradient already applied):
+        dL/dx = dz @ W.T        each x[n, i] reaches every z[n, j] through W[i, j]
+        dL/dW = x.T @ dz        sum over the batch of outer products x[n] dz[n]
+        dL/db = dz.sum(axis=0)  b is added to every row
+    """
+    min_input_rank = 2
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.units = check_positive_int(units, "units", self.name)
+        self.activation = activation
+        self.activation_forward, self.activation_backward = get_activation(activation, self.name)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer, self.name)
+        self.bias_initializer = initializers.get(bias_initializer, self.name)
+        self.x = None
+
+    def build(self, input_shape, like_array):
+        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer, like_array)
+        if self.use_bias:
+            self.add_weight("bias", (self.units,), self.bias_initializer, like_array)
+
+    def _check_built_shape(self, shape):
+        features = self.params["kernel"].shape[0]
+        if shape[-1] != features:
+            raise ValueError(f"layer {self.name!r} was built for {features} input features, "
+                             f"got an input of shape {tuple(shape)}")
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        self.x = x.reshape(-1, x.shape[-1])
+        z = self.x @ self.params["kernel"]
+        if self.use_bias:
+            z += self.params["bias"]
+        self.y = self.activation_forward(z.reshape(*x.shape[:-1], self.units))
+        return self.y
+
+    def backward(self, dy):
+        x = self._require_forward("x")
+        dy = self._check_grad(dy, self.y.shape)
+        dz = self.activation_backward(dy, self.y).reshape(-1, self.units)
+        self.grads["kernel"] = x.T @ dz
+        if self.use_bias:
+            self.grads["bias"] = dz.sum(axis=0)
+        return (dz @ self.params["kernel"].T).reshape(*self.y.shape[:-1], x.shape[1])
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1*d2*...), in C order (channels-last, as Keras).
+
+    Backward: flattening moves no value, so the gradient is only reshaped back.
+    """
+    min_input_rank = 2
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        self.input_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        shape = self._require_forward("input_shape")
+        return self._check_grad(dy, (shape[0], math.prod(shape[1:]))).reshape(shape)
+
+
+class ZeroPadding2D(Layer):
+    """Adds rows and columns of zeros around (N, H, W, C) images.
+
+    padding: int p (p everywhere), (ph, pw) (ph top and bottom, pw left and
+    right) or ((top, bottom), (left, right)), as in Keras.
+    Backward: the zeros depend on nothing; the interior is copied, so its
+    gradient is the interior of dy.
+    """
+    input_rank = 4
+
+    def __init__(self, padding=(1, 1), name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        if isinstance(padding, (tuple, list)) and all(isinstance(p, (tuple, list)) for p in padding):
+            if len(padding) != 2:
+                raise ValueError(f"layer {self.name!r}: padding must be ((top, bottom), "
+                                 f"(left, right)), got {padding!r}")
+            rows = as_pair(padding[0], "padding", self.name, allow_zero=True)
+            cols = as_pair(padding[1], "padding", self.name, allow_zero=True)
+        else:
+            ph, pw = as_pair(padding, "padding", self.name, allow_zero=True)
+            rows, cols = (ph, ph), (pw, pw)
+        self.padding = (rows, cols)
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        y = pad_2d(x, self.padding)
+        self.output_shape = y.shape
+        return y
+
+    def backward(self, dy):
+        return crop_2d(self._check_grad(dy, self._require_forward("output_shape")), self.padding)

@@ -1,0 +1,96 @@
+"""Batch normalisation, in training mode (batch statistics) and inference mode
+(moving statistics), with Keras's momentum convention."""
+from ..backend import get_array_module
+from .base import Layer
+
+
+class BatchNormalization(Layer):
+    """y = gamma * xhat + beta,  xhat = (x - mean) / sqrt(var + epsilon), per channel.
+
+    Shapes: x and y (N, ..., C) with the channel on ``axis``; gamma, beta,
+    moving_mean, moving_variance (C,).  Statistics are taken over the m = N*H*W
+    values of each channel.
+
+    training=True:  mean, var are the batch's (biased var, 1/m), and
+                    moving = momentum * moving + (1 - momentum) * batch
+                    (Keras's convention: momentum weights the OLD value;
+                    Keras also uses the biased variance here).
+    training=False: mean, var are the moving statistics, constants.
+
+    Backward, from dy, with g = dy * gamma = dL/dxhat and s = 1/sqrt(var+eps):
+        dbeta = sum dy,   dgamma = sum dy * xhat
+      inference: dx = g * s
+      training:  x also moves the batch mean and var (dvar/dmean = 0 because
+                 sum(x - mean) = 0), so
+                 dL/dvar  = -(s^2 / 2) sum g xhat      dL/dmean = -s sum g
+                 dx = g s + dL/dvar * 2 (x - mean) / m + dL/dmean / m
+                    = (s / m) * (m g - sum g - xhat * sum(g xhat)).
+    """
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"layer {self.name!r}: momentum must be in [0, 1], got {momentum!r}")
+        if not epsilon > 0:
+            raise ValueError(f"layer {self.name!r}: epsilon must be positive, got {epsilon!r}")
+        self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
+        self.xhat = None
+
+    def build(self, input_shape, like_array):
+        ndim = len(input_shape)
+        if not -ndim <= self.axis < ndim or self.axis % ndim == 0:
+            raise ValueError(f"layer {self.name!r}: axis {self.axis} is not a feature axis "
+                             f"of an input of shape {tuple(input_shape)}")
+        self.input_ndim = ndim
+        self.channel_axis = self.axis % ndim
+        self.reduction_axes = tuple(a for a in range(ndim) if a != self.channel_axis)
+        channels = (input_shape[self.channel_axis],)
+        self.add_weight("gamma", channels, "ones", like_array)
+        self.add_weight("beta", channels, "zeros", like_array)
+        self.add_weight("moving_mean", channels, "zeros", like_array, trainable=False)
+        self.add_weight("moving_variance", channels, "ones", like_array, trainable=False)
+
+    def _check_built_shape(self, shape):
+        channels = self.params["gamma"].shape[0]
+        if len(shape) != self.input_ndim or shape[self.channel_axis] != channels:
+            raise ValueError(f"layer {self.name!r} was built for {self.input_ndim}-D inputs "
+                             f"with {channels} channels on axis {self.axis}, got shape {tuple(shape)}")
+
+    def _per_channel(self, v):
+        """Reshape a (C,) vector so that it broadcasts along the channel axis."""
+        shape = [1] * self.input_ndim
+        shape[self.channel_axis] = v.shape[0]
+        return v.reshape(shape)
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        xp = get_array_module(x)
+        # A frozen BN layer runs on its moving statistics even while training (Keras 2.1.3+).
+        self.batch_stats = training and self.trainable
+        if self.batch_stats:
+            mean, var = x.mean(axis=self.reduction_axes), x.var(axis=self.reduction_axes)
+            self._update_moving_statistics(mean, var)
+        else:
+            mean, var = self.params["moving_mean"], self.params["moving_variance"]
+        self.inv_std = self._per_channel(1.0 / xp.sqrt(var + self.epsilon))
+        self.xhat = (x - self._per_channel(mean)) * self.inv_std
+        return self.xhat * self._per_channel(self.params["gamma"]) + self._per_channel(self.params["beta"])
+
+    def _update_moving_statistics(self, mean, var):
+        for name, batch_value in (("moving_mean", mean), ("moving_variance", var)):
+            moving = self.params[name]
+            moving *= self.momentum
+            moving += (1.0 - self.momentum) * batch_value
+
+    def backward(self, dy):
+        xhat = self._require_forward("xhat")
+        dy = self._check_grad(dy, xhat.shape)
+        axes = self.reduction_axes
+        self.grads["gamma"] = (dy * xhat).sum(axis=axes)
+        self.grads["beta"] = dy.sum(axis=axes)
+        g = dy * self._per_channel(self.params["gamma"])
+        if not self.batch_stats:
+            return g * self.inv_std
+        m = xhat.size // xhat.shape[self.channel_axis]
+        return (self.inv_std / m) * (m * g - g.sum(axis=axes, keepdims=True)
+                                     - xhat * (g * xhat).sum(axis=axes, keepdims=True))

@@ -1,0 +1,106 @@
+"""Loop-by-loop convolution and pooling: the definitions, written to be read.
+
+These are slow on purpose.  Each output pixel is computed by its own loop
+iteration straight from the formula, so they are easy to check by eye; the
+tests then hold the fast im2col versions to these.  NumPy only, channels-last
+(N, H, W, C) data and (kh, kw, C_in, C_out) kernels, Keras's 'valid'/'same'.
+"""
+import numpy as np
+
+from .padding import crop_2d, pad_2d, window_padding_2d
+
+
+def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid"):
+    """y[n, oh, ow, f] = bias[f] + sum_{i, j, c} xpad[n, oh*sh + i, ow*sw + j, c] * kernel[i, j, c, f]."""
+    kh, kw, _, filters = kernel.shape
+    pads, (out_h, out_w) = window_padding_2d(x.shape[1], x.shape[2], (kh, kw), strides, padding)
+    xpad = pad_2d(x, pads)
+    y = np.zeros((x.shape[0], out_h, out_w, filters), dtype=x.dtype)
+    for n in range(x.shape[0]):
+        for oh in range(out_h):
+            for ow in range(out_w):
+                h0, w0 = oh * strides[0], ow * strides[1]
+                window = xpad[n, h0:h0 + kh, w0:w0 + kw, :]
+                for f in range(filters):
+                    y[n, oh, ow, f] = np.sum(window * kernel[:, :, :, f])
+                    if bias is not None:
+                        y[n, oh, ow, f] += bias[f]
+    return y
+
+
+def conv2d_backward(x, kernel, dy, strides=(1, 1), padding="valid"):
+    """(dx, dkernel, dbias) for dy = dL/dy, by the chain rule term by term.
+
+    Every product xpad[.., h0+i, w0+j, c] * kernel[i, j, c, f] in the forward
+    sum sends dy[n, oh, ow, f] * kernel[i, j, c, f] to the input pixel and
+    dy[n, oh, ow, f] * xpad[..] to the kernel entry.
+    """
+    kh, kw, _, filters = kernel.shape
+    pads, (out_h, out_w) = window_padding_2d(x.shape[1], x.shape[2], (kh, kw), strides, padding)
+    xpad = pad_2d(x, pads)
+    dxpad = np.zeros_like(xpad)
+    dkernel = np.zeros_like(kernel)
+    for n in range(x.shape[0]):
+        for oh in range(out_h):
+            for ow in range(out_w):
+                h0, w0 = oh * strides[0], ow * strides[1]
+                for f in range(filters):
+                    g = dy[n, oh, ow, f]
+                    dxpad[n, h0:h0 + kh, w0:w0 + kw, :] += g * kernel[:, :, :, f]
+                    dkernel[:, :, :, f] += g * xpad[n, h0:h0 + kh, w0:w0 + kw, :]
+    return crop_2d(dxpad, pads), dkernel, dy.sum(axis=(0, 1, 2))
+
+
+def _pool_windows(x, pool_size, strides, padding):
+    """Yield (n, oh, ow, rows, cols): the window of each output pixel, clipped to
+    the real input, because 'same' pooling ignores the padding (Keras's rule)."""
+    pads, (out_h, out_w) = window_padding_2d(x.shape[1], x.shape[2], pool_size, strides, padding)
+    (top, _), (left, _) = pads
+    for n in range(x.shape[0]):
+        for oh in range(out_h):
+            for ow in range(out_w):
+                h0, w0 = oh * strides[0] - top, ow * strides[1] - left
+                rows = slice(max(h0, 0), min(h0 + pool_size[0], x.shape[1]))
+                cols = slice(max(w0, 0), min(w0 + pool_size[1], x.shape[2]))
+                yield n, oh, ow, rows, cols
+
+
+def _pooled_shape(x, pool_size, strides, padding):
+    _, out = window_padding_2d(x.shape[1], x.shape[2], pool_size, strides, padding)
+    return (x.shape[0], *out, x.shape[3])
+
+
+def max_pool_forward(x, pool_size=(2, 2), strides=(2, 2), padding="valid"):
+    """y[n, oh, ow, c] = max of x[n, rows, cols, c] over the window."""
+    y = np.zeros(_pooled_shape(x, pool_size, strides, padding), dtype=x.dtype)
+    for n, oh, ow, rows, cols in _pool_windows(x, pool_size, strides, padding):
+        y[n, oh, ow, :] = x[n, rows, cols, :].max(axis=(0, 1))
+    return y
+
+
+def max_pool_backward(x, dy, pool_size=(2, 2), strides=(2, 2), padding="valid"):
+    """dx: each dy goes to the (first) maximum of its window, summed over windows."""
+    dx = np.zeros_like(x)
+    for n, oh, ow, rows, cols in _pool_windows(x, pool_size, strides, padding):
+        for c in range(x.shape[3]):
+            window = x[n, rows, cols, c]
+            i, j = np.unravel_index(np.argmax(window), window.shape)
+            dx[n, rows.start + i, cols.start + j, c] += dy[n, oh, ow, c]
+    return dx
+
+
+def avg_pool_forward(x, pool_size=(2, 2), strides=(2, 2), padding="valid"):
+    """y[n, oh, ow, c] = mean of x[n, rows, cols, c] over the (clipped) window."""
+    y = np.zeros(_pooled_shape(x, pool_size, strides, padding), dtype=x.dtype)
+    for n, oh, ow, rows, cols in _pool_windows(x, pool_size, strides, padding):
+        y[n, oh, ow, :] = x[n, rows, cols, :].mean(axis=(0, 1))
+    return y
+
+
+def avg_pool_backward(x, dy, pool_size=(2, 2), strides=(2, 2), padding="valid"):
+    """dx: each dy is shared equally by the m pixels of its window (dy / m each)."""
+    dx = np.zeros_like(x)
+    for n, oh, ow, rows, cols in _pool_windows(x, pool_size, strides, padding):
+        m = (rows.stop - rows.start) * (cols.stop - cols.start)
+        dx[n, rows, cols, :] += dy[n, oh, ow, :] / m
+    return dx
