@@ -64,7 +64,7 @@ class Layer:
     # --- weights -------------------------------------------------------------
     def add_weight(self, name, shape, initializer, like_array, trainable=True):
         """Create ``params[name]`` on the device of ``like_array``."""
-        init = initializers.get(initializer, owner=self.name)
+        init = initializers.get(initializer, owner=f"layer {self.name!r}")
         self.params[name] = like(init(tuple(shape), dtype=self.dtype), like_array)
         if not trainable:
             self.non_trainable_names.add(name)
@@ -155,7 +155,9 @@ def check_positive_int(value, what, layer_name):
 
 
 def check_choice(value, choices, what, layer_name):
-    """``value`` if it is one of ``choices``, else a ValueError naming the layer."""
+    """``value`` (lower-cased, as Keras does) if it is one of ``choices``,
+    else a ValueError naming the layer."""
+    value = value.lower() if isinstance(value, str) else value
     if value not in choices:
         raise ValueError(f"layer {layer_name!r}: unknown {what} {value!r}; "
                          f"choose one of {', '.join(map(repr, choices))}")

@@ -27,8 +27,8 @@ class Dense(Layer):
         self.activation = activation
         self.activation_forward, self.activation_backward = get_activation(activation, self.name)
         self.use_bias = use_bias
-        self.kernel_initializer = initializers.get(kernel_initializer, self.name)
-        self.bias_initializer = initializers.get(bias_initializer, self.name)
+        self.kernel_initializer = initializers.get(kernel_initializer, f"layer {self.name!r}")
+        self.bias_initializer = initializers.get(bias_initializer, f"layer {self.name!r}")
         self.x = None
 
     def build(self, input_shape, like_array):

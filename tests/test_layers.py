@@ -1,0 +1,201 @@
+"""Keras semantics of the layers: shapes, padding rules, BN statistics, names,
+dtypes, parameter names and initialisers, checked against hand-computed values."""
+import numpy as np
+import pytest
+
+import minires
+from minires import backend, initializers
+from minires.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate,
+                            Conv2D, Dense, GlobalAveragePooling2D, MaxPooling2D, ReLU, Softmax,
+                            ZeroPadding2D, clear_session)
+from minires.losses import SoftmaxCrossEntropy
+from minires.padding import window_padding
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding,expected", [
+    (224, 7, 2, "same", (2, 3, 112)),    # TensorFlow puts the extra pixel after
+    (8, 3, 2, "same", (0, 1, 4)),
+    (7, 3, 2, "same", (1, 1, 4)),
+    (5, 2, 1, "same", (0, 1, 5)),
+    (6, 4, 1, "same", (1, 2, 6)),
+    (5, 1, 2, "same", (0, 0, 3)),
+    (230, 7, 2, "valid", (0, 0, 112)),   # ResNet-50's stem after ZeroPadding2D(3)
+    (112, 3, 2, "valid", (0, 0, 55)),    # max-pool without pool1_pad
+    (114, 3, 2, "valid", (0, 0, 56)),    # with pool1_pad
+])
+def test_keras_padding_rule(size, kernel, stride, padding, expected):
+    assert window_padding(size, kernel, stride, padding) == expected
+
+
+@pytest.mark.parametrize("size,expected", [(7, 4), (8, 4), (9, 5)])
+def test_stride2_same_conv_output_is_ceil_of_half(rng, size, expected):
+    y = Conv2D(3, 3, strides=2, padding="same").forward(rng.standard_normal((1, size, size, 2)))
+    assert y.shape == (1, expected, expected, 3)
+
+
+def test_same_conv_pads_after_on_even_inputs():
+    """Stride 2, 3x3 on 4x4: TF pads 0 before, 1 after, so output (0, 0) sees
+    rows/cols 0..2 of the input exactly (no padding in that window)."""
+    x = np.arange(16, dtype=np.float64).reshape(1, 4, 4, 1)
+    conv = Conv2D(1, 3, strides=2, padding="same", use_bias=False, dtype="float64")
+    conv.forward(x)
+    conv.params["kernel"][...] = 1.0
+    y = conv.forward(x)[0, :, :, 0]
+    assert y[0, 0] == x[0, 0:3, 0:3, 0].sum()
+    assert y[1, 1] == x[0, 2:4, 2:4, 0].sum()             # the zero row/col lie after
+
+
+def test_conv2d_parameters_follow_keras():
+    conv = Conv2D(8, (3, 5), name="res2a_branch2b")
+    conv.forward(np.zeros((1, 6, 6, 4), np.float32))
+    assert list(conv.params) == ["kernel", "bias"]
+    assert conv.params["kernel"].shape == (3, 5, 4, 8) and conv.params["bias"].shape == (8,)
+    assert conv.trainable_names() == ["kernel", "bias"]
+    np.testing.assert_array_equal(conv.params["bias"], 0)
+
+
+def test_batch_norm_moving_statistics_use_keras_momentum():
+    """moving = momentum * moving + (1 - momentum) * batch, with the biased variance."""
+    bn = BatchNormalization(momentum=0.9, epsilon=1e-3, dtype="float64")
+    x = np.array([1.0, 2.0, 3.0, 6.0]).reshape(2, 1, 2, 1)       # mean 3, biased var 3.5
+    y = bn.forward(x, training=True)
+    assert list(bn.params) == ["gamma", "beta", "moving_mean", "moving_variance"]
+    assert bn.trainable_names() == ["gamma", "beta"]
+    np.testing.assert_allclose(bn.params["moving_mean"], [0.9 * 0 + 0.1 * 3.0])
+    np.testing.assert_allclose(bn.params["moving_variance"], [0.9 * 1 + 0.1 * 3.5])
+    np.testing.assert_allclose(y.ravel(), (x.ravel() - 3.0) / np.sqrt(3.5 + 1e-3))
+
+
+def test_batch_norm_inference_uses_moving_statistics():
+    bn = BatchNormalization(epsilon=1.001e-5, dtype="float64")
+    x = np.array([1.0, -2.0, 0.5, 4.0]).reshape(1, 2, 1, 2)
+    bn.forward(x)
+    for name, value in [("gamma", [2.0, 0.5]), ("beta", [1.0, -1.0]),
+                        ("moving_mean", [0.5, 1.0]), ("moving_variance", [4.0, 0.25])]:
+        bn.params[name][...] = value
+    y = bn.forward(x, training=False)
+    expected = np.array([2.0, 0.5]) * (x - [0.5, 1.0]) / np.sqrt(np.array([4.0, 0.25]) + 1.001e-5) + [1.0, -1.0]
+    np.testing.assert_allclose(y, expected)
+    np.testing.assert_array_equal(bn.params["moving_mean"], [0.5, 1.0])   # untouched
+
+
+def test_frozen_batch_norm_uses_moving_statistics_while_training(rng):
+    bn = BatchNormalization()
+    x = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    bn.forward(x)
+    bn.trainable = False
+    np.testing.assert_array_equal(bn.forward(x, training=True), bn.forward(x, training=False))
+    np.testing.assert_array_equal(bn.params["moving_mean"], 0)
+
+
+def test_keras_defaults():
+    bn, pool, conv = BatchNormalization(), MaxPooling2D(), Conv2D(4, 3)
+    assert (bn.axis, bn.momentum, bn.epsilon) == (-1, 0.99, 1e-3)
+    assert (pool.pool_size, pool.strides, pool.padding) == ((2, 2), (2, 2), "valid")
+    assert (conv.strides, conv.padding, conv.use_bias, conv.activation) == ((1, 1), "valid", True, None)
+    assert isinstance(conv.kernel_initializer, initializers.GlorotUniform)
+
+
+def test_automatic_names_follow_keras():
+    names = [Conv2D(1, 1).name, Conv2D(1, 1).name, BatchNormalization().name, MaxPooling2D().name,
+             ReLU().name, GlobalAveragePooling2D().name, ZeroPadding2D().name, Dense(1).name,
+             Conv2D(1, 1, name="mine").name, Conv2D(1, 1).name]
+    assert names == ["conv2d", "conv2d_1", "batch_normalization", "max_pooling2d", "re_lu",
+                     "global_average_pooling2d", "zero_padding2d", "dense", "mine", "conv2d_2"]
+    clear_session()
+    assert Conv2D(1, 1).name == "conv2d"
+
+
+def test_float32_by_default_and_float64_on_request(rng):
+    x = rng.standard_normal((1, 4, 4, 2))                  # float64 data
+    conv = Conv2D(2, 3)
+    assert conv.forward(x).dtype == np.float32 and conv.params["kernel"].dtype == np.float32
+    with backend.floatx_scope("float64"):
+        conv64 = Conv2D(2, 3)
+    assert minires.floatx() == "float32"
+    assert conv64.forward(x).dtype == np.float64 and conv64.params["kernel"].dtype == np.float64
+
+
+def test_max_pool_same_padding_never_wins():
+    x = -np.arange(1, 10, dtype=np.float64).reshape(1, 3, 3, 1)      # all negative
+    y = MaxPooling2D(2, padding="same", dtype="float64").forward(x)
+    np.testing.assert_array_equal(y[0, :, :, 0], [[-1, -3], [-7, -9]])
+
+
+def test_average_pool_same_padding_is_not_counted():
+    y = AveragePooling2D(3, strides=2, padding="same").forward(np.ones((1, 6, 5, 2), np.float32))
+    np.testing.assert_allclose(y, 1.0)
+
+
+def test_overlapping_max_pool_sends_gradient_to_the_shared_winner():
+    """3x3/2 windows overlap on a row and column; a maximum in the overlap wins
+    all four windows and collects all four output gradients."""
+    x = np.zeros((1, 5, 5, 1))
+    x[0, 2, 2, 0] = 1.0
+    pool = MaxPooling2D(3, 2, dtype="float64")
+    pool.forward(x)
+    dx = pool.backward(np.arange(1.0, 5.0).reshape(1, 2, 2, 1))
+    assert dx[0, 2, 2, 0] == 1 + 2 + 3 + 4 and dx.sum() == 10
+
+
+def test_zero_padding_layouts():
+    x = np.ones((1, 2, 3, 1), np.float32)
+    assert ZeroPadding2D(3).forward(x).shape == (1, 8, 9, 1)
+    y = ZeroPadding2D(((1, 2), (0, 3))).forward(x)
+    assert y.shape == (1, 5, 6, 1) and y.sum() == 6 and y[0, 1, 0, 0] == 1
+
+
+def test_dense_applies_to_the_last_axis(rng):
+    dense = Dense(4, dtype="float64")
+    x = rng.standard_normal((2, 3, 5))
+    y = dense.forward(x)
+    np.testing.assert_allclose(y, x @ dense.params["kernel"] + dense.params["bias"])
+
+
+def test_add_and_concatenate_values():
+    a, b, c = (np.full((1, 2, 2, k), float(k), np.float32) for k in (1, 2, 3))
+    np.testing.assert_array_equal(Add().forward([a, a, a]), 3 * a)
+    y = Concatenate().forward([a, b, c])
+    assert y.shape == (1, 2, 2, 6)
+    np.testing.assert_array_equal(y[0, 0, 0], [1, 2, 2, 3, 3, 3])
+
+
+def test_activations_by_hand():
+    z = np.array([[-2.0, 0.0, 3.0]])
+    np.testing.assert_array_equal(Activation("relu").forward(z), [[0, 0, 3]])
+    np.testing.assert_allclose(Activation("sigmoid", dtype="float64").forward(z), 1 / (1 + np.exp(-z)))
+    p = Softmax(dtype="float64").forward(z)
+    np.testing.assert_allclose(p, np.exp(z) / np.exp(z).sum())
+    assert np.isfinite(Softmax().forward(np.array([[1000.0, -1000.0]]))).all()
+
+
+def test_cross_entropy_is_stable_and_exact():
+    loss = SoftmaxCrossEntropy()
+    assert loss.forward(np.zeros((2, 4)), np.array([0, 3])) == pytest.approx(np.log(4))
+    big = np.array([[1000.0, 0.0], [0.0, 1000.0]])
+    assert loss.forward(big, np.array([1, 1])) == pytest.approx(500.0)    # no inf, no nan
+    np.testing.assert_allclose(loss.backward(), [[0.5, -0.5], [0.0, 0.0]], atol=1e-12)
+
+
+def test_glorot_uniform_is_seeded_and_bounded():
+    a = initializers.glorot_uniform(seed=0)((3, 3, 16, 32))
+    np.testing.assert_array_equal(a, initializers.GlorotUniform(seed=0)((3, 3, 16, 32)))
+    limit = np.sqrt(6 / (9 * 16 + 9 * 32))
+    assert np.abs(a).max() <= limit and np.abs(a).max() > 0.95 * limit
+
+
+def test_he_normal_has_the_right_spread():
+    w = initializers.he_normal(seed=1)((3, 3, 64, 64))
+    fan_in = 3 * 3 * 64
+    assert np.abs(w).max() <= 2 * np.sqrt(2 / fan_in) / 0.87962566103423978
+    assert w.std() == pytest.approx(np.sqrt(2 / fan_in), rel=0.02)
+
+
+def test_unseeded_initialisers_follow_set_random_seed():
+    minires.set_random_seed(7)
+    a = Conv2D(2, 3)
+    a.forward(np.zeros((1, 3, 3, 1), np.float32))
+    minires.set_random_seed(7)
+    b = Conv2D(2, 3)
+    b.forward(np.zeros((1, 3, 3, 1), np.float32))
+    np.testing.assert_array_equal(a.params["kernel"], b.params["kernel"])

@@ -1,0 +1,99 @@
+"""The fast im2col paths against the loop-by-loop definitions in minires.naive,
+over randomised shapes, strides and paddings, float64, to 1e-10."""
+import numpy as np
+import pytest
+from conftest import distinct_values
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minires import naive
+from minires.kernels import col2im, im2col
+from minires.layers import AveragePooling2D, Conv2D, MaxPooling2D
+
+TOL = 1e-10
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+@st.composite
+def window_cases(draw, max_channels=3):
+    """A small (N, H, W, C) shape and a window, stride and padding that fit it."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    low_h, low_w = (1, 1) if padding == "same" else (kh, kw)
+    shape = (draw(st.integers(1, 2)), draw(st.integers(low_h, 8)), draw(st.integers(low_w, 8)),
+             draw(st.integers(1, max_channels)))
+    return shape, (kh, kw), (sh, sw), padding, draw(st.integers(0, 2**32 - 1))
+
+
+def assert_close(actual, expected):
+    assert actual.shape == expected.shape
+    err = np.max(np.abs(actual - expected), initial=0.0)
+    assert err <= TOL * max(1.0, np.max(np.abs(expected), initial=0.0)), f"max abs error {err:.3e}"
+
+
+@SETTINGS
+@given(window_cases(), st.integers(1, 4), st.booleans())
+def test_conv2d_matches_naive(case, filters, use_bias):
+    shape, kernel_size, strides, padding, seed = case
+    rng = np.random.default_rng(seed)
+    conv = Conv2D(filters, kernel_size, strides, padding, use_bias=use_bias, dtype="float64")
+    x = rng.standard_normal(shape)
+    y = conv.forward(x)
+    kernel = conv.params["kernel"] = rng.standard_normal(conv.params["kernel"].shape)
+    bias = conv.params.get("bias")
+    y = conv.forward(x)
+    assert_close(y, naive.conv2d_forward(x, kernel, bias, strides, padding))
+
+    dy = rng.standard_normal(y.shape)
+    dx = conv.backward(dy)
+    dx_ref, dkernel_ref, dbias_ref = naive.conv2d_backward(x, kernel, dy, strides, padding)
+    assert_close(dx, dx_ref)
+    assert_close(conv.grads["kernel"], dkernel_ref)
+    if use_bias:
+        assert_close(conv.grads["bias"], dbias_ref)
+
+
+@pytest.mark.parametrize("layer_cls,forward_ref,backward_ref", [
+    (MaxPooling2D, naive.max_pool_forward, naive.max_pool_backward),
+    (AveragePooling2D, naive.avg_pool_forward, naive.avg_pool_backward),
+])
+@SETTINGS
+@given(case=window_cases())
+def test_pooling_matches_naive(layer_cls, forward_ref, backward_ref, case):
+    shape, pool_size, strides, padding, seed = case
+    rng = np.random.default_rng(seed)
+    x = distinct_values(rng, shape)
+    pool = layer_cls(pool_size, strides, padding, dtype="float64")
+    y = pool.forward(x)
+    assert_close(y, forward_ref(x, pool_size, strides, padding))
+    dy = rng.standard_normal(y.shape)
+    assert_close(pool.backward(dy), backward_ref(x, dy, pool_size, strides, padding))
+
+
+@SETTINGS
+@given(window_cases())
+def test_col2im_is_the_adjoint_of_im2col(case):
+    """<im2col(x), c> = <x, col2im(c)> for all x, c: col2im is exactly im2col's transpose,
+    which is what makes it the right backward pass."""
+    (n, h, w, c), (kh, kw), (sh, sw), _, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h + kh - 1, w + kw - 1, c))      # the window always fits
+    cols = im2col(x, kh, kw, sh, sw)
+    c = rng.standard_normal(cols.shape)
+    assert np.isclose(np.sum(cols * c), np.sum(x * col2im(c, x.shape, sh, sw)), rtol=1e-12)
+
+
+def test_im2col_layout():
+    """cols[n, oh, ow, i, j, c] = x[n, oh*sh + i, ow*sw + j, c], checked entry by entry."""
+    x = np.arange(2 * 5 * 6 * 2, dtype=np.float64).reshape(2, 5, 6, 2)
+    cols = im2col(x, 2, 3, 2, 1)
+    for n, oh, ow, i, j, c in np.ndindex(*cols.shape):
+        assert cols[n, oh, ow, i, j, c] == x[n, oh * 2 + i, ow + j, c]
+
+
+def test_naive_conv_by_hand():
+    """A 1-channel 3x3 input, 2x2 kernel of ones: each output is its window's sum."""
+    x = np.arange(9, dtype=np.float64).reshape(1, 3, 3, 1)
+    y = naive.conv2d_forward(x, np.ones((2, 2, 1, 1)), np.array([0.5]))
+    np.testing.assert_array_equal(y[0, :, :, 0], [[8.5, 12.5], [20.5, 24.5]])
