@@ -65,17 +65,18 @@ def _pool_windows(x, pool_size, strides, padding):
                 yield n, oh, ow, rows, cols
 
 
-def _pooled_shape(x, pool_size, strides, padding):
+def _pool_forward(x, reduce, pool_size, strides, padding):
+    """y[n, oh, ow, c] = reduce(x[n, rows, cols, c]) over each window."""
     _, out = window_padding_2d(x.shape[1], x.shape[2], pool_size, strides, padding)
-    return (x.shape[0], *out, x.shape[3])
+    y = np.zeros((x.shape[0], *out, x.shape[3]), dtype=x.dtype)
+    for n, oh, ow, rows, cols in _pool_windows(x, pool_size, strides, padding):
+        y[n, oh, ow, :] = reduce(x[n, rows, cols, :], axis=(0, 1))
+    return y
 
 
 def max_pool_forward(x, pool_size=(2, 2), strides=(2, 2), padding="valid"):
     """y[n, oh, ow, c] = max of x[n, rows, cols, c] over the window."""
-    y = np.zeros(_pooled_shape(x, pool_size, strides, padding), dtype=x.dtype)
-    for n, oh, ow, rows, cols in _pool_windows(x, pool_size, strides, padding):
-        y[n, oh, ow, :] = x[n, rows, cols, :].max(axis=(0, 1))
-    return y
+    return _pool_forward(x, np.max, pool_size, strides, padding)
 
 
 def max_pool_backward(x, dy, pool_size=(2, 2), strides=(2, 2), padding="valid"):
@@ -91,10 +92,7 @@ def max_pool_backward(x, dy, pool_size=(2, 2), strides=(2, 2), padding="valid"):
 
 def avg_pool_forward(x, pool_size=(2, 2), strides=(2, 2), padding="valid"):
     """y[n, oh, ow, c] = mean of x[n, rows, cols, c] over the (clipped) window."""
-    y = np.zeros(_pooled_shape(x, pool_size, strides, padding), dtype=x.dtype)
-    for n, oh, ow, rows, cols in _pool_windows(x, pool_size, strides, padding):
-        y[n, oh, ow, :] = x[n, rows, cols, :].mean(axis=(0, 1))
-    return y
+    return _pool_forward(x, np.mean, pool_size, strides, padding)
 
 
 def avg_pool_backward(x, dy, pool_size=(2, 2), strides=(2, 2), padding="valid"):

@@ -1,13 +1,12 @@
 """2-D convolution (cross-correlation, as in Keras): forward by im2col and one
 matrix product, backward by two matrix products and col2im."""
-from .. import initializers
 from ..kernels import col2im, im2col
 from ..padding import PADDINGS, crop_2d, pad_2d
-from .activations import get_activation
-from .base import Layer, as_pair, check_choice, check_positive_int, window_pads
+from .base import as_pair, check_choice, check_positive_int, window_pads
+from .core import KernelLayer
 
 
-class Conv2D(Layer):
+class Conv2D(KernelLayer):
     """y[n, oh, ow, f] = act(b[f] + sum_{i,j,c} xpad[n, oh*sh+i, ow*sw+j, c] W[i, j, c, f]).
 
     Shapes: x (N, H, W, C), kernel W (kh, kw, C, F), bias b (F,), y (N, OH, OW, F).
@@ -25,29 +24,15 @@ class Conv2D(Layer):
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  name=None, **kwargs):
-        super().__init__(name=name, **kwargs)
+        super().__init__(activation, use_bias, kernel_initializer, bias_initializer, name, **kwargs)
         self.filters = check_positive_int(filters, "filters", self.name)
         self.kernel_size = as_pair(kernel_size, "kernel_size", self.name)
         self.strides = as_pair(strides, "strides", self.name)
         self.padding = check_choice(padding, PADDINGS, "padding", self.name)
-        self.activation = activation
-        self.activation_forward, self.activation_backward = get_activation(activation, self.name)
-        self.use_bias = use_bias
-        self.kernel_initializer = initializers.get(kernel_initializer, f"layer {self.name!r}")
-        self.bias_initializer = initializers.get(bias_initializer, f"layer {self.name!r}")
         self.cols = None
 
     def build(self, input_shape, like_array):
-        self.add_weight("kernel", (*self.kernel_size, input_shape[-1], self.filters),
-                        self.kernel_initializer, like_array)
-        if self.use_bias:
-            self.add_weight("bias", (self.filters,), self.bias_initializer, like_array)
-
-    def _check_built_shape(self, shape):
-        channels = self.params["kernel"].shape[2]
-        if shape[-1] != channels:
-            raise ValueError(f"layer {self.name!r} was built for {channels} input channels, "
-                             f"got an input of shape {tuple(shape)}")
+        self.add_kernel_and_bias((*self.kernel_size, input_shape[-1], self.filters), like_array)
 
     def forward(self, x, training=False):
         x = self._prepare(x)

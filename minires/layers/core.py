@@ -7,7 +7,32 @@ from .activations import get_activation
 from .base import Layer, as_pair, check_positive_int
 
 
-class Dense(Layer):
+class KernelLayer(Layer):
+    """What Dense and Conv2D share: a kernel whose axis -2 matches the input's
+    last axis, an optional bias, and an optional activation applied after."""
+    input_name = "channels"
+
+    def __init__(self, activation, use_bias, kernel_initializer, bias_initializer, name, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.activation = activation
+        self.activation_forward, self.activation_backward = get_activation(activation, self.name)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer, f"layer {self.name!r}")
+        self.bias_initializer = initializers.get(bias_initializer, f"layer {self.name!r}")
+
+    def add_kernel_and_bias(self, kernel_shape, like_array):
+        self.add_weight("kernel", kernel_shape, self.kernel_initializer, like_array)
+        if self.use_bias:
+            self.add_weight("bias", kernel_shape[-1:], self.bias_initializer, like_array)
+
+    def _check_built_shape(self, shape):
+        expected = self.params["kernel"].shape[-2]
+        if shape[-1] != expected:
+            raise ValueError(f"layer {self.name!r} was built for {expected} input {self.input_name}, "
+                             f"got an input of shape {tuple(shape)}")
+
+
+class Dense(KernelLayer):
     """Fully connected layer: y = act(x @ W + b), on the last axis of x.
 
     Shapes: x (N, D_in) (or (N, ..., D_in)), W (D_in, D_out), b (D_out,),
@@ -19,28 +44,16 @@ class Dense(Layer):
         dL/db = dz.sum(axis=0)  b is added to every row
     """
     min_input_rank = 2
+    input_name = "features"
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", name=None, **kwargs):
-        super().__init__(name=name, **kwargs)
+        super().__init__(activation, use_bias, kernel_initializer, bias_initializer, name, **kwargs)
         self.units = check_positive_int(units, "units", self.name)
-        self.activation = activation
-        self.activation_forward, self.activation_backward = get_activation(activation, self.name)
-        self.use_bias = use_bias
-        self.kernel_initializer = initializers.get(kernel_initializer, f"layer {self.name!r}")
-        self.bias_initializer = initializers.get(bias_initializer, f"layer {self.name!r}")
         self.x = None
 
     def build(self, input_shape, like_array):
-        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer, like_array)
-        if self.use_bias:
-            self.add_weight("bias", (self.units,), self.bias_initializer, like_array)
-
-    def _check_built_shape(self, shape):
-        features = self.params["kernel"].shape[0]
-        if shape[-1] != features:
-            raise ValueError(f"layer {self.name!r} was built for {features} input features, "
-                             f"got an input of shape {tuple(shape)}")
+        self.add_kernel_and_bias((input_shape[-1], self.units), like_array)
 
     def forward(self, x, training=False):
         x = self._prepare(x)
