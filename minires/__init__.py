@@ -3,13 +3,14 @@
 Start with ``minires.layers`` (each layer's forward and backward side by side),
 ``minires.naive`` (the loop-by-loop definitions) and ``minires.gradcheck``.
 """
-from . import backend, gradcheck, initializers, layers, losses, naive
+from . import backend, gradcheck, initializers, layers, losses, models, naive, utils
 from .backend import floatx, set_floatx
 from .initializers import set_random_seed
 from .layers import *  # noqa: F401,F403  (Keras-style: from minires import Conv2D)
 from .layers import __all__ as _layer_names
 from .losses import SoftmaxCrossEntropy
+from .models import Model
 
 __version__ = "0.1.0"
-__all__ = ["backend", "gradcheck", "initializers", "layers", "losses", "naive", "floatx",
-           "set_floatx", "set_random_seed", "SoftmaxCrossEntropy", *_layer_names]
+__all__ = ["backend", "gradcheck", "initializers", "layers", "losses", "models", "naive", "utils",
+           "floatx", "set_floatx", "set_random_seed", "SoftmaxCrossEntropy", "Model", *_layer_names]

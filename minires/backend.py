@@ -53,7 +53,8 @@ def to_device(x, device):
 
 
 def like(x, reference):
-    """``x`` (a NumPy array) moved to the device that ``reference`` lives on."""
+    """``x`` (a NumPy array) moved to the device that ``reference`` lives on
+    (None: stays on the CPU)."""
     return to_device(x, device_of(reference))
 
 

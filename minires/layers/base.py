@@ -11,6 +11,11 @@ and implements
 
 Weights are created on the first forward pass, when the input's channel
 count is known (Keras calls this ``build``).
+
+Called on an array, a layer runs forward (eager, as in Keras).  Called on a
+KerasTensor (from ``Input``), it records a node of the graph instead and
+returns a new KerasTensor of its output shape: that is Keras's functional
+API, which ``minires.models.Model`` then runs.
 """
 import numbers
 import re
@@ -42,6 +47,31 @@ def unique_name(base):
     return base if count == 0 else f"{base}_{count}"
 
 
+class KerasTensor:
+    """A symbolic tensor: its shape (None for the batch and unknown sizes), and
+    the layer call that produces it from its ``inbound`` tensors."""
+
+    def __init__(self, shape, dtype, layer, inbound=(), list_input=False):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.layer = layer
+        self.inbound = list(inbound)
+        self.list_input = list_input       # the layer was called on a list (merge layers)
+        self.name = unique_name("keras_tensor")
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __repr__(self):
+        return f"<KerasTensor shape={self.shape} from layer {self.layer.name!r}>"
+
+
+def is_symbolic(inputs):
+    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    return any(isinstance(x, KerasTensor) for x in items)
+
+
 class Layer:
     input_rank = None          # required rank of the input, None for any
     min_input_rank = 1         # ... or the lowest rank it accepts
@@ -54,12 +84,41 @@ class Layer:
         self.grads = {}
         self.non_trainable_names = set()
         self.built = False
+        self.outputs = []          # the KerasTensors of its symbolic calls
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"
 
     def __call__(self, inputs, training=False):
+        if is_symbolic(inputs):
+            return self._call_symbolic(inputs)
         return self.forward(inputs, training=training)
+
+    def _call_symbolic(self, inputs):
+        list_input = isinstance(inputs, (list, tuple))
+        if list_input and not all(isinstance(x, KerasTensor) for x in inputs):
+            raise TypeError(f"layer {self.name!r}: mix of symbolic and concrete inputs")
+        shape = [x.shape for x in inputs] if list_input else inputs.shape
+        if not list_input:
+            self._check_input_shape(shape, None)
+        output = KerasTensor(self.compute_output_shape(shape), self.dtype, self,
+                             inputs if list_input else [inputs], list_input)
+        self.outputs.append(output)
+        return output
+
+    def compute_output_shape(self, input_shape):
+        """Output shape for an input shape (None = unknown size); same by default."""
+        return tuple(input_shape)
+
+    @property
+    def output(self):
+        """The output KerasTensor of this layer's (first) symbolic call."""
+        if not self.outputs:
+            raise AttributeError(f"layer {self.name!r} has not been called on a symbolic input")
+        return self.outputs[0]
+
+    def count_params(self):
+        return sum(int(p.size) for p in self.params.values())
 
     # --- weights -------------------------------------------------------------
     def add_weight(self, name, shape, initializer, like_array, trainable=True):
@@ -79,21 +138,34 @@ class Layer:
     def build(self, input_shape, like_array):
         """Create the weights for inputs of ``input_shape``; weightless layers do nothing."""
 
+    def known_size(self, shape, axis):
+        """shape[axis], which weights are sized by, so it must be known."""
+        if shape[axis] is None:
+            raise ValueError(f"layer {self.name!r} needs a known size on axis {axis} to create "
+                             f"its weights, got input shape {tuple(shape)}")
+        return shape[axis]
+
     # --- input checks --------------------------------------------------------
     def _prepare(self, x):
         """Check one input, cast it to this layer's float type, build on first use."""
         x = self._as_float_array(x)
-        if self.input_rank is not None and x.ndim != self.input_rank:
-            raise ValueError(f"layer {self.name!r} ({type(self).__name__}) expects a "
-                             f"{self.input_rank}-D input {self.input_layout()}, got shape {x.shape}")
-        if x.ndim < self.min_input_rank:
-            raise ValueError(f"layer {self.name!r} ({type(self).__name__}) expects an input of "
-                             f"rank {self.min_input_rank} or more, got shape {x.shape}")
-        if not self.built:
-            self.build(x.shape, x)
-            self.built = True
-        self._check_built_shape(x.shape)
+        self._check_input_shape(x.shape, x)
         return x
+
+    def _check_input_shape(self, shape, like_array):
+        """Rank checks, then build (weights on the device of ``like_array``; NumPy
+        for None), then the checks that need the weights."""
+        shape = tuple(shape)
+        if self.input_rank is not None and len(shape) != self.input_rank:
+            raise ValueError(f"layer {self.name!r} ({type(self).__name__}) expects a "
+                             f"{self.input_rank}-D input {self.input_layout()}, got shape {shape}")
+        if len(shape) < self.min_input_rank:
+            raise ValueError(f"layer {self.name!r} ({type(self).__name__}) expects an input of "
+                             f"rank {self.min_input_rank} or more, got shape {shape}")
+        if not self.built:
+            self.build(shape, like_array)
+            self.built = True
+        self._check_built_shape(shape)
 
     def input_layout(self):
         return "(N, H, W, C)" if self.input_rank == 4 else ""
@@ -173,3 +245,11 @@ def window_pads(layer, shape, window, strides, padding):
         raise ValueError(f"layer {layer.name!r}: window {window} is larger than its padded "
                          f"input {padded} (input shape {tuple(shape)}, padding {padding!r})")
     return pads, out
+
+
+def window_output_shape(layer, shape, window, strides, padding, channels):
+    """(N, OH, OW, channels) for a symbolic shape; unknown sizes stay None."""
+    n, height, width, _ = shape
+    stand_ins = [window[0] if height is None else height, window[1] if width is None else width]
+    _, (out_h, out_w) = window_pads(layer, (n, *stand_ins, channels), window, strides, padding)
+    return n, None if height is None else out_h, None if width is None else out_w, channels

@@ -2,7 +2,7 @@
 matrix product, backward by two matrix products and col2im."""
 from ..kernels import col2im, im2col
 from ..padding import PADDINGS, crop_2d, pad_2d
-from .base import as_pair, check_choice, check_positive_int, window_pads
+from .base import as_pair, check_choice, check_positive_int, window_output_shape, window_pads
 from .core import KernelLayer
 
 
@@ -32,7 +32,12 @@ class Conv2D(KernelLayer):
         self.cols = None
 
     def build(self, input_shape, like_array):
-        self.add_kernel_and_bias((*self.kernel_size, input_shape[-1], self.filters), like_array)
+        self.add_kernel_and_bias((*self.kernel_size, self.known_size(input_shape, -1), self.filters),
+                                 like_array)
+
+    def compute_output_shape(self, input_shape):
+        return window_output_shape(self, input_shape, self.kernel_size, self.strides,
+                                   self.padding, self.filters)
 
     def forward(self, x, training=False):
         x = self._prepare(x)

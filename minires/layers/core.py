@@ -53,7 +53,10 @@ class Dense(KernelLayer):
         self.x = None
 
     def build(self, input_shape, like_array):
-        self.add_kernel_and_bias((input_shape[-1], self.units), like_array)
+        self.add_kernel_and_bias((self.known_size(input_shape, -1), self.units), like_array)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
 
     def forward(self, x, training=False):
         x = self._prepare(x)
@@ -80,6 +83,10 @@ class Flatten(Layer):
     Backward: flattening moves no value, so the gradient is only reshaped back.
     """
     min_input_rank = 2
+
+    def compute_output_shape(self, input_shape):
+        rest = input_shape[1:]
+        return input_shape[0], None if None in rest else math.prod(rest)
 
     def forward(self, x, training=False):
         x = self._prepare(x)
@@ -113,6 +120,12 @@ class ZeroPadding2D(Layer):
             ph, pw = as_pair(padding, "padding", self.name, allow_zero=True)
             rows, cols = (ph, ph), (pw, pw)
         self.padding = (rows, cols)
+
+    def compute_output_shape(self, input_shape):
+        n, height, width, channels = input_shape
+        (top, bottom), (left, right) = self.padding
+        return (n, None if height is None else height + top + bottom,
+                None if width is None else width + left + right, channels)
 
     def forward(self, x, training=False):
         x = self._prepare(x)

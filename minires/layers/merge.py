@@ -1,7 +1,8 @@
 """Merging branches: Add (the residual connection) and Concatenate (inception).
 
 Both take a LIST of inputs and their backward returns a list of gradients, one
-per input, in the same order.
+per input, in the same order.  ``add([...])`` and ``concatenate([...])`` are
+Keras's functional shortcuts.
 """
 import itertools
 
@@ -11,15 +12,31 @@ from .base import Layer
 
 class _Merge(Layer):
     def _prepare_all(self, inputs):
-        """Check that ``inputs`` is a list of two or more arrays of one rank."""
+        """Arrays of the right dtype, after the same shape checks as a symbolic call."""
+        self._check_list(inputs)
+        arrays = [self._as_float_array(x) for x in inputs]
+        self.compute_output_shape([x.shape for x in arrays])
+        return arrays
+
+    def _check_list(self, inputs):
         if not isinstance(inputs, (list, tuple)) or len(inputs) < 2:
             raise ValueError(f"layer {self.name!r} ({type(self).__name__}) must be called on a "
                              f"list of at least 2 inputs, got {type(inputs).__name__}")
-        arrays = [self._as_float_array(x) for x in inputs]
-        if len({x.ndim for x in arrays}) != 1:
+
+    def _check_ranks(self, shapes):
+        if len({len(s) for s in shapes}) != 1:
             raise ValueError(f"layer {self.name!r}: inputs have different ranks, shapes "
-                             f"{[tuple(x.shape) for x in arrays]}")
-        return arrays
+                             f"{[tuple(s) for s in shapes]}")
+
+
+def _agree(a, b):
+    """Sizes agree when equal or when either is unknown (None)."""
+    return a is None or b is None or a == b
+
+
+def _first_known(shapes, axis):
+    """The size on ``axis`` that some input knows, else None."""
+    return next((s[axis] for s in shapes if s[axis] is not None), None)
 
 
 class Add(_Merge):
@@ -29,14 +46,20 @@ class Add(_Merge):
     this is how the shortcut of a residual block passes its gradient straight
     through.  (The returned list holds the same array k times: do not modify it
     in place.)  If two inputs are one tensor, its total gradient is the SUM of
-    the branch gradients, which is the caller's job (see the Add test).
+    the branch gradients, which the caller adds up (minires.models.Model does).
     """
+
+    def compute_output_shape(self, input_shape):
+        self._check_list(input_shape)
+        self._check_ranks(input_shape)
+        first = input_shape[0]
+        if not all(_agree(a, b) for shape in input_shape[1:] for a, b in zip(first, shape)):
+            raise ValueError(f"layer {self.name!r} (Add) needs inputs of one shape, got shapes "
+                             f"{[tuple(s) for s in input_shape]}")
+        return tuple(_first_known(input_shape, a) for a in range(len(first)))
 
     def forward(self, inputs, training=False):
         arrays = self._prepare_all(inputs)
-        if len({tuple(x.shape) for x in arrays}) != 1:
-            raise ValueError(f"layer {self.name!r} (Add) needs inputs of one shape, got shapes "
-                             f"{[tuple(x.shape) for x in arrays]}")
         self.count, self.output_shape = len(arrays), arrays[0].shape
         total = arrays[0] + arrays[1]
         for x in arrays[2:]:
@@ -59,17 +82,26 @@ class Concatenate(_Merge):
         super().__init__(name=name, **kwargs)
         self.axis = axis
 
-    def forward(self, inputs, training=False):
-        arrays = self._prepare_all(inputs)
-        ndim = arrays[0].ndim
+    def compute_output_shape(self, input_shape):
+        self._check_list(input_shape)
+        self._check_ranks(input_shape)
+        ndim = len(input_shape[0])
         if not -ndim <= self.axis < ndim:
             raise ValueError(f"layer {self.name!r}: axis {self.axis} is out of range for "
                              f"inputs of rank {ndim}")
         axis = self.axis % ndim
-        others = {tuple(s for a, s in enumerate(x.shape) if a != axis) for x in arrays}
-        if len(others) != 1:
+        first = input_shape[0]
+        if not all(_agree(first[a], s[a]) for s in input_shape for a in range(ndim) if a != axis):
             raise ValueError(f"layer {self.name!r} (Concatenate) needs inputs that agree on every "
-                             f"axis but {self.axis}, got shapes {[tuple(x.shape) for x in arrays]}")
+                             f"axis but {self.axis}, got shapes {[tuple(s) for s in input_shape]}")
+        sizes = [s[axis] for s in input_shape]
+        output = [_first_known(input_shape, a) for a in range(ndim)]
+        output[axis] = None if None in sizes else sum(sizes)
+        return tuple(output)
+
+    def forward(self, inputs, training=False):
+        arrays = self._prepare_all(inputs)
+        axis = self.axis % arrays[0].ndim
         self.sizes = [x.shape[axis] for x in arrays]
         y = get_array_module(*arrays).concatenate(arrays, axis=axis)
         self.output_shape = y.shape
@@ -80,3 +112,13 @@ class Concatenate(_Merge):
         dy = self._check_grad(dy, self.output_shape)
         boundaries = list(itertools.accumulate(sizes))[:-1]
         return get_array_module(dy).split(dy, boundaries, axis=self.axis)
+
+
+def add(inputs, **kwargs):
+    """Functional form of Add: ``add([x, shortcut])``."""
+    return Add(**kwargs)(inputs)
+
+
+def concatenate(inputs, axis=-1, **kwargs):
+    """Functional form of Concatenate: ``concatenate([a, b], axis=-1)``."""
+    return Concatenate(axis=axis, **kwargs)(inputs)

@@ -44,7 +44,7 @@ class BatchNormalization(Layer):
         self.input_ndim = ndim
         self.channel_axis = self.axis % ndim
         self.reduction_axes = tuple(a for a in range(ndim) if a != self.channel_axis)
-        channels = (input_shape[self.channel_axis],)
+        channels = (self.known_size(input_shape, self.channel_axis),)
         self.add_weight("gamma", channels, "ones", like_array)
         self.add_weight("beta", channels, "zeros", like_array)
         self.add_weight("moving_mean", channels, "zeros", like_array, trainable=False)

@@ -2,7 +2,15 @@
 from ..backend import get_array_module
 from ..kernels import col2im, im2col, max_pool_backward, max_pool_forward
 from ..padding import PADDINGS, crop_2d, pad_2d
-from .base import Layer, as_pair, check_choice, window_pads
+from .base import Layer, as_pair, check_choice, window_output_shape, window_pads
+
+
+class _GlobalPooling2D(Layer):
+    """(N, H, W, C) -> (N, C)."""
+    input_rank = 4
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0], input_shape[3]
 
 
 class _Pooling2D(Layer):
@@ -14,6 +22,10 @@ class _Pooling2D(Layer):
         self.pool_size = as_pair(pool_size, "pool_size", self.name)
         self.strides = self.pool_size if strides is None else as_pair(strides, "strides", self.name)
         self.padding = check_choice(padding, PADDINGS, "padding", self.name)
+
+    def compute_output_shape(self, input_shape):
+        return window_output_shape(self, input_shape, self.pool_size, self.strides,
+                                   self.padding, input_shape[-1])
 
     def _pads(self, x):
         self.pads, _ = window_pads(self, x.shape, self.pool_size, self.strides, self.padding)
@@ -73,12 +85,11 @@ class AveragePooling2D(_Pooling2D):
         return crop_2d(col2im(dcols, self.padded_shape, *self.strides), self.pads)
 
 
-class GlobalAveragePooling2D(Layer):
+class GlobalAveragePooling2D(_GlobalPooling2D):
     """y[n, c] = mean over h, w of x[n, h, w, c]; (N, H, W, C) -> (N, C).
 
     Backward: every pixel contributed 1 / (H*W) of the mean: dx = dy / (H*W).
     """
-    input_rank = 4
 
     def forward(self, x, training=False):
         x = self._prepare(x)
@@ -92,12 +103,11 @@ class GlobalAveragePooling2D(Layer):
         return xp.broadcast_to(dy[:, None, None, :] / (h * w), (n, h, w, c)).copy()
 
 
-class GlobalMaxPooling2D(Layer):
+class GlobalMaxPooling2D(_GlobalPooling2D):
     """y[n, c] = max over h, w of x[n, h, w, c]; (N, H, W, C) -> (N, C).
 
     Backward: dy goes to the (first) pixel that held the maximum.
     """
-    input_rank = 4
 
     def forward(self, x, training=False):
         x = self._prepare(x)

@@ -1,0 +1,1 @@
+"""Reading weights: Keras HDF5 files (keras_h5)."""

@@ -1,0 +1,33 @@
+"""Input: where a functional model's graph starts."""
+from ..backend import floatx
+from .base import KerasTensor, Layer
+
+
+class InputLayer(Layer):
+    """Holds the expected input shape; a model checks arrays against it.
+
+    ``batch_shape`` includes the batch axis (None unless fixed).
+    """
+
+    def __init__(self, batch_shape, name=None, dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.batch_shape = tuple(batch_shape)
+        self.outputs.append(KerasTensor(self.batch_shape, self.dtype, self))
+        self.built = True
+
+    def check(self, x, model_name):
+        """Raise a ValueError naming this layer if array ``x`` does not fit."""
+        shape = tuple(x.shape)
+        fits = len(shape) == len(self.batch_shape) and all(
+            expected is None or expected == actual for expected, actual in zip(self.batch_shape, shape))
+        if not fits:
+            raise ValueError(f"model {model_name!r}: input layer {self.name!r} expects arrays of "
+                             f"shape {self.batch_shape}, got {shape}")
+
+
+def Input(shape, batch_size=None, name=None, dtype=None):
+    """A symbolic input of ``shape`` (without the batch axis), as ``keras.Input``."""
+    if isinstance(shape, int):
+        shape = (shape,)
+    layer = InputLayer((batch_size, *shape), name=name, dtype=dtype or floatx())
+    return layer.output

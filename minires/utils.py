@@ -1,0 +1,62 @@
+"""Keras's ``keras.utils`` helpers that tutorials call: plot_model, set_random_seed."""
+import os
+import shutil
+import subprocess
+import tempfile
+
+from .initializers import set_random_seed  # noqa: F401  (keras.utils.set_random_seed)
+from .summary import _shape_text
+
+
+def model_to_dot(model, show_shapes=False, show_layer_names=True):
+    """The model's graph in Graphviz's DOT language: one box per layer, an
+    arrow from each layer to the layers that read its output."""
+    lines = ["digraph model {", "  rankdir=TB;", '  node [shape=record, fontname="Helvetica"];']
+    for layer in model.layers:
+        label = type(layer).__name__
+        if show_layer_names:
+            label = f"{layer.name}: {label}"
+        if show_shapes:
+            shapes = [_shape_text(t.shape) for t in model._order if t.layer is layer]
+            label += "\\n" + " ".join(shapes)
+        label = label.replace('"', '\\"')
+        lines.append(f'  "{layer.name}" [label="{label}"];')
+    for tensor in model._order:
+        for source in tensor.inbound:
+            lines.append(f'  "{source.layer.name}" -> "{tensor.layer.name}";')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_model(model, to_file="model.png", show_shapes=False, show_layer_names=True):
+    """Write the graph to ``to_file``: DOT text for '.dot'/'.gv', or a picture
+    for '.png'/'.svg'/'.pdf', which needs Graphviz's ``dot`` program."""
+    dot = model_to_dot(model, show_shapes, show_layer_names)
+    extension = os.path.splitext(to_file)[1].lower().lstrip(".")
+    if extension in ("dot", "gv"):
+        _write_atomically(to_file, dot.encode())
+        return to_file
+    if extension not in ("png", "svg", "pdf"):
+        raise ValueError(f"plot_model: cannot write {to_file!r}; use .dot, .gv, .png, .svg or .pdf")
+    program = shutil.which("dot")
+    if program is None:
+        raise RuntimeError(f"plot_model: writing {to_file!r} needs Graphviz's 'dot' program "
+                           "(e.g. apt-get install graphviz); a '.dot' file needs nothing")
+    picture = subprocess.run([program, f"-T{extension}"], input=dot.encode(),
+                             capture_output=True, check=True).stdout
+    _write_atomically(to_file, picture)
+    return to_file
+
+
+def _write_atomically(path, data):
+    """Write to a temporary file beside ``path``, then rename it into place, so a
+    crash never leaves a half-written file under the real name."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
