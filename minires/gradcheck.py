@@ -16,20 +16,33 @@ Typical use, in float64 (float32 is too coarse for finite differences):
     >>> x = np.random.default_rng(0).standard_normal((2, 7, 7, 3))
     >>> print(gradcheck.check_layer(conv, x))
 """
+import contextlib
+
 import numpy as np
 
 from .backend import get_array_module
 
 
 class Report(dict):
-    """{'input 0': rel. error, 'kernel': rel. error, ...}, printed as a table."""
+    """{'input 0': rel. error, 'kernel': rel. error, ...}, printed as a table.
+
+    ``magnitude[name]`` is max |analytic| + |numeric| for that array: a gradient
+    that is truly zero (a conv bias just before a training-mode BN, whose mean
+    subtraction cancels any constant shift) shows a magnitude at the level of
+    rounding noise (~1e-10), where a relative error means nothing.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.magnitude = {}
 
     def worst(self):
         return max(self.values()) if self else 0.0
 
     def __str__(self):
         width = max(map(len, self), default=0)
-        return "\n".join(f"{name:<{width}}  relative error {error:.2e}" for name, error in self.items())
+        return "\n".join(f"{name:<{width}}  relative error {error:.2e}  (magnitude "
+                         f"{self.magnitude.get(name, float('nan')):.1e})" for name, error in self.items())
 
 
 def relative_error(analytic, numeric):
@@ -100,6 +113,8 @@ def check_gradients(forward, backward, inputs, params=None, h=1e-5, seed=0, max_
             mask[tuple(np.array(indices).T)] = True
             analytic, numeric = _to_numpy(analytic)[mask], _to_numpy(numeric)[mask]
         report[name] = relative_error(analytic, numeric)
+        report.magnitude[name] = float(np.max(np.abs(_to_numpy(analytic)) + np.abs(_to_numpy(numeric)),
+                                              initial=0.0))
     return report
 
 
@@ -110,22 +125,62 @@ def check_layer(layer, *inputs, training=True, h=1e-5, seed=0, max_entries=None)
     be float64 (``dtype='float64'`` or ``backend.floatx_scope('float64')``).
     Non-trainable state (BN moving statistics) is restored afterwards.
     """
-    if layer.dtype != "float64":
-        raise TypeError(f"check_layer: layer {layer.name!r} is {layer.dtype}; finite differences "
-                        "need float64: create it with dtype='float64'")
+    _require_float64([layer], "check_layer")
     merge = len(inputs) > 1
 
     def forward(*xs):
         return layer.forward(list(xs) if merge else xs[0], training=training)
 
     forward(*inputs)                      # builds the layer, so its params exist
-    saved = {k: v.copy() for k, v in layer.params.items() if k in layer.non_trainable_names}
     params = {name: (layer.params[name], lambda name=name: layer.grads[name])
               for name in layer.trainable_names()}
-    try:
+    with _state_restored([layer]):
         return check_gradients(forward, layer.backward, inputs, params, h, seed, max_entries)
+
+
+def check_model(model, *inputs, loss=None, labels=None, training=True, h=1e-5, seed=0,
+                max_entries=20):
+    """Gradient check of a whole model, optionally through a loss.
+
+    With ``loss`` (e.g. SoftmaxCrossEntropy) and ``labels`` the checked output
+    is the scalar loss, so the gradient flows loss -> logits -> ... -> input.
+    Report keys: 'input i' and 'layer name/param name' for every trainable
+    parameter; ``max_entries`` samples that many entries per array (a full
+    check costs two forward passes per entry). Build the model in float64.
+    """
+    _require_float64(model.layers, "check_model")
+
+    def forward(*xs):
+        out = model.forward(list(xs) if len(xs) > 1 else xs[0], training=training)
+        return out if loss is None else loss.forward(out, labels)
+
+    def backward(d_output):
+        return model.backward(d_output if loss is None else loss.backward(d_output))
+
+    params = {f"{layer.name}/{name}": (layer.params[name], lambda l=layer, n=name: l.grads[n])
+              for layer, name in model.parameters()}
+    with _state_restored(model.layers):
+        return check_gradients(forward, backward, inputs, params, h, seed, max_entries)
+
+
+def _require_float64(layers, caller):
+    for layer in layers:
+        if layer.dtype != "float64":
+            raise TypeError(f"{caller}: layer {layer.name!r} is {layer.dtype}; finite differences "
+                            "need float64: create it with dtype='float64' (or inside "
+                            "backend.floatx_scope('float64'))")
+
+
+@contextlib.contextmanager
+def _state_restored(layers):
+    """Put non-trainable state (BN moving statistics) back after the check:
+    every forward in training mode updates it."""
+    saved = [(layer, name, layer.params[name].copy()) for layer in layers
+             for name in layer.params if name in layer.non_trainable_names]
+    try:
+        yield
     finally:
-        for name, value in saved.items():
+        for layer, name, value in saved:
             layer.params[name][...] = value
 
 

@@ -85,6 +85,17 @@ class Model:
         if repeated:
             raise ValueError(f"model {self.name!r}: layer names must be unique, repeated: {repeated}")
 
+    @property
+    def input(self):
+        """The input tensor (a list for several inputs), as ``keras.Model.input``."""
+        return self.inputs[0] if self._single_input else self.inputs
+
+    @property
+    def output(self):
+        """The output tensor (a list for several outputs). Feature extraction:
+        ``Model(m.input, [m.get_layer(name).output for name in names])``."""
+        return self.outputs[0] if self._single_output else self.outputs
+
     # --- running it --------------------------------------------------------------
     def __call__(self, inputs, training=None):
         return self.forward(inputs, training=training)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from minires.initializers import set_random_seed
 from minires.layers import clear_session
 
 # Gradient checks must agree to this in float64 (issue: max relative error <= 1e-7).
@@ -9,8 +10,10 @@ GRAD_TOL = 1e-7
 
 @pytest.fixture(autouse=True)
 def fresh_names():
-    """Every test starts with Keras's automatic layer names reset."""
+    """Every test starts with Keras's automatic layer names reset and the
+    initialisers' global seed fixed, so every run builds the same weights."""
     clear_session()
+    set_random_seed(0)
 
 
 @pytest.fixture
@@ -41,3 +44,40 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("worst float64 gradient-check error per layer")
         for subject, error in sorted(_worst_by_subject.items()):
             terminalreporter.write_line(f"{subject:<28} {error:.2e}")
+
+
+def bias_before_training_bn(model):
+    """'layer/bias' names of layers whose output only feeds BatchNormalization:
+    in training mode BN subtracts the batch mean, so their gradient is zero."""
+    readers = {}
+    for tensor in model._order:                   # every layer call, in graph order
+        for source in tensor.inbound:
+            readers.setdefault(id(source.layer), []).append(tensor.layer)
+    return {f"{layer.name}/bias" for layer in model.layers if "bias" in layer.params
+            and readers.get(id(layer)) and all(type(r).__name__ == "BatchNormalization"
+                                                for r in readers[id(layer)])}
+
+
+def assert_model_gradients_match(report, model, subject, tol=1e-6, training=True):
+    """Every gradient matches to ``tol``; a bias that only feeds a training-mode
+    BN must instead be zero both analytically and numerically (magnitude at
+    rounding-noise level), where a relative error would only compare noise."""
+    zero = bias_before_training_bn(model) if training else set()
+    nonzero = [name for name in zero if not report.magnitude[name] < 1e-8]
+    assert not nonzero, f"{subject}: these gradients should vanish:\n{report}"
+    checked = type(report)()
+    checked.update({k: v for k, v in report.items() if k not in zero})
+    checked.magnitude = report.magnitude
+    assert_gradients_match(checked, subject, tol)
+
+
+def randomize_offsets(model, rng, scale=0.1):
+    """Random biases, BN betas and gammas instead of Keras's zeros and ones: with
+    zero biases, a unit whose receptive field is all dead ReLUs sits exactly on
+    ReLU's kink, where a finite difference is one-sided."""
+    for layer in model.layers:
+        for name in ("bias", "beta"):
+            if name in layer.params:
+                layer.params[name][...] = rng.standard_normal(layer.params[name].shape) * scale
+        if "gamma" in layer.params:
+            layer.params["gamma"][...] = 1 + rng.standard_normal(layer.params["gamma"].shape) * scale

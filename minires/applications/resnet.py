@@ -1,0 +1,148 @@
+"""ResNets (He et al. 2015, "Deep Residual Learning for Image Recognition").
+
+All share one plan: a stem that shrinks the image 4x (7x7/2 conv, BN, ReLU,
+3x3/2 max-pool), four stages of residual blocks whose first block halves the
+resolution (except stage 2) and widens the channels, then a classifier head.
+
+    stage   output (224 input)   ResNet-50 bottleneck filters   blocks
+    conv2   56 x 56              64, 64, 256                    3
+    conv3   28 x 28              128, 128, 512                  4
+    conv4   14 x 14              256, 256, 1024                 6
+    conv5    7 x  7              512, 512, 2048                 3
+
+``ResNet50(generation='current')`` is Keras's ``keras.applications.ResNet50``
+(names ``conv1_conv``.. ``predictions``, BN epsilon 1.001e-5);
+``generation='legacy'`` is the Keras 2 ``resnet50.py`` that the original
+weight file was saved from (``conv1``, ``bn_conv1``, ``res2a_branch2a``..
+``fc1000``, BN epsilon 1e-3), with ``pool1_pad`` as Keras >= 2.2.3 builds it
+or, with ``pool1_pad=False``, without it and with the 7x7 average-pool +
+Flatten head of the first release.
+"""
+from ..blocks import CURRENT_EPSILON, basic_block, bottleneck_block, conv_block, identity_block
+from ..layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Flatten,
+                      GlobalAveragePooling2D, MaxPooling2D, ZeroPadding2D)
+from ..models import Model
+from .common import image_input, load_weights_if_given, pooling_head
+
+STAGE_FILTERS = (64, 128, 256, 512)
+MIN_SIZE = 32
+
+
+def ResNet18(**kwargs):
+    """ResNet-18: basic blocks [2, 2, 2, 2], 11.7 M parameters with the top."""
+    return ResNet((2, 2, 2, 2), bottleneck=False, name="resnet18", **kwargs)
+
+
+def ResNet34(**kwargs):
+    """ResNet-34: basic blocks [3, 4, 6, 3]."""
+    return ResNet((3, 4, 6, 3), bottleneck=False, name="resnet34", **kwargs)
+
+
+def ResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+             classes=1000, classifier_activation="softmax", generation="current", pool1_pad=True):
+    """ResNet-50: bottleneck blocks [3, 4, 6, 3], 25,636,712 parameters.
+
+    generation: 'current' (Keras 2.3+ / tf.keras / Keras 3 names) or 'legacy'
+    (Keras 1 / 2.0-2.2 names, see the module docstring). ``pool1_pad`` only
+    applies to the legacy generation. ``weights``: None (seeded random
+    initialisation) or the path of a Keras weights file of this architecture.
+    """
+    options = dict(include_top=include_top, weights=weights, input_tensor=input_tensor,
+                   input_shape=input_shape, pooling=pooling, classes=classes,
+                   classifier_activation=classifier_activation)
+    if generation == "legacy":
+        return LegacyResNet50(pool1_pad=pool1_pad, **options)
+    if generation != "current":
+        raise ValueError(f"ResNet50: generation must be 'current' or 'legacy', got {generation!r}")
+    return ResNet((3, 4, 6, 3), bottleneck=True, name="resnet50", **options)
+
+
+def ResNet101(**kwargs):
+    """ResNet-101: bottleneck blocks [3, 4, 23, 3], 44,707,176 parameters."""
+    return ResNet((3, 4, 23, 3), bottleneck=True, name="resnet101", **kwargs)
+
+
+def ResNet152(**kwargs):
+    """ResNet-152: bottleneck blocks [3, 8, 36, 3], 60,419,944 parameters."""
+    return ResNet((3, 8, 36, 3), bottleneck=True, name="resnet152", **kwargs)
+
+
+def ResNet(blocks, bottleneck, name, include_top=True, weights=None, input_tensor=None,
+           input_shape=None, pooling=None, classes=1000, classifier_activation="softmax"):
+    """A ResNet with current Keras layer names; ``blocks`` per stage conv2..conv5."""
+    inputs = image_input(input_tensor, input_shape, include_top, 224, MIN_SIZE, name)
+    x = ZeroPadding2D(padding=(3, 3), name="conv1_pad")(inputs)
+    x = Conv2D(64, 7, strides=2, name="conv1_conv")(x)
+    x = BatchNormalization(axis=3, epsilon=CURRENT_EPSILON, name="conv1_bn")(x)
+    x = Activation("relu", name="conv1_relu")(x)
+    x = ZeroPadding2D(padding=(1, 1), name="pool1_pad")(x)
+    x = MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    x = residual_stages(x, blocks, STAGE_FILTERS, bottleneck)
+    x = current_head(x, include_top, pooling, classes, classifier_activation)
+    return load_weights_if_given(Model(inputs, x, name=name), weights)
+
+
+def residual_stages(x, blocks, stage_filters, bottleneck):
+    """Stages conv2, conv3, ..: ``blocks[i]`` residual blocks with
+    ``stage_filters[i]`` filters; every stage but the first starts with stride 2."""
+    for stage, (n_blocks, filters) in enumerate(zip(blocks, stage_filters), start=2):
+        for b in range(1, n_blocks + 1):
+            strides = 2 if b == 1 and stage > 2 else 1
+            name = f"conv{stage}_block{b}"
+            if bottleneck:
+                x = bottleneck_block(x, 3, (filters, filters, 4 * filters), strides=strides,
+                                     projection=b == 1, name=name)
+            else:
+                x = basic_block(x, filters, strides=strides, name=name)
+    return x
+
+
+def current_head(x, include_top, pooling, classes, classifier_activation):
+    if not include_top:
+        return pooling_head(x, pooling, avg_name="avg_pool", max_name="max_pool")
+    x = GlobalAveragePooling2D(name="avg_pool")(x)
+    return Dense(classes, activation=classifier_activation, name="predictions")(x)
+
+
+def LegacyResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None,
+                   pooling=None, classes=1000, classifier_activation="softmax", pool1_pad=True):
+    """ResNet-50 as Keras 2's ``resnet50.py`` builds it, legacy layer names."""
+    inputs = image_input(input_tensor, input_shape, include_top, 224, MIN_SIZE, "resnet50")
+    x = ZeroPadding2D(padding=(3, 3), name="conv1_pad")(inputs)
+    x = Conv2D(64, (7, 7), strides=(2, 2), kernel_initializer="he_normal", name="conv1")(x)
+    x = BatchNormalization(axis=3, name="bn_conv1")(x)
+    x = Activation("relu")(x)
+    if pool1_pad:
+        x = ZeroPadding2D(padding=(1, 1), name="pool1_pad")(x)
+    x = MaxPooling2D((3, 3), strides=(2, 2))(x)
+    for stage, (n_blocks, filters) in enumerate(zip((3, 4, 6, 3), STAGE_FILTERS), start=2):
+        f = [filters, filters, 4 * filters]
+        x = conv_block(x, 3, f, stage=stage, block="a", strides=(1, 1) if stage == 2 else (2, 2))
+        for block in "bcdef"[:n_blocks - 1]:
+            x = identity_block(x, 3, f, stage=stage, block=block)
+    if include_top:
+        if pool1_pad:
+            x = GlobalAveragePooling2D(name="avg_pool")(x)
+        else:               # the first release: fixed 7x7 pool, so 224x224 input only
+            x = Flatten()(AveragePooling2D((7, 7), name="avg_pool")(x))
+        x = Dense(classes, activation=classifier_activation, name="fc1000")(x)
+    else:
+        x = pooling_head(x, pooling)
+    return load_weights_if_given(Model(inputs, x, name="resnet50"), weights)
+
+
+def CifarResNet(blocks=(2, 2, 2, 2), width=64, input_shape=(32, 32, 3), classes=10,
+                classifier_activation="softmax", name="cifar_resnet", input_tensor=None):
+    """ResNet for small images: a 3x3/1 stem conv, no max-pool, basic blocks.
+
+    Stage i has ``width * 2**i`` filters; the default is the ResNet-18 used for
+    CIFAR-10 (32x32 input, 10 classes). Pass ``classifier_activation=None``
+    for logits, as ``minires.losses.SoftmaxCrossEntropy`` expects.
+    """
+    inputs = image_input(input_tensor, input_shape, True, 32, 8, name)
+    x = Conv2D(width, 3, padding="same", name="conv1_conv")(inputs)
+    x = BatchNormalization(axis=3, epsilon=CURRENT_EPSILON, name="conv1_bn")(x)
+    x = Activation("relu", name="conv1_relu")(x)
+    x = residual_stages(x, blocks, [width * 2 ** i for i in range(len(blocks))], bottleneck=False)
+    x = current_head(x, True, None, classes, classifier_activation)
+    return Model(inputs, x, name=name)
