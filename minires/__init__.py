@@ -3,7 +3,7 @@
 Start with ``minires.layers`` (each layer's forward and backward side by side),
 ``minires.naive`` (the loop-by-loop definitions) and ``minires.gradcheck``.
 """
-from . import backend, gradcheck, initializers, layers, losses, models, naive, utils
+from . import applications, backend, blocks, gradcheck, initializers, layers, losses, models, naive, utils
 from .backend import floatx, set_floatx
 from .initializers import set_random_seed
 from .layers import *  # noqa: F401,F403  (Keras-style: from minires import Conv2D)
@@ -12,5 +12,5 @@ from .losses import SoftmaxCrossEntropy
 from .models import Model
 
 __version__ = "0.1.0"
-__all__ = ["backend", "gradcheck", "initializers", "layers", "losses", "models", "naive", "utils",
+__all__ = ["applications", "blocks", "backend", "gradcheck", "initializers", "layers", "losses", "models", "naive", "utils",
            "floatx", "set_floatx", "set_random_seed", "SoftmaxCrossEntropy", "Model", *_layer_names]
