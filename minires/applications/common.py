@@ -35,7 +35,12 @@ def pooling_head(x, pooling, avg_name=None, max_name=None):
 
 
 def load_weights_if_given(model, weights):
-    """``weights`` is None (keep the seeded random initialisation) or a path."""
+    """``weights`` is None (keep the seeded random initialisation) or the path
+    of a Keras weights file, loaded by layer names (never by position)."""
+    if weights == "imagenet":
+        raise ValueError(f"{model.name}: minires knows only ResNet-50's ImageNet weight files; "
+                         "pass the path of a Keras weights file instead")
     if weights is not None:
-        model.load_weights(weights)
+        from ..io.keras_h5 import load_by_name
+        load_by_name(model, weights)
     return model

@@ -39,22 +39,63 @@ def ResNet34(**kwargs):
 
 
 def ResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-             classes=1000, classifier_activation="softmax", generation="current", pool1_pad=True):
+             classes=1000, classifier_activation="softmax", generation=None, pool1_pad=True):
     """ResNet-50: bottleneck blocks [3, 4, 6, 3], 25,636,712 parameters.
 
+    weights: None (seeded random initialisation), 'imagenet' (Keras's ImageNet
+    file of this generation, downloaded once, see minires.io.download) or the
+    path of a Keras ResNet-50 weights file of either generation, loaded by
+    layer and weight names.
     generation: 'current' (Keras 2.3+ / tf.keras / Keras 3 names) or 'legacy'
-    (Keras 1 / 2.0-2.2 names, see the module docstring). ``pool1_pad`` only
-    applies to the legacy generation. ``weights``: None (seeded random
-    initialisation) or the path of a Keras weights file of this architecture.
+    (Keras 1 / 2.0-2.2 names, see the module docstring); None means the
+    generation of the weights file, else 'current'. ``pool1_pad`` only applies
+    to the legacy generation.
     """
-    options = dict(include_top=include_top, weights=weights, input_tensor=input_tensor,
-                   input_shape=input_shape, pooling=pooling, classes=classes,
-                   classifier_activation=classifier_activation)
+    if generation is None:
+        generation = weights_generation(weights) if _is_path(weights) else "current"
+    options = dict(include_top=include_top, input_tensor=input_tensor, input_shape=input_shape,
+                   pooling=pooling, classes=classes, classifier_activation=classifier_activation)
     if generation == "legacy":
-        return LegacyResNet50(pool1_pad=pool1_pad, **options)
-    if generation != "current":
+        model = LegacyResNet50(pool1_pad=pool1_pad, **options)
+    elif generation == "current":
+        model = ResNet((3, 4, 6, 3), bottleneck=True, name="resnet50", **options)
+    else:
         raise ValueError(f"ResNet50: generation must be 'current' or 'legacy', got {generation!r}")
-    return ResNet((3, 4, 6, 3), bottleneck=True, name="resnet50", **options)
+    if weights == "imagenet":
+        from ..io.download import resnet50_weights_path
+        weights = resnet50_weights_path(generation, include_top)
+    if weights is not None:
+        load_resnet50_weights(model, weights, generation)
+    return model
+
+
+def _is_path(weights):
+    return weights is not None and weights != "imagenet"
+
+
+def weights_generation(filepath):
+    """'legacy' or 'current': which ResNet-50 generation a Keras weights file
+    holds, recognised from its layer names (conv1/bn_conv1 or conv1_conv)."""
+    from ..io.keras_h5 import WeightsFileError, read_layer_weights
+    names = {name for name, _, _ in read_layer_weights(filepath)}
+    if {"conv1", "bn_conv1"} <= names:
+        return "legacy"
+    if "conv1_conv" in names:
+        return "current"
+    raise WeightsFileError(f"{filepath} holds no ResNet-50 weights of either Keras generation: "
+                           f"neither 'conv1'+'bn_conv1' nor 'conv1_conv' among its "
+                           f"{len(names)} layers")
+
+
+def load_resnet50_weights(model, filepath, generation):
+    """Load a Keras ResNet-50 file into ``model`` by names, after checking that
+    it is of the model's generation (a clear error, not 40 missing layers)."""
+    from ..io.keras_h5 import WeightsFileError, load_by_name
+    found = weights_generation(filepath)
+    if found != generation:
+        raise WeightsFileError(f"{filepath} holds {found}-generation ResNet-50 weights but the "
+                               f"model is {generation}: build ResNet50(generation={found!r})")
+    load_by_name(model, filepath, renames={"probs": "predictions"})   # old keras-applications name
 
 
 def ResNet101(**kwargs):
@@ -69,7 +110,8 @@ def ResNet152(**kwargs):
 
 def ResNet(blocks, bottleneck, name, include_top=True, weights=None, input_tensor=None,
            input_shape=None, pooling=None, classes=1000, classifier_activation="softmax"):
-    """A ResNet with current Keras layer names; ``blocks`` per stage conv2..conv5."""
+    """A ResNet with current Keras layer names; ``blocks`` per stage conv2..conv5.
+    ``weights``: None or the path of a Keras weights file (loaded by names)."""
     inputs = image_input(input_tensor, input_shape, include_top, 224, MIN_SIZE, name)
     x = ZeroPadding2D(padding=(3, 3), name="conv1_pad")(inputs)
     x = Conv2D(64, 7, strides=2, name="conv1_conv")(x)
@@ -104,8 +146,8 @@ def current_head(x, include_top, pooling, classes, classifier_activation):
     return Dense(classes, activation=classifier_activation, name="predictions")(x)
 
 
-def LegacyResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None,
-                   pooling=None, classes=1000, classifier_activation="softmax", pool1_pad=True):
+def LegacyResNet50(include_top=True, input_tensor=None, input_shape=None, pooling=None,
+                   classes=1000, classifier_activation="softmax", pool1_pad=True):
     """ResNet-50 as Keras 2's ``resnet50.py`` builds it, legacy layer names."""
     inputs = image_input(input_tensor, input_shape, include_top, 224, MIN_SIZE, "resnet50")
     x = ZeroPadding2D(padding=(3, 3), name="conv1_pad")(inputs)
@@ -128,7 +170,7 @@ def LegacyResNet50(include_top=True, weights=None, input_tensor=None, input_shap
         x = Dense(classes, activation=classifier_activation, name="fc1000")(x)
     else:
         x = pooling_head(x, pooling)
-    return load_weights_if_given(Model(inputs, x, name="resnet50"), weights)
+    return Model(inputs, x, name="resnet50")
 
 
 def CifarResNet(blocks=(2, 2, 2, 2), width=64, input_shape=(32, 32, 3), classes=10,

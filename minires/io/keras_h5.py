@@ -11,6 +11,12 @@ Two layouts exist:
       name as attribute ``name``.
 Within a layer, weights come in Keras's order (kernel, bias; gamma, beta,
 moving_mean, moving_variance), which is also the order of ``layer.params``.
+
+Weight names across Keras generations (``weight_slot`` maps them all):
+  Keras 1  ``conv1_W:0``, ``conv1_b:0``, ``bn_conv1_gamma:0``, ``bn_conv1_running_mean:0``,
+           ``bn_conv1_running_std:0`` (which holds the variance, despite its name)
+  Keras 2  ``conv1_conv/kernel:0``, ``conv1_bn/moving_variance:0``
+  Keras 3  legacy .h5: ``conv1_conv/kernel``; .weights.h5: positions 0, 1, ... only
 """
 import os
 
@@ -19,6 +25,10 @@ import numpy as np
 
 from ..backend import like
 from ..layers.base import snake_case
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read, or whose contents do not fit the model."""
 
 
 def _text(values):
@@ -34,16 +44,24 @@ def read_layer_weights(filepath):
     try:
         handle = h5py.File(filepath, "r")
     except OSError as error:
-        raise ValueError(f"{filepath} is not a readable HDF5 file ({error})") from None
+        raise WeightsFileError(f"{filepath} is not a readable HDF5 file (empty, truncated or "
+                               f"another format): {error}") from None
     with handle:
-        root = handle["model_weights"] if "model_weights" in handle else handle
-        if "layer_names" in root.attrs:
-            return [(name, [(w, np.asarray(root[name][w])) for w in _text(root[name].attrs["weight_names"])], None)
-                    for name in _text(root.attrs["layer_names"])]
-        if "layers" in root:
-            return [_read_keras3_layer(path, group) for path, group in root["layers"].items()]
-    raise ValueError(f"{filepath} is HDF5 but holds no Keras weights: no 'layer_names' attribute "
-                     "and no 'layers' group")
+        try:
+            return _read_layers(handle, filepath)
+        except (OSError, KeyError) as error:       # a damaged dataset or a dangling name
+            raise WeightsFileError(f"{filepath} is damaged: {error}") from None
+
+
+def _read_layers(handle, filepath):
+    root = handle["model_weights"] if "model_weights" in handle else handle
+    if "layer_names" in root.attrs:
+        return [(name, [(w, np.asarray(root[name][w])) for w in _text(root[name].attrs["weight_names"])], None)
+                for name in _text(root.attrs["layer_names"])]
+    if "layers" in root:
+        return [_read_keras3_layer(path, group) for path, group in root["layers"].items()]
+    raise WeightsFileError(f"{filepath} is HDF5 but holds no Keras weights: no 'layer_names' "
+                           "attribute and no 'layers' group")
 
 
 def _read_keras3_layer(path, group):
@@ -125,3 +143,81 @@ def _mismatch(layer, file_name, weights):
                     f"the file's {weight_name!r} has shape {tuple(array.shape)}")
     return None
 
+
+
+KERAS1_SLOTS = {"W": "kernel", "b": "bias", "running_mean": "moving_mean",
+                "running_std": "moving_variance"}   # Keras 1 stored the variance as "std"
+
+
+def weight_slot(layer, file_layer_name, weight_name):
+    """The parameter of ``layer`` that a stored weight fills, from its name alone:
+    'conv1_conv/kernel:0' -> 'kernel', 'bn_conv1_running_std:0' -> 'moving_variance'
+    (Keras 1 prefixes the layer name), Keras 3's positions ('conv1_conv/1') ->
+    the layer's second parameter. None if the name means nothing here."""
+    name = weight_name.split(":")[0]
+    if "/" in name:
+        short = name.rsplit("/", 1)[1]
+    elif name.startswith(file_layer_name + "_"):
+        short = name[len(file_layer_name) + 1:]
+    else:
+        short = name
+    if short.isdigit():
+        slots = list(layer.params)
+        return slots[int(short)] if int(short) < len(slots) else None
+    short = KERAS1_SLOTS.get(short, short)
+    return short if short in layer.params else None
+
+
+def load_by_name(model, filepath, renames=None):
+    """Strict loading by names: every weighted layer of the model gets its weights
+    from the file layer of the same name, each array from the weight of the
+    same name. Positions never decide anything, so files that list layers in
+    another order (the two ResNet-50 generations do) load correctly.
+
+    ``renames`` maps file layer names to model layer names (e.g. the old
+    'probs' to 'predictions'). Raises WeightsFileError listing unmatched layers
+    on either side, unknown or missing weights, and shape mismatches; the
+    model is changed only when the whole file fits.
+    """
+    renames = renames or {}
+    stored = {renames.get(name, name): (name, weights)
+              for name, weights, _ in read_layer_weights(filepath) if weights}
+    weighted = {layer.name: layer for layer in model.layers if layer.params}
+    missing, unexpected = sorted(set(weighted) - set(stored)), sorted(set(stored) - set(weighted))
+    if missing or unexpected:
+        raise WeightsFileError(f"{filepath} does not fit model {model.name!r}: "
+                               f"{_listing('model layers missing from the file', missing)}"
+                               f"{_listing('file layers not in the model', unexpected)}")
+    plan = [_layer_plan(weighted[name], file_name, weights, filepath)
+            for name, (file_name, weights) in stored.items()]
+    for layer, arrays in plan:
+        for slot, array in arrays.items():
+            layer.params[slot][...] = like(array.astype(layer.params[slot].dtype), layer.params[slot])
+
+
+def _listing(what, names, shown=8):
+    if not names:
+        return ""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{what} ({len(names)}): {', '.join(names[:shown])}{more}; "
+
+
+def _layer_plan(layer, file_name, weights, filepath):
+    """{param: array} for one layer, every name and shape checked."""
+    arrays = {}
+    for weight_name, array in weights:
+        slot = weight_slot(layer, file_name, weight_name)
+        if slot is None or slot in arrays:
+            raise WeightsFileError(f"{filepath}: weight {weight_name!r} of layer {file_name!r} "
+                                   f"matches none of {layer.name!r}'s weights {list(layer.params)}")
+        expected = tuple(layer.params[slot].shape)
+        if tuple(array.shape) != expected:
+            raise WeightsFileError(f"{filepath}: layer {layer.name!r}, weight {slot!r}: the model "
+                                   f"expects shape {expected}, the file's {weight_name!r} has "
+                                   f"shape {tuple(array.shape)}")
+        arrays[slot] = array
+    absent = [slot for slot in layer.params if slot not in arrays]
+    if absent:
+        raise WeightsFileError(f"{filepath}: layer {file_name!r} lacks weights {absent} of "
+                               f"layer {layer.name!r}")
+    return layer, arrays

@@ -1,0 +1,245 @@
+"""Loading Keras ResNet-50 weight files of both generations, by name.
+
+Files are written with h5py in each Keras generation's exact layout and names
+(random weights); the loaded model is compared with a second model whose
+parameters were set straight from the same arrays (the independent path).
+"""
+import h5py
+import numpy as np
+import pytest
+
+import keras_files
+import keras_resnet50_layers as golden
+from minires.applications import ResNet50
+from minires.applications.resnet import weights_generation
+from minires.io.keras_h5 import WeightsFileError, load_by_name
+
+SMALL = dict(input_shape=(64, 64, 3))                   # any size: the GAP head accepts it
+STYLES = [  # (generation, weight-name style, bytes attributes, full-model file)
+    ("legacy", "keras1", True, False),                  # the original 2016 file
+    ("legacy", "keras2", True, False),
+    ("current", "keras2", False, False),                # tf.keras's file
+    ("current", "keras2", True, True),
+    ("current", "keras3", False, True),                 # Keras 3 model.save('m.h5')
+]
+
+
+def file_layer_order(generation):
+    return [name for name, *_ in (golden.LEGACY if generation == "legacy" else golden.CURRENT)]
+
+
+def reference_model(generation, weights, **kwargs):
+    """The independent path: parameters set directly from the arrays."""
+    model = ResNet50(generation=generation, **kwargs)
+    for name, arrays in weights.items():
+        for slot, array in arrays.items():
+            model.get_layer(name).params[slot][...] = array
+    return model
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def case(inputs):
+    """Per generation, built once: random weights, and the outputs of the
+    reference model holding them."""
+    cases = {}
+    for generation in ("legacy", "current"):
+        weights = keras_files.random_weights(ResNet50(generation=generation, **SMALL),
+                                             np.random.default_rng(len(generation)))
+        outputs = reference_model(generation, weights, **SMALL).predict(inputs)
+        cases[generation] = (weights, outputs)
+    return cases
+
+
+def assert_loaded(model, weights, expected_outputs, inputs):
+    """Every parameter equals the array of its layer and name; outputs equal
+    the reference model's."""
+    assert {layer.name for layer in model.layers if layer.params} == set(weights)
+    for layer, slot in model.parameters(trainable_only=False):
+        np.testing.assert_array_equal(layer.params[slot], weights[layer.name][slot],
+                                      err_msg=f"{layer.name}/{slot}")
+    np.testing.assert_array_equal(model.predict(inputs), expected_outputs)
+
+
+@pytest.mark.parametrize("generation, style, as_bytes, full_model", STYLES)
+def test_each_generation_and_style_loads_by_name(tmp_path, inputs, case, generation, style,
+                                                 as_bytes, full_model):
+    weights, outputs = case[generation]
+    path = tmp_path / "resnet50.h5"
+    keras_files.write_legacy_layout(path, file_layer_order(generation), weights, style, as_bytes,
+                                    full_model)
+    model = ResNet50(weights=str(path), **SMALL)          # generation read off the file
+    assert model.get_layer(index=1).name == "conv1_pad"
+    assert ("bn_conv1" in {layer.name for layer in model.layers}) == (generation == "legacy")
+    assert_loaded(model, weights, outputs, inputs)
+
+
+def test_keras1_running_std_is_loaded_as_the_variance(tmp_path, case):
+    weights, _ = case["legacy"]
+    path = tmp_path / "w.h5"
+    keras_files.write_legacy_layout(path, file_layer_order("legacy"), weights, "keras1")
+    with h5py.File(path, "r") as f:
+        stored = np.asarray(f["bn_conv1/bn_conv1_running_std:0"])
+    model = ResNet50(weights=str(path), **SMALL)
+    np.testing.assert_array_equal(model.get_layer("bn_conv1").params["moving_variance"], stored)
+
+
+def test_keras3_weights_h5_layout(tmp_path, inputs, case):
+    weights, outputs = case["current"]
+    path = tmp_path / "resnet50.weights.h5"
+    keras_files.write_keras3_layout(path, [(name, cls) for name, cls, _, params in golden.CURRENT
+                                           if params], weights)
+    assert_loaded(ResNet50(weights=str(path), **SMALL), weights, outputs, inputs)
+
+
+def test_swapped_same_shaped_layers_still_load(tmp_path, inputs, case):
+    """res2a_branch2c and res2a_branch1 are both (1, 1, 64, 256) kernels: listed
+    in the other order (as the two generations do), loading by position would
+    silently swap them; by name it cannot."""
+    weights, outputs = case["legacy"]
+    order = file_layer_order("legacy")
+    for a, b in [("res2a_branch2c", "res2a_branch1"), ("bn2a_branch2c", "bn2a_branch1")]:
+        i, j = order.index(a), order.index(b)
+        order[i], order[j] = order[j], order[i]
+    path = tmp_path / "swapped.h5"
+    keras_files.write_legacy_layout(path, order, weights, "keras1", as_bytes=True)
+    model = ResNet50(weights=str(path), **SMALL)
+    assert_loaded(model, weights, outputs, inputs)
+    assert not np.array_equal(model.get_layer("res2a_branch2c").params["kernel"],
+                              weights["res2a_branch1"]["kernel"])
+
+
+def test_notop_files_and_old_probs_name(tmp_path, case):
+    weights = dict(case["current"][0])
+    top = weights.pop("predictions")
+    path = tmp_path / "notop.h5"
+    keras_files.write_legacy_layout(path, file_layer_order("current")[:-2], weights)
+    loaded = ResNet50(include_top=False, pooling="avg", weights=str(path), **SMALL)
+    assert loaded.layers[-1].name == "avg_pool"
+    np.testing.assert_array_equal(loaded.get_layer("conv5_block3_3_bn").params["moving_mean"],
+                                  weights["conv5_block3_3_bn"]["moving_mean"])
+
+    weights["probs"] = top                               # old keras-applications name
+    order = ["probs" if n == "predictions" else n for n in file_layer_order("current")]
+    path = tmp_path / "probs.h5"
+    keras_files.write_legacy_layout(path, order, weights)
+    loaded = ResNet50(weights=str(path), **SMALL)
+    np.testing.assert_array_equal(loaded.get_layer("predictions").params["kernel"],
+                                  weights["probs"]["kernel"])
+
+
+def test_generation_is_recognised_and_checked(tmp_path, case):
+    weights, _ = case["legacy"]
+    path = tmp_path / "legacy.h5"
+    keras_files.write_legacy_layout(path, file_layer_order("legacy"), weights, "keras1")
+    assert weights_generation(str(path)) == "legacy"
+    with pytest.raises(WeightsFileError, match=r"legacy-generation .* build ResNet50\(generation='legacy'\)"):
+        ResNet50(weights=str(path), generation="current", **SMALL)
+    no_pad = ResNet50(weights=str(path), pool1_pad=False)   # the v0.2 architecture, 224 only
+    assert "pool1_pad" not in {layer.name for layer in no_pad.layers}
+
+
+# --- damaged and mismatched files ---------------------------------------------------
+@pytest.fixture
+def good_file(tmp_path, case):
+    weights = {name: dict(arrays) for name, arrays in case["current"][0].items()}
+    path = tmp_path / "good.h5"
+    keras_files.write_legacy_layout(path, file_layer_order("current"), weights)
+    return path, weights
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.h5"
+    path.write_bytes(b"")
+    with pytest.raises(WeightsFileError, match=r"empty.h5 is not a readable HDF5 file"):
+        ResNet50(weights=str(path))
+
+
+def test_non_hdf5_file(tmp_path):
+    path = tmp_path / "page.h5"
+    path.write_text("<html>404 Not Found</html>")      # what a failed download may leave
+    with pytest.raises(WeightsFileError, match=r"page.h5 is not a readable HDF5 file"):
+        ResNet50(weights=str(path))
+
+
+def test_truncated_file(good_file, tmp_path):
+    path, _ = good_file
+    data = path.read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsFileError, match=r"cut.h5 (is not a readable HDF5 file|is damaged)"):
+        ResNet50(weights=str(cut), **SMALL)
+
+
+def test_corrupt_file(good_file, tmp_path):
+    """The superblock intact, the metadata after it (B-trees, heaps) overwritten.
+    (Damage inside the raw weight bytes is invisible to HDF5, which keeps no
+    checksums: the MD5 check of downloaded files is what catches that.)"""
+    path, _ = good_file
+    data = bytearray(path.read_bytes())
+    data[96:len(data) // 3] = b"\xff" * (len(data) // 3 - 96)
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(WeightsFileError, match=r"corrupt.h5 (is not a readable HDF5 file|is damaged)"):
+        ResNet50(weights=str(corrupt), **SMALL)
+
+
+def test_missing_layer(good_file, tmp_path):
+    path, weights = good_file
+    del weights["conv3_block2_2_conv"]
+    order = [n for n in file_layer_order("current") if n != "conv3_block2_2_conv"]
+    keras_files.write_legacy_layout(tmp_path / "missing.h5", order, weights)
+    with pytest.raises(WeightsFileError, match=r"model layers missing from the file \(1\): conv3_block2_2_conv"):
+        ResNet50(weights=str(tmp_path / "missing.h5"), **SMALL)
+
+
+def test_unexpected_layer(good_file, tmp_path):
+    _, weights = good_file
+    weights["extra_dense"] = {"kernel": np.zeros((3, 2), "float32"), "bias": np.zeros(2, "float32")}
+    keras_files.write_legacy_layout(tmp_path / "extra.h5", file_layer_order("current") + ["extra_dense"],
+                                    weights)
+    with pytest.raises(WeightsFileError, match=r"file layers not in the model \(1\): extra_dense"):
+        ResNet50(weights=str(tmp_path / "extra.h5"), **SMALL)
+
+
+def test_wrong_shape_names_layer_and_shapes(good_file, tmp_path):
+    _, weights = good_file
+    weights["conv2_block1_2_conv"]["kernel"] = np.zeros((1, 1, 64, 64), "float32")
+    keras_files.write_legacy_layout(tmp_path / "shape.h5", file_layer_order("current"), weights)
+    with pytest.raises(WeightsFileError, match=r"layer 'conv2_block1_2_conv', weight 'kernel': the model "
+                                               r"expects shape \(3, 3, 64, 64\).*\(1, 1, 64, 64\)"):
+        ResNet50(weights=str(tmp_path / "shape.h5"), **SMALL)
+
+
+def test_failed_load_leaves_the_model_unchanged(good_file, tmp_path):
+    _, weights = good_file
+    weights["conv5_block3_3_bn"]["gamma"] = np.zeros(7, "float32")   # the last layer is wrong
+    keras_files.write_legacy_layout(tmp_path / "late.h5", file_layer_order("current"), weights)
+    model = ResNet50(**SMALL)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(WeightsFileError, match="conv5_block3_3_bn"):
+        load_by_name(model, str(tmp_path / "late.h5"))
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_not_a_resnet50_file(tmp_path):
+    keras_files.write_legacy_layout(tmp_path / "other.h5", ["dense"],
+                                    {"dense": {"kernel": np.zeros((2, 2), "float32")}})
+    with pytest.raises(WeightsFileError, match="holds no ResNet-50 weights of either Keras generation"):
+        ResNet50(weights=str(tmp_path / "other.h5"))
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="nowhere.h5"):
+        ResNet50(weights="/nowhere.h5")
+
+
+def test_weight_files_are_only_read(good_file):
+    path, _ = good_file
+    before = (path.stat().st_mtime_ns, path.read_bytes())
+    ResNet50(weights=str(path), **SMALL)
+    assert (path.stat().st_mtime_ns, path.read_bytes()) == before
