@@ -40,6 +40,23 @@ def device_of(x):
     return "cpu" if get_array_module(x) is np else "cuda"
 
 
+def check_device(device):
+    """Raise one clear error unless ``device`` ('cpu' or 'cuda') can be used here."""
+    if device == "cpu":
+        return
+    if device != "cuda":
+        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    cupy = _cupy()
+    if cupy is None:
+        raise RuntimeError("device 'cuda' needs CuPy: pip install 'minires[cuda]'")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:                # CuPy's CUDA errors have no common base here
+        raise RuntimeError(f"device 'cuda': CuPy finds no usable CUDA device ({error})") from None
+    if count == 0:
+        raise RuntimeError("device 'cuda': CuPy finds no CUDA device")
+
+
 def to_device(x, device):
     """Copy ``x`` to ``device`` ('cpu' or 'cuda'); no copy when already there."""
     if device == "cpu":

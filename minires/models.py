@@ -14,7 +14,7 @@ from those layers are summed.
 """
 import difflib
 
-from .backend import get_array_module
+from .backend import check_device, get_array_module, to_device
 from .layers.base import KerasTensor, unique_name
 from .layers.input_layer import InputLayer
 
@@ -229,6 +229,16 @@ class Model:
                 raise ValueError(f"layer {layer.name!r}: weight {name!r} has shape "
                                  f"{tuple(layer.params[name].shape)}, got {tuple(value.shape)}")
             layer.params[name][...] = value
+
+    def to(self, device):
+        """Move every parameter to ``device`` ('cpu' or 'cuda'); returns the model.
+        Inputs must then live on the same device."""
+        check_device(device)
+        for layer in self.layers:
+            for name, value in layer.params.items():
+                layer.params[name] = to_device(value, device)
+            layer.grads.clear()
+        return self
 
     def summary(self, print_fn=print):
         from .summary import summary_text
