@@ -143,8 +143,12 @@ class Model:
         layer reading its output has sent back its share of the gradient.
         """
         self._check_no_shared_layers()
+        d_outputs = _as_list(d_outputs)
+        if len(d_outputs) != len(self.outputs):
+            raise ValueError(f"model {self.name!r} has {len(self.outputs)} outputs, backward got "
+                             f"{len(d_outputs)} gradients")
         grads = {}
-        for tensor, g in zip(self.outputs, _as_list(d_outputs)):
+        for tensor, g in zip(self.outputs, d_outputs):
             _accumulate(grads, tensor, g)
         for tensor in reversed(self._order):
             if isinstance(tensor.layer, InputLayer) or id(tensor) not in grads:
@@ -217,8 +221,8 @@ class Model:
         return sum(int(layer.params[name].size) for layer, name in self.parameters())
 
     def get_weights(self):
-        """Every parameter array, layer by layer in Keras order (as Keras)."""
-        return [layer.params[name] for layer, name in self.parameters(trainable_only=False)]
+        """A copy of every parameter array, layer by layer in Keras order (as Keras)."""
+        return [layer.params[name].copy() for layer, name in self.parameters(trainable_only=False)]
 
     def set_weights(self, weights):
         slots = list(self.parameters(trainable_only=False))
@@ -245,9 +249,19 @@ class Model:
         print_fn(summary_text(self))
 
     def load_weights(self, filepath, by_name=False, skip_mismatch=False):
-        """Read a Keras HDF5 weights file (see minires.io.keras_h5.load_weights)."""
+        """Read a Keras HDF5 weights file (see minires.io.keras_h5.load_weights),
+        or a minires ``.npz`` checkpoint (see minires.io.checkpoint)."""
+        if str(filepath).endswith(".npz"):
+            from .io.checkpoint import load_checkpoint
+            return load_checkpoint(self, filepath)
         from .io.keras_h5 import load_weights
         return load_weights(self, filepath, by_name=by_name, skip_mismatch=skip_mismatch)
+
+    def save_weights(self, filepath):
+        """Write every parameter and BN statistic to a ``.npz`` checkpoint,
+        atomically (minires never writes HDF5: Keras's files are only read)."""
+        from .io.checkpoint import save_checkpoint
+        save_checkpoint(self, filepath)
 
 
 def _accumulate(grads, tensor, g):
