@@ -13,28 +13,25 @@ KERAS1_SUFFIX = {"kernel": "W", "bias": "b", "gamma": "gamma", "beta": "beta",
                  "moving_mean": "running_mean", "moving_variance": "running_std"}
 
 
+def random_value(slot, shape, rng):
+    """A float32 array for parameter ``slot``: kernels scaled by 1/sqrt(fan in),
+    positive variances, gammas near 1, so a deep network stays finite."""
+    if slot == "kernel":
+        value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
+    elif slot == "moving_variance":
+        value = rng.uniform(0.5, 2.0, shape)
+    elif slot == "gamma":
+        value = rng.uniform(0.5, 1.5, shape)
+    else:
+        value = rng.standard_normal(shape) * 0.1
+    return value.astype("float32")
+
+
 def random_weights(model, rng):
-    """{layer name: {param: array}} for every weighted layer, float32, with
-    positive variances and moderate scales so a deep network stays finite."""
-    weights = {}
-    for layer in model.layers:
-        if not layer.params:
-            continue
-        arrays = {}
-        for slot, current in layer.params.items():
-            shape = current.shape
-            if slot == "kernel":
-                fan_in = int(np.prod(shape[:-1]))
-                value = rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)
-            elif slot == "moving_variance":
-                value = rng.uniform(0.5, 2.0, shape)
-            elif slot == "gamma":
-                value = rng.uniform(0.5, 1.5, shape)
-            else:
-                value = rng.standard_normal(shape) * 0.1
-            arrays[slot] = value.astype("float32")
-        weights[layer.name] = arrays
-    return weights
+    """{layer name: {param: array}} for every weighted layer of ``model``."""
+    return {layer.name: {slot: random_value(slot, current.shape, rng)
+                         for slot, current in layer.params.items()}
+            for layer in model.layers if layer.params}
 
 
 def weight_name(style, layer, slot):

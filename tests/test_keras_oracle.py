@@ -13,6 +13,7 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 
+import keras_files  # noqa: E402
 from minires.applications import ResNet50  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -23,18 +24,8 @@ def keras_resnet50(tmp_path_factory):
     """Keras's ResNet-50 (softmax and logits) with random weights, saved twice."""
     rng = np.random.default_rng(0)
     probs_model = keras.applications.ResNet50(weights=None)
-    weights = []
-    for w in probs_model.weights:
-        shape, name = tuple(w.shape), w.path.rsplit("/", 1)[-1]
-        if name == "kernel":
-            value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
-        elif name == "moving_variance":
-            value = rng.uniform(0.5, 2.0, shape)
-        elif name == "gamma":
-            value = rng.uniform(0.5, 1.5, shape)
-        else:
-            value = rng.standard_normal(shape) * 0.1
-        weights.append(value.astype("float32"))
+    weights = [keras_files.random_value(w.path.rsplit("/", 1)[-1], tuple(w.shape), rng)
+               for w in probs_model.weights]
     logits_model = keras.applications.ResNet50(weights=None, classifier_activation=None)
     logits_model.set_weights(weights)
     x = np.random.default_rng(1).uniform(-120, 140, (2, 224, 224, 3)).astype("float32")
