@@ -193,7 +193,7 @@ def test_missing_layer(good_file, tmp_path):
     del weights["conv3_block2_2_conv"]
     order = [n for n in file_layer_order("current") if n != "conv3_block2_2_conv"]
     keras_files.write_legacy_layout(tmp_path / "missing.h5", order, weights)
-    with pytest.raises(WeightsFileError, match=r"model layers missing from the file \(1\): conv3_block2_2_conv"):
+    with pytest.raises(WeightsFileError, match=r"model layer 'conv3_block2_2_conv' is missing from the file"):
         ResNet50(weights=str(tmp_path / "missing.h5"), **SMALL)
 
 
@@ -202,7 +202,7 @@ def test_unexpected_layer(good_file, tmp_path):
     weights["extra_dense"] = {"kernel": np.zeros((3, 2), "float32"), "bias": np.zeros(2, "float32")}
     keras_files.write_legacy_layout(tmp_path / "extra.h5", file_layer_order("current") + ["extra_dense"],
                                     weights)
-    with pytest.raises(WeightsFileError, match=r"file layers not in the model \(1\): extra_dense"):
+    with pytest.raises(WeightsFileError, match=r"file layer 'extra_dense' is not in the model"):
         ResNet50(weights=str(tmp_path / "extra.h5"), **SMALL)
 
 
@@ -210,9 +210,46 @@ def test_wrong_shape_names_layer_and_shapes(good_file, tmp_path):
     _, weights = good_file
     weights["conv2_block1_2_conv"]["kernel"] = np.zeros((1, 1, 64, 64), "float32")
     keras_files.write_legacy_layout(tmp_path / "shape.h5", file_layer_order("current"), weights)
-    with pytest.raises(WeightsFileError, match=r"layer 'conv2_block1_2_conv', weight 'kernel': the model "
-                                               r"expects shape \(3, 3, 64, 64\).*\(1, 1, 64, 64\)"):
+    with pytest.raises(WeightsFileError, match=r"layer 'conv2_block1_2_conv', weight 'kernel': "
+                                               r"expected shape \(3, 3, 64, 64\), found \(1, 1, 64, 64\)"):
         ResNet50(weights=str(tmp_path / "shape.h5"), **SMALL)
+
+
+def test_every_problem_in_one_error_and_strict_false_loads_the_rest(good_file, tmp_path):
+    _, weights = good_file
+    weights["conv1_conv"]["bias"] = np.zeros(65, "float32")
+    weights["fc_extra"] = weights.pop("predictions")
+    weights["conv5_block3_3_bn"]["beta"] = np.zeros(7, "float32")
+    order = [("fc_extra" if n == "predictions" else n) for n in file_layer_order("current")]
+    path = tmp_path / "several.h5"
+    keras_files.write_legacy_layout(path, order, weights)
+    model = ResNet50(**SMALL)
+    with pytest.raises(WeightsFileError) as info:
+        load_by_name(model, str(path))
+    message = str(info.value)
+    assert "(4 problems)" in message
+    for expected in ["model layer 'predictions' is missing from the file",
+                     "file layer 'fc_extra' is not in the model",
+                     "layer 'conv1_conv', weight 'bias': expected shape (64,), found (65,)",
+                     "layer 'conv5_block3_3_bn', weight 'beta': expected shape (2048,), found (7,)"]:
+        assert expected in message
+    skipped = load_by_name(model, str(path), strict=False)
+    assert len(skipped) == 4
+    np.testing.assert_array_equal(model.get_layer("conv2_block1_1_conv").params["kernel"],
+                                  weights["conv2_block1_1_conv"]["kernel"])
+    assert not np.array_equal(model.get_layer("conv1_conv").params["kernel"],   # layer skipped
+                              weights["conv1_conv"]["kernel"])
+
+
+def test_theano_ordered_files_are_rejected_with_a_hint(good_file, tmp_path):
+    _, weights = good_file
+    for arrays in weights.values():
+        if "kernel" in arrays and arrays["kernel"].ndim == 4:
+            arrays["kernel"] = arrays["kernel"].transpose(3, 2, 0, 1)[:, :, ::-1, ::-1]
+    keras_files.write_legacy_layout(tmp_path / "th.h5", file_layer_order("current"), weights)
+    with pytest.raises(WeightsFileError, match=r"conv1_conv.*found \(64, 3, 7, 7\).*Theano 'th' "
+                                               r"dim-ordering file"):
+        ResNet50(weights=str(tmp_path / "th.h5"), **SMALL)
 
 
 def test_failed_load_leaves_the_model_unchanged(good_file, tmp_path):

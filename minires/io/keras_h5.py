@@ -168,56 +168,68 @@ def weight_slot(layer, file_layer_name, weight_name):
     return short if short in layer.params else None
 
 
-def load_by_name(model, filepath, renames=None):
-    """Strict loading by names: every weighted layer of the model gets its weights
-    from the file layer of the same name, each array from the weight of the
-    same name. Positions never decide anything, so files that list layers in
-    another order (the two ResNet-50 generations do) load correctly.
+def load_by_name(model, filepath, renames=None, strict=True):
+    """Load by names: every weighted layer of the model gets its weights from the
+    file layer of the same name, each array from the weight of the same name.
+    Positions never decide anything, so files that list layers in another
+    order (the two ResNet-50 generations do) load correctly.
 
     ``renames`` maps file layer names to model layer names (e.g. the old
-    'probs' to 'predictions'). Raises WeightsFileError listing unmatched layers
-    on either side, unknown or missing weights, and shape mismatches; the
-    model is changed only when the whole file fits.
+    'probs' to 'predictions').
+    strict=True: every problem (model layers missing from the file, file layers
+    not in the model, unknown or missing weights, shape mismatches with both
+    shapes) is collected and raised in one WeightsFileError; the model is
+    changed only when the whole file fits.
+    strict=False: whatever fits is loaded; returns the list of problems skipped.
+    A missing path raises FileNotFoundError; a file that is not HDF5, is empty,
+    truncated or damaged raises WeightsFileError.
     """
     renames = renames or {}
     stored = {renames.get(name, name): (name, weights)
               for name, weights, _ in read_layer_weights(filepath) if weights}
     weighted = {layer.name: layer for layer in model.layers if layer.params}
-    missing, unexpected = sorted(set(weighted) - set(stored)), sorted(set(stored) - set(weighted))
-    if missing or unexpected:
-        raise WeightsFileError(f"{filepath} does not fit model {model.name!r}: "
-                               f"{_listing('model layers missing from the file', missing)}"
-                               f"{_listing('file layers not in the model', unexpected)}")
-    plan = [_layer_plan(weighted[name], file_name, weights, filepath)
-            for name, (file_name, weights) in stored.items()]
-    for layer, arrays in plan:
+    problems = [f"model layer {name!r} is missing from the file" for name in weighted if name not in stored]
+    problems += [f"file layer {stored[name][0]!r} is not in the model" for name in stored if name not in weighted]
+    plans = []
+    for name in (n for n in weighted if n in stored):
+        arrays, layer_problems = _layer_plan(weighted[name], *stored[name])
+        problems += layer_problems
+        if not layer_problems:
+            plans.append((weighted[name], arrays))
+    if strict and problems:
+        raise WeightsFileError(f"{filepath} does not fit model {model.name!r} "
+                               f"({len(problems)} problems):\n  " + "\n  ".join(problems))
+    for layer, arrays in plans:
         for slot, array in arrays.items():
             layer.params[slot][...] = like(array.astype(layer.params[slot].dtype), layer.params[slot])
+    return problems
 
 
-def _listing(what, names, shown=8):
-    if not names:
-        return ""
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return f"{what} ({len(names)}): {', '.join(names[:shown])}{more}; "
-
-
-def _layer_plan(layer, file_name, weights, filepath):
-    """{param: array} for one layer, every name and shape checked."""
-    arrays = {}
+def _layer_plan(layer, file_name, weights):
+    """({param: array}, problems) for one layer, every name and shape checked."""
+    arrays, problems = {}, []
     for weight_name, array in weights:
         slot = weight_slot(layer, file_name, weight_name)
         if slot is None or slot in arrays:
-            raise WeightsFileError(f"{filepath}: weight {weight_name!r} of layer {file_name!r} "
-                                   f"matches none of {layer.name!r}'s weights {list(layer.params)}")
-        expected = tuple(layer.params[slot].shape)
-        if tuple(array.shape) != expected:
-            raise WeightsFileError(f"{filepath}: layer {layer.name!r}, weight {slot!r}: the model "
-                                   f"expects shape {expected}, the file's {weight_name!r} has "
-                                   f"shape {tuple(array.shape)}")
+            problems.append(f"layer {layer.name!r}: the file's weight {weight_name!r} matches none "
+                            f"of its weights {list(layer.params)}")
+            continue
+        expected, found = tuple(layer.params[slot].shape), tuple(array.shape)
+        if found != expected:
+            problems.append(f"layer {layer.name!r}, weight {slot!r}: expected shape {expected}, "
+                            f"found {found} ({weight_name!r}){_theano_hint(expected, found)}")
+            continue
         arrays[slot] = array
-    absent = [slot for slot in layer.params if slot not in arrays]
-    if absent:
-        raise WeightsFileError(f"{filepath}: layer {file_name!r} lacks weights {absent} of "
-                               f"layer {layer.name!r}")
-    return layer, arrays
+    problems += [f"layer {layer.name!r}: weight {slot!r} is missing from the file"
+                 for slot in layer.params if slot not in arrays
+                 and not any(f"weight {slot!r}" in p for p in problems)]
+    return arrays, problems
+
+
+def _theano_hint(expected, found):
+    """Theano-ordered ('th') files store conv kernels as (out, in, kh, kw), and
+    spatially flipped; minires reads only 'tf' files, as their name says."""
+    if len(expected) == 4 and found == (expected[3], expected[2], expected[0], expected[1]):
+        return ("; this looks like a Theano 'th' dim-ordering file (kernels (out, in, kh, kw)): "
+                "use the '..._tf_dim_ordering_tf_kernels' file instead")
+    return ""
