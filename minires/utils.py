@@ -2,9 +2,9 @@
 import os
 import shutil
 import subprocess
-import tempfile
 
 from .initializers import set_random_seed  # noqa: F401  (keras.utils.set_random_seed)
+from .io.atomic import atomic_write
 from .summary import _shape_text
 
 
@@ -34,7 +34,8 @@ def plot_model(model, to_file="model.png", show_shapes=False, show_layer_names=T
     dot = model_to_dot(model, show_shapes, show_layer_names)
     extension = os.path.splitext(to_file)[1].lower().lstrip(".")
     if extension in ("dot", "gv"):
-        _write_atomically(to_file, dot.encode())
+        with atomic_write(to_file) as handle:
+            handle.write(dot.encode())
         return to_file
     if extension not in ("png", "svg", "pdf"):
         raise ValueError(f"plot_model: cannot write {to_file!r}; use .dot, .gv, .png, .svg or .pdf")
@@ -44,19 +45,6 @@ def plot_model(model, to_file="model.png", show_shapes=False, show_layer_names=T
                            "(e.g. apt-get install graphviz); a '.dot' file needs nothing")
     picture = subprocess.run([program, f"-T{extension}"], input=dot.encode(),
                              capture_output=True, check=True).stdout
-    _write_atomically(to_file, picture)
+    with atomic_write(to_file) as handle:
+        handle.write(picture)
     return to_file
-
-
-def _write_atomically(path, data):
-    """Write to a temporary file beside ``path``, then rename it into place, so a
-    crash never leaves a half-written file under the real name."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise

@@ -21,14 +21,13 @@ error mid-save leaves any earlier checkpoint at ``path`` as it was.
 Loading checks everything (format, architecture, keys, shapes, dtypes) before
 writing any weight, so a load that fails leaves the model unchanged.
 """
-import contextlib
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from ..backend import like, to_device
+from .atomic import atomic_write
 
 FORMAT_VERSION = 1
 _FORMAT_KEY = "__format__"
@@ -56,7 +55,8 @@ def save_checkpoint(model, path, extra=None):
     """
     path = os.fspath(path)
     arrays = _checkpoint_arrays(model, extra)        # every check before any file is touched
-    _write_atomically(path, arrays)
+    with atomic_write(path, suffix=".npz") as handle:
+        np.savez(handle, **arrays)                   # a file object: no '.npz' appended
 
 
 def _checkpoint_arrays(model, extra):
@@ -90,32 +90,6 @@ def _extra_array(name, value):
         raise TypeError(f"extra[{name!r}]: {type(value).__name__} becomes an object array, "
                         "which would need pickling; store numbers, strings or numeric arrays")
     return array
-
-
-def _write_atomically(path, arrays):
-    """np.savez into a temporary file beside ``path``, fsync, then rename over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                         suffix=".npz", delete=False)
-    try:
-        with handle:
-            np.savez(handle, **arrays)               # a file object: no '.npz' appended
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(OSError):           # tempfile makes it private (0600)
-            os.chmod(handle.name, 0o666 & ~_umask())
-        os.replace(handle.name, path)
-    except BaseException:                            # KeyboardInterrupt too: no stray temp file
-        if os.path.exists(handle.name):
-            os.remove(handle.name)
-        raise
-
-
-def _umask():
-    """The process's umask (only readable by setting it, so it is set back at once)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --- loading -----------------------------------------------------------------------

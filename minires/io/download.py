@@ -34,11 +34,12 @@ where to put it), or pass any local copy with ``--weights PATH``.
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections import namedtuple
 from http.client import HTTPException
+
+from .atomic import atomic_write
 
 try:                                      # optional: a nicer progress bar
     from tqdm import tqdm as _tqdm
@@ -221,25 +222,14 @@ def _stream(url, handle, timeout, progress, desc):
 
 
 def _download_to(url, md5, path, timeout, progress):
-    """Download into a temporary file next to ``path``, verify, fsync, rename onto ``path``.
+    """Download into a temporary file next to ``path``, verify, rename onto ``path``.
     On any failure the temporary file is removed and the exception propagates."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temp = tempfile.NamedTemporaryFile(delete=False, dir=folder,
-                                       prefix="." + os.path.basename(path) + ".", suffix=".part")
-    try:
-        with temp:
-            got = _stream(url, temp, timeout, progress, os.path.basename(path))
-            if got != md5.lower():
-                raise WeightsDownloadError(f"MD5 mismatch for {url}: expected {md5.lower()}, got {got} "
-                                           "(the file on the server is not the expected one, or "
-                                           "the download was corrupted)")
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp.name, path)
-    except BaseException:
-        _remove_quietly(temp.name)
-        raise
+    with atomic_write(path, suffix=".part") as handle:
+        got = _stream(url, handle, timeout, progress, os.path.basename(path))
+        if got != md5.lower():
+            raise WeightsDownloadError(f"MD5 mismatch for {url}: expected {md5.lower()}, got {got} "
+                                       "(the file on the server is not the expected one, or "
+                                       "the download was corrupted)")
 
 
 def get_file(url, md5, path, progress=True, timeout=30):
