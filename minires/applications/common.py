@@ -2,19 +2,22 @@
 from ..layers import GlobalAveragePooling2D, GlobalMaxPooling2D, Input
 
 
-def image_input(input_tensor, input_shape, include_top, default_size, min_size, model_name):
+def image_input(input_tensor, input_shape, include_top, default_size, min_size, model_name,
+                channels=3):
     """The model's input tensor, as Keras's applications choose it.
 
     With the classifier on top the input defaults to (default_size,
     default_size, 3); without it, any height and width of at least ``min_size``.
+    ``channels``: the channel count required (None: any).
     """
     if input_tensor is not None:
         return input_tensor
     if input_shape is None:
         input_shape = (default_size, default_size, 3) if include_top else (None, None, 3)
     input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"{model_name}: input_shape must be (height, width, 3), got {input_shape}")
+    if len(input_shape) != 3 or channels not in (None, input_shape[-1]):
+        raise ValueError(f"{model_name}: input_shape must be (height, width, "
+                         f"{channels or 'channels'}), got {input_shape}")
     too_small = [s for s in input_shape[:2] if s is not None and s < min_size]
     if too_small:
         raise ValueError(f"{model_name}: input height and width must be at least {min_size}, "

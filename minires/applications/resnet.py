@@ -178,10 +178,11 @@ def CifarResNet(blocks=(2, 2, 2, 2), width=64, input_shape=(32, 32, 3), classes=
     """ResNet for small images: a 3x3/1 stem conv, no max-pool, basic blocks.
 
     Stage i has ``width * 2**i`` filters; the default is the ResNet-18 used for
-    CIFAR-10 (32x32 input, 10 classes). Pass ``classifier_activation=None``
+    CIFAR-10 (32x32 input, 10 classes); any channel count works (1 for
+    grayscale). Pass ``classifier_activation=None``
     for logits, as ``minires.losses.SoftmaxCrossEntropy`` expects.
     """
-    inputs = image_input(input_tensor, input_shape, True, 32, 8, name)
+    inputs = image_input(input_tensor, input_shape, True, 32, 8, name, channels=None)
     x = Conv2D(width, 3, padding="same", name="conv1_conv")(inputs)
     x = BatchNormalization(axis=3, epsilon=CURRENT_EPSILON, name="conv1_bn")(x)
     x = Activation("relu", name="conv1_relu")(x)

@@ -1,0 +1,121 @@
+"""fit/evaluate: learning for real, bit-identical resume, frozen layers, bad input."""
+import numpy as np
+import pytest
+
+from minires.applications import CifarResNet
+from minires.initializers import set_random_seed
+from minires.layers import BatchNormalization, Conv2D, Dense, Flatten, Input
+from minires.models import Model
+from minires.optim import SGD, Adam, CosineDecay
+from minires.train import evaluate, fit
+
+
+def patterns(n=240, seed=0):
+    """Three classes of 8x8 images, each a noisy copy of its own stripe pattern."""
+    rng = np.random.default_rng(seed)
+    stripes = np.zeros((3, 8, 8, 1), "float32")
+    stripes[0, ::2], stripes[1, :, ::2], stripes[2, np.eye(8, dtype=bool)] = 1, 1, 1
+    labels = rng.integers(0, 3, n)
+    images = stripes[labels] + rng.normal(0, 0.5, (n, 8, 8, 1)).astype("float32")
+    return images, labels
+
+
+def small_net(seed=0, name="small_net"):
+    set_random_seed(seed)
+    return CifarResNet(blocks=(1,), width=4, input_shape=(8, 8, 1), classes=3,
+                       classifier_activation=None, name=name)
+
+
+def test_training_learns():
+    x, y = patterns()
+    x_test, y_test = patterns(seed=1)
+    model = small_net()
+    _, before = evaluate(model, x_test, y_test)
+    history = fit(model, x, y, epochs=6, batch_size=16, optimizer=Adam(0.01),
+                  validation_data=(x_test, y_test), progress=False)
+    assert history["loss"][-1] < history["loss"][0] / 4
+    assert history["val_accuracy"][-1] >= 0.95 > before + 0.3
+
+
+@pytest.mark.parametrize("optimizer", [lambda: SGD(0.05, momentum=0.9, weight_decay=1e-3),
+                                       lambda: Adam(0.01, weight_decay=1e-4)], ids=["sgd", "adam"])
+def test_resume_continues_the_same_trajectory_bit_for_bit(tmp_path, optimizer):
+    x, y = patterns(96)
+    schedule = CosineDecay(0.05, 2)
+    straight = small_net()
+    fit(straight, x, y, epochs=2, batch_size=16, optimizer=optimizer(), schedule=schedule,
+        seed=3, progress=False)
+
+    path = str(tmp_path / "run.npz")
+    first = small_net()
+    fit(first, x, y, epochs=1, batch_size=16, optimizer=optimizer(), schedule=schedule, seed=3,
+        checkpoint=path, progress=False)
+    resumed = small_net(seed=99)                          # other initial weights: all restored
+    history = fit(resumed, x, y, epochs=2, batch_size=16, optimizer=optimizer(),
+                  schedule=schedule, seed=3, checkpoint=path, resume=True, progress=False)
+    assert len(history["loss"]) == 2                      # the first epoch's entry came back
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        assert a.dtype == np.float32 and np.array_equal(a, b)
+
+
+def test_frozen_layers_and_their_statistics_do_not_change():
+    x, y = patterns(64)
+    model = small_net()
+    frozen = [model.get_layer("conv1_conv"), model.get_layer("conv1_bn")]
+    for layer in frozen:
+        layer.trainable = False
+    before = {(l.name, k): v.copy() for l in frozen for k, v in l.params.items()}
+    moving = model.get_layer("conv2_block1_1_bn").params["moving_mean"].copy()
+    fit(model, x, y, epochs=2, batch_size=16, optimizer=SGD(0.1, momentum=0.9), progress=False)
+    for (name, key), value in before.items():
+        assert np.array_equal(model.get_layer(name).params[key], value), (name, key)
+    assert not np.array_equal(model.get_layer("conv2_block1_1_bn").params["moving_mean"], moving)
+
+
+def test_checkpoint_is_written_every_epoch(tmp_path):
+    x, y = patterns(32)
+    path = tmp_path / "ckpt.npz"
+    fit(small_net(), x, y, epochs=1, batch_size=16, checkpoint=str(path), progress=False)
+    with np.load(path, allow_pickle=False) as data:
+        assert int(data["__extra__/epoch"]) == 1
+        assert "__extra__/optimizer/iterations" in data.files
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]      # no temporary left
+
+
+def test_labels_out_of_range():
+    x, y = patterns(16)
+    y[3] = 3
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\).*from 0 to 3"):
+        fit(small_net(), x, y, progress=False)
+
+
+def test_data_and_labels_of_different_lengths():
+    x, y = patterns(16)
+    with pytest.raises(ValueError, match="x has 16 samples but y has 15 labels"):
+        fit(small_net(), x, y[:15], progress=False)
+    with pytest.raises(ValueError, match="x has 16 samples but y has 15 labels"):
+        evaluate(small_net(), x, y[:15])
+
+
+def test_float_labels_are_refused():
+    x, y = patterns(16)
+    with pytest.raises(TypeError, match="labels must be integer class indices"):
+        fit(small_net(), x, y.astype("float32"), progress=False)
+
+
+def test_nan_loss_stops_training():
+    x, y = patterns(32)
+    x[5, 0, 0, 0] = np.nan
+    model = small_net()
+    with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 1, batch \d"):
+        fit(model, x, y, batch_size=8, progress=False)
+
+
+def test_diverging_training_stops_with_a_clear_message():
+    set_random_seed(0)
+    x_in = Input((8, 8, 1))
+    out = Dense(3)(Flatten()(BatchNormalization()(Conv2D(4, 3)(x_in))))
+    model = Model(x_in, out)
+    x, y = patterns(64)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        fit(model, x * 1e3, y, epochs=20, batch_size=8, optimizer=SGD(1e6), progress=False)
