@@ -6,11 +6,42 @@ minires imports CuPy.  This module also holds the default float type
 (``floatx``), as ``keras.backend`` does.
 """
 import contextlib
+import importlib.util
+import os
 
 import numpy as np
 
 _FLOAT_TYPES = ("float16", "float32", "float64")
 _floatx = "float32"
+
+
+KERNEL_PATHS = ("auto", "numba", "numpy")
+_kernel_choice = None      # None: read MINIRES_KERNELS (default 'auto') at first use
+
+
+def numba_available():
+    """True when Numba can be imported (``pip install 'minires[numba]'``)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def set_kernel_path(path):
+    """Which CPU kernels conv and pooling use: 'numba', 'numpy' or 'auto'
+    (Numba when installed). Also settable as MINIRES_KERNELS=numba|numpy|auto."""
+    global _kernel_choice
+    if path not in KERNEL_PATHS:
+        raise ValueError(f"unknown kernel path {path!r}; use one of {KERNEL_PATHS}")
+    if path == "numba" and not numba_available():
+        raise RuntimeError("kernel path 'numba' needs Numba: pip install 'minires[numba]'")
+    _kernel_choice = path
+
+
+def kernel_path():
+    """The CPU kernels in use now: 'numba' or 'numpy' (CuPy arrays have their own)."""
+    if _kernel_choice is None:
+        set_kernel_path(os.environ.get("MINIRES_KERNELS", "auto").strip().lower() or "auto")
+    if _kernel_choice == "auto":
+        return "numba" if numba_available() else "numpy"
+    return _kernel_choice
 
 
 def _cupy():

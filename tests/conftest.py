@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from minires import backend
 from minires.initializers import set_random_seed
 from minires.layers import clear_session
 
@@ -14,6 +15,18 @@ def fresh_names():
     initialisers' global seed fixed, so every run builds the same weights."""
     clear_session()
     set_random_seed(0)
+
+
+KERNEL_PATHS = ["numpy"] + (["numba"] if backend.numba_available() else [])
+
+
+@pytest.fixture(params=KERNEL_PATHS)
+def each_kernel_path(request):
+    """Run the test once per CPU kernel path installed (NumPy slicing, Numba)."""
+    previous = backend.kernel_path()
+    backend.set_kernel_path(request.param)
+    yield request.param
+    backend.set_kernel_path(previous)
 
 
 @pytest.fixture

@@ -6,7 +6,11 @@ import re
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "minires"
-OPS = sorted([*PACKAGE.glob("layers/*.py"), *PACKAGE.glob("kernels/*.py"), PACKAGE / "losses.py"])
+# numba_kernels.py is the CPU-only path by design: kernels/__init__.py hands it
+# NumPy arrays only, and CuPy arrays take the slicing kernels.
+OPS = sorted([*PACKAGE.glob("layers/*.py"), *PACKAGE.glob("kernels/*.py"), PACKAGE / "losses.py",
+              PACKAGE / "optim.py"])
+OPS.remove(PACKAGE / "kernels" / "numba_kernels.py")
 NUMPY_ONLY = [r"\bimport cupy\b", r"\bfrom cupy\b", r"\.add\.at\(", r"np\.(?!dtype\b)\w+\("]
 
 

@@ -3,7 +3,7 @@ over randomised shapes, strides and paddings, float64, to 1e-10."""
 import numpy as np
 import pytest
 from conftest import distinct_values
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minires import naive
@@ -11,7 +11,10 @@ from minires.kernels import col2im, im2col
 from minires.layers import AveragePooling2D, Conv2D, MaxPooling2D
 
 TOL = 1e-10
-SETTINGS = settings(max_examples=60, deadline=None)
+# The fixture only switches the kernel path; it holds no state a generated example could touch.
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+pytestmark = pytest.mark.usefixtures("each_kernel_path")   # NumPy and, where installed, Numba
 
 
 @st.composite

@@ -2,9 +2,41 @@
 
 Every kernel takes an already padded (N, H, W, C) array and a window
 (kh, kw) with strides (sh, sw); it never knows which layer calls it.
-The versions here use only array slicing, so they run on NumPy and CuPy.
+Two implementations share these signatures: array slicing (im2col.py,
+pooling.py: NumPy or CuPy, the readable reference) and Numba-compiled loops
+(numba_kernels.py, NumPy arrays only). ``minires.backend.kernel_path()``
+says which one runs on the CPU; CuPy arrays always take the slicing one.
 """
-from .im2col import col2im, im2col
-from .pooling import max_pool_backward, max_pool_forward
+import numpy as np
+
+from .. import backend
+from . import im2col as slicing_im2col
+from . import pooling as slicing_pooling
+
+
+def _numba_for(array):
+    """numba_kernels when it should handle ``array``, else None."""
+    if backend.kernel_path() == "numba" and backend.get_array_module(array) is np:
+        from . import numba_kernels
+        return numba_kernels
+    return None
+
+
+def im2col(x, kh, kw, sh, sw):
+    return (_numba_for(x) or slicing_im2col).im2col(x, kh, kw, sh, sw)
+
+
+def col2im(cols, padded_shape, sh, sw):
+    return (_numba_for(cols) or slicing_im2col).col2im(cols, padded_shape, sh, sw)
+
+
+def max_pool_forward(x, ph, pw, sh, sw):
+    return (_numba_for(x) or slicing_pooling).max_pool_forward(x, ph, pw, sh, sw)
+
+
+def max_pool_backward(g, argmax, padded_shape, ph, pw, sh, sw):
+    return (_numba_for(g) or slicing_pooling).max_pool_backward(g, argmax, padded_shape,
+                                                                 ph, pw, sh, sw)
+
 
 __all__ = ["im2col", "col2im", "max_pool_forward", "max_pool_backward"]
