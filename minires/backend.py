@@ -44,6 +44,24 @@ def kernel_path():
     return _kernel_choice
 
 
+_im2col_limit = int(os.environ.get("MINIRES_IM2COL_MB", "256")) << 20
+
+
+def im2col_limit():
+    """Bytes of im2col columns a convolution may hold at once (default 256 MiB):
+    larger batches are processed in chunks of images."""
+    return _im2col_limit
+
+
+def set_im2col_limit(megabytes):
+    """Cap the im2col working memory (also MINIRES_IM2COL_MB); at least one image is
+    always processed, whatever the cap."""
+    global _im2col_limit
+    if not megabytes > 0:
+        raise ValueError(f"im2col limit must be positive, got {megabytes} MB")
+    _im2col_limit = int(megabytes * (1 << 20))
+
+
 def _cupy():
     """The CuPy module, or None when it is not installed."""
     try:

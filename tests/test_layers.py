@@ -199,3 +199,25 @@ def test_unseeded_initialisers_follow_set_random_seed():
     b = Conv2D(2, 3)
     b.forward(np.zeros((1, 3, 3, 1), np.float32))
     np.testing.assert_array_equal(a.params["kernel"], b.params["kernel"])
+
+
+@pytest.mark.parametrize("kernel,strides", [(3, 1), (3, 2), (1, 1), (1, 2)])
+def test_conv_in_batch_chunks_equals_one_pass(rng, kernel, strides, each_kernel_path):
+    """A tiny im2col memory cap makes Conv2D work one image at a time; forward
+    and backward must not change beyond summation order (the kernel gradient
+    is summed chunk by chunk)."""
+    x = rng.standard_normal((5, 9, 9, 3))
+    g = rng.standard_normal((5, *Conv2D(4, kernel, strides=strides, padding="same",
+                                          dtype="float64").compute_output_shape(x.shape)[1:]))
+    results = []
+    for megabytes in (256, 1e-6):
+        previous = backend.im2col_limit()
+        backend.set_im2col_limit(megabytes)
+        try:
+            initializers.set_random_seed(0)
+            conv = Conv2D(4, kernel, strides=strides, padding="same", dtype="float64")
+            results.append([conv.forward(x), conv.backward(g), conv.grads["kernel"]])
+        finally:
+            backend.set_im2col_limit(previous / (1 << 20))
+    for whole, chunked in zip(*results):
+        np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12 * np.abs(whole).max())

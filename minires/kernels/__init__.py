@@ -23,11 +23,22 @@ def _numba_for(array):
 
 
 def im2col(x, kh, kw, sh, sw):
+    if (kh, kw) == (1, 1):            # a 1x1 window is the pixel itself: a view, no copy
+        return x[:, ::sh, ::sw, None, None, :]
     return (_numba_for(x) or slicing_im2col).im2col(x, kh, kw, sh, sw)
 
 
 def col2im(cols, padded_shape, sh, sw):
+    if cols.shape[3:5] == (1, 1) and (sh, sw) == (1, 1):
+        return cols.reshape(padded_shape)
     return (_numba_for(cols) or slicing_im2col).col2im(cols, padded_shape, sh, sw)
+
+
+def batch_chunks(batch, bytes_per_item):
+    """Slices of a batch small enough that one slice's im2col columns stay under
+    ``backend.im2col_limit()`` (one item at least)."""
+    step = max(1, backend.im2col_limit() // max(1, bytes_per_item))
+    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
 
 
 def max_pool_forward(x, ph, pw, sh, sw):
@@ -39,4 +50,4 @@ def max_pool_backward(g, argmax, padded_shape, ph, pw, sh, sw):
                                                                  ph, pw, sh, sw)
 
 
-__all__ = ["im2col", "col2im", "max_pool_forward", "max_pool_backward"]
+__all__ = ["im2col", "col2im", "batch_chunks", "max_pool_forward", "max_pool_backward"]

@@ -1,6 +1,7 @@
 """2-D convolution (cross-correlation, as in Keras): forward by im2col and one
 matrix product, backward by two matrix products and col2im."""
-from ..kernels import col2im, im2col
+from ..backend import get_array_module
+from ..kernels import batch_chunks, col2im, im2col
 from ..padding import PADDINGS, crop_2d, pad_2d
 from .base import as_pair, check_choice, check_positive_int, window_output_shape, window_pads
 from .core import KernelLayer
@@ -18,6 +19,11 @@ class Conv2D(KernelLayer):
         db  = sum_rows dZ   b is added to every output pixel
         dX  = dZ @ Wm.T     each window entry fed every filter
         dx  = col2im(dX)    an input pixel sits in several windows: add them up
+
+    Memory: X is kh*kw times larger than x, so it is built a chunk of images at
+    a time (``backend.im2col_limit()``, 256 MiB by default) and only the padded
+    input is kept for backward, which rebuilds X chunk by chunk. A 1x1 conv
+    needs no X at all: its windows are the pixels themselves.
     """
     input_rank = 4
 
@@ -29,7 +35,7 @@ class Conv2D(KernelLayer):
         self.kernel_size = as_pair(kernel_size, "kernel_size", self.name)
         self.strides = as_pair(strides, "strides", self.name)
         self.padding = check_choice(padding, PADDINGS, "padding", self.name)
-        self.cols = None
+        self.xpad = None
 
     def build(self, input_shape, like_array):
         self.add_kernel_and_bias((*self.kernel_size, self.known_size(input_shape, -1), self.filters),
@@ -41,25 +47,43 @@ class Conv2D(KernelLayer):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
+        xp = get_array_module(x)
         self.pads, (out_h, out_w) = window_pads(self, x.shape, self.kernel_size,
                                                 self.strides, self.padding)
-        xpad = pad_2d(x, self.pads)
-        self.padded_shape = xpad.shape
-        kernel = self.params["kernel"]
-        self.cols = im2col(xpad, *self.kernel_size, *self.strides).reshape(-1, kernel[..., 0].size)
-        z = self.cols @ kernel.reshape(-1, self.filters)
+        self.xpad = pad_2d(x, self.pads)
+        self.out_size = (out_h, out_w)
+        kernel = self.params["kernel"].reshape(-1, self.filters)
+        z = xp.empty((x.shape[0], out_h, out_w, self.filters), dtype=x.dtype)
+        for batch, cols in self._windows():
+            xp.matmul(cols, kernel, out=z[batch].reshape(-1, self.filters))
         if self.use_bias:
             z += self.params["bias"]
-        self.y = self.activation_forward(z.reshape(x.shape[0], out_h, out_w, self.filters))
+        self.y = self.activation_forward(z)
         return self.y
 
     def backward(self, dy):
-        cols = self._require_forward("cols")
+        xpad = self._require_forward("xpad")
+        xp = get_array_module(xpad)
         dy = self._check_grad(dy, self.y.shape)
-        dz = self.activation_backward(dy, self.y).reshape(-1, self.filters)
-        kernel = self.params["kernel"]
-        self.grads["kernel"] = (cols.T @ dz).reshape(kernel.shape)
+        dz = self.activation_backward(dy, self.y)
+        kernel = self.params["kernel"].reshape(-1, self.filters)
+        d_kernel = xp.zeros_like(kernel)
+        dx = xp.empty_like(xpad)
+        for batch, cols in self._windows():
+            dz_rows = dz[batch].reshape(-1, self.filters)
+            d_kernel += cols.T @ dz_rows
+            d_cols = (dz_rows @ kernel.T).reshape(*dz[batch].shape[:3], *self.params["kernel"].shape[:3])
+            dx[batch] = col2im(d_cols, xpad[batch].shape, *self.strides)
+        self.grads["kernel"] = d_kernel.reshape(self.params["kernel"].shape)
         if self.use_bias:
-            self.grads["bias"] = dz.sum(axis=0)
-        dcols = (dz @ kernel.reshape(-1, self.filters).T).reshape(*self.y.shape[:3], *kernel.shape[:3])
-        return crop_2d(col2im(dcols, self.padded_shape, *self.strides), self.pads)
+            self.grads["bias"] = dz.sum(axis=(0, 1, 2))
+        return crop_2d(dx, self.pads)
+
+    def _windows(self):
+        """(batch slice, im2col rows of those images) in chunks that respect the
+        im2col memory limit; rows are (images * OH * OW, kh * kw * C)."""
+        (kh, kw), channels = self.kernel_size, self.xpad.shape[-1]
+        image_bytes = self.out_size[0] * self.out_size[1] * kh * kw * channels * self.xpad.itemsize
+        for batch in batch_chunks(self.xpad.shape[0], image_bytes):
+            cols = im2col(self.xpad[batch], kh, kw, *self.strides)
+            yield batch, cols.reshape(-1, kh * kw * channels)
