@@ -47,19 +47,24 @@ class Conv2D(KernelLayer):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        xp = get_array_module(x)
-        self.pads, (out_h, out_w) = window_pads(self, x.shape, self.kernel_size,
-                                                self.strides, self.padding)
-        self.xpad = pad_2d(x, self.pads)
-        self.out_size = (out_h, out_w)
-        kernel = self.params["kernel"].reshape(-1, self.filters)
-        z = xp.empty((x.shape[0], out_h, out_w, self.filters), dtype=x.dtype)
-        for batch, cols in self._windows():
-            xp.matmul(cols, kernel, out=z[batch].reshape(-1, self.filters))
+        z = self.convolve(x, self.params["kernel"])
         if self.use_bias:
             z += self.params["bias"]
         self.y = self.activation_forward(z)
         return self.y
+
+    def convolve(self, x, kernel):
+        """x (N, H, W, C) with ``kernel`` (kh, kw, C, F) -> (N, OH, OW, F), no bias.
+        Keeps the padded input for backward."""
+        xp = get_array_module(x)
+        self.pads, self.out_size = window_pads(self, x.shape, self.kernel_size,
+                                               self.strides, self.padding)
+        self.xpad = pad_2d(x, self.pads)
+        flat = kernel.reshape(-1, kernel.shape[-1])
+        z = xp.empty((x.shape[0], *self.out_size, flat.shape[1]), dtype=x.dtype)
+        for batch, cols in self._windows():
+            xp.matmul(cols, flat, out=z[batch].reshape(-1, flat.shape[1]))
+        return z
 
     def backward(self, dy):
         xpad = self._require_forward("xpad")
