@@ -1,0 +1,327 @@
+"""Time ResNet-50 in minires (and in PyTorch, where installed, with the same weights).
+
+    python examples/benchmark.py                   # everything, medians of 5 runs
+    python examples/benchmark.py --repeat 9 --batches 1 32
+    env -u OPENBLAS_CORETYPE python examples/benchmark.py   # let OpenBLAS pick AVX-512
+
+Prints: which BLAS and kernel path NumPy/minires use; inference at each batch
+size (plain Model.predict and the InferenceModel fast path) with images/s;
+a training step (forward, backward, SGD update); a per-layer-type breakdown;
+Numba against NumPy for conv backward's col2im; peak memory (RSS) of each
+configuration measured in a fresh subprocess. PyTorch runs alternately with
+minires in the same loop, same thread count, channels_last, so both see the
+same machine state; the ratio minires / PyTorch is printed (< 1: minires faster).
+"""
+import argparse
+import collections
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--train-batches", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per figure (median)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--rss", help=argparse.SUPPRESS)       # internal: one config, print RSS
+    return parser.parse_args(argv)
+
+
+def median_time(function, repeat):
+    function()                                               # warm-up (JIT, allocations)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def alternate(functions, repeat):
+    """Median seconds of each function, run in turns so drift hits all alike."""
+    for function in functions.values():
+        function()
+    times = collections.defaultdict(list)
+    for _ in range(repeat):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+# --- the two implementations -------------------------------------------------------
+def minires_resnet50():
+    from minires import set_random_seed
+    from minires.applications import ResNet50
+    set_random_seed(0)
+    model = ResNet50(classifier_activation=None)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:                     # BN statistics that are not trivial
+        if "moving_variance" in layer.params:
+            layer.params["moving_variance"][...] = rng.uniform(0.5, 2, layer.params["moving_variance"].shape)
+            layer.params["moving_mean"][...] = rng.normal(0, 0.1, layer.params["moving_mean"].shape)
+    return model
+
+
+def torch_resnet50(model):
+    """The Keras ResNet-50 (stride on the first 1x1 conv, conv biases, eps
+    1.001e-5) in PyTorch, holding minires's weights."""
+    import torch
+    from torch import nn
+
+    def conv(name):
+        layer = model.get_layer(name)
+        kh, kw, cin, cout = layer.params["kernel"].shape
+        c = nn.Conv2d(cin, cout, (kh, kw), stride=layer.strides, padding=(kh // 2) if layer.padding == "same" else 0)
+        c.weight.data = torch.from_numpy(np.ascontiguousarray(layer.params["kernel"].transpose(3, 2, 0, 1)))
+        c.bias.data = torch.from_numpy(layer.params["bias"].copy())
+        return c
+
+    def bn(name):
+        p = model.get_layer(name).params
+        b = nn.BatchNorm2d(p["gamma"].shape[0], eps=1.001e-5)
+        for ours, theirs in (("gamma", "weight"), ("beta", "bias")):
+            getattr(b, theirs).data = torch.from_numpy(p[ours].copy())
+        b.running_mean.data, b.running_var.data = (torch.from_numpy(p["moving_mean"].copy()),
+                                                   torch.from_numpy(p["moving_variance"].copy()))
+        return b
+
+    class Block(nn.Module):
+        def __init__(self, prefix, projection):
+            super().__init__()
+            self.main = nn.Sequential(conv(f"{prefix}_1_conv"), bn(f"{prefix}_1_bn"), nn.ReLU(),
+                                      conv(f"{prefix}_2_conv"), bn(f"{prefix}_2_bn"), nn.ReLU(),
+                                      conv(f"{prefix}_3_conv"), bn(f"{prefix}_3_bn"))
+            self.shortcut = (nn.Sequential(conv(f"{prefix}_0_conv"), bn(f"{prefix}_0_bn"))
+                             if projection else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.main(x) + self.shortcut(x))
+
+    blocks = [Block(f"conv{s}_block{b}", b == 1) for s, n in zip(range(2, 6), (3, 4, 6, 3))
+              for b in range(1, n + 1)]
+    dense = model.get_layer("predictions")
+    fc = nn.Linear(*dense.params["kernel"].shape)
+    fc.weight.data = torch.from_numpy(np.ascontiguousarray(dense.params["kernel"].T))
+    fc.bias.data = torch.from_numpy(dense.params["bias"].copy())
+    net = nn.Sequential(nn.ZeroPad2d(3), conv("conv1_conv"), bn("conv1_bn"), nn.ReLU(),
+                        nn.ZeroPad2d(1), nn.MaxPool2d(3, 2), *blocks,
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    return net.to(memory_format=torch.channels_last)
+
+
+def images(batch):
+    return np.random.default_rng(batch).standard_normal((batch, 224, 224, 3)).astype("float32")
+
+
+def minires_train_step(model, optimizer, loss, x, y):
+    logits = model.forward(x, training=True)
+    loss.forward(logits, y)
+    model.backward(loss.backward())
+    optimizer.step(model)
+
+
+def torch_train_step(net, optimizer, x, y):
+    import torch
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    optimizer.step()
+
+
+# --- sections ------------------------------------------------------------------------
+def environment(threads):
+    from minires import backend
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} cores, "
+          f"{threads} threads, kernel path: {backend.kernel_path()}")
+    try:
+        from threadpoolctl import threadpool_info
+        for pool in threadpool_info():
+            print(f"  BLAS: {pool.get('internal_api')} {pool.get('version')}, kernels for "
+                  f"{pool.get('architecture')}, {pool.get('num_threads')} threads")
+    except ImportError:
+        print("  BLAS: (pip install threadpoolctl to see which kernels OpenBLAS picked)")
+    print(f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+
+
+def agreement(model, net):
+    """The two networks hold the same weights: their logits must agree."""
+    import torch
+    x = images(2)
+    ours = model.predict(x)
+    with torch.no_grad():
+        theirs = net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    print(f"  same weights: max |logit difference| / max |logit| = "
+          f"{np.abs(ours - theirs).max() / np.abs(theirs).max():.1e}")
+
+
+def inference(model, net, batches, repeat):
+    from minires.inference import InferenceModel
+    fast = InferenceModel(model)
+    print("\ninference (median s per batch, images/s)")
+    for batch in batches:
+        x = images(batch)
+        runs = {"minires": lambda: model.predict(x, batch_size=batch),
+                "minires fast": lambda: fast.predict(x, batch_size=batch)}
+        if net is not None:
+            import torch
+            tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(memory_format=torch.channels_last)
+            runs["pytorch"] = lambda: _torch_inference(net, tx)
+        times = alternate(runs, repeat)
+        line = ", ".join(f"{k} {t:.3f} s ({batch / t:.1f}/s)" for k, t in times.items())
+        ratio = f"; fast / pytorch = {times['minires fast'] / times['pytorch']:.2f}" if net else ""
+        print(f"  batch {batch:>3}: {line}{ratio}")
+
+
+def _torch_inference(net, tx):
+    import torch
+    with torch.no_grad():
+        net.eval()(tx)
+
+
+def training(model, net, batches, repeat):
+    from minires.losses import SoftmaxCrossEntropy
+    from minires.optim import SGD
+    print("\ntraining step: forward, backward, SGD update (median s)")
+    for batch in batches:
+        x, y = images(batch), np.arange(batch) % 1000
+        optimizer, loss = SGD(1e-4, momentum=0.9), SoftmaxCrossEntropy()
+        runs = {"minires": lambda: minires_train_step(model, optimizer, loss, x, y)}
+        if net is not None:
+            import torch
+            tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(memory_format=torch.channels_last)
+            ty = torch.from_numpy(y)
+            topt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+            runs["pytorch"] = lambda: torch_train_step(net.train(), topt, tx, ty)
+        times = alternate(runs, repeat)
+        ratio = f"; minires / pytorch = {times['minires'] / times['pytorch']:.2f}" if net else ""
+        print(f"  batch {batch:>3}: " + ", ".join(f"{k} {t:.3f} s" for k, t in times.items()) + ratio)
+
+
+def breakdown(model, batch, repeat):
+    """Forward + backward time per layer type, by wrapping each layer's methods."""
+    totals = collections.Counter()
+
+    def timed(function, kind):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            totals[kind] += time.perf_counter() - start
+            return result
+        return run
+
+    layers = [layer for layer in model.layers if hasattr(layer, "backward")]
+    saved = [(layer, layer.forward, layer.backward) for layer in layers]
+    for layer in layers:
+        layer.forward = timed(layer.forward, type(layer).__name__)
+        layer.backward = timed(layer.backward, type(layer).__name__)
+    x = images(batch)
+    try:
+        for _ in range(repeat):
+            model.backward(np.ones_like(model.forward(x, training=True)))
+    finally:
+        for layer, forward, backward in saved:
+            layer.forward, layer.backward = forward, backward
+    total = sum(totals.values())
+    print(f"\nper layer type, forward + backward at batch {batch} (mean of {repeat})")
+    for kind, seconds in totals.most_common():
+        print(f"  {kind:<24} {seconds / repeat:7.3f} s  {seconds / total:6.1%}")
+
+
+def kernels(repeat):
+    from minires import backend
+    from minires.kernels import col2im, im2col
+    if not backend.numba_available():
+        print("\nNumba is not installed: only the NumPy kernels exist")
+        return
+    print("\nNumba against NumPy, stage-2 3x3 conv of ResNet-50 at batch 8 (median ms)")
+    x = np.random.default_rng(0).standard_normal((8, 58, 58, 64)).astype("float32")
+    cols = im2col(x, 3, 3, 1, 1)
+    previous = backend.kernel_path()
+    for name, run in (("im2col (forward)", lambda: im2col(x, 3, 3, 1, 1)),
+                      ("col2im (backward)", lambda: col2im(cols, x.shape, 1, 1))):
+        times = {}
+        for path in ("numpy", "numba"):
+            backend.set_kernel_path(path)
+            times[path] = median_time(run, repeat)
+        print(f"  {name:<18} numpy {times['numpy'] * 1e3:6.1f}, numba {times['numba'] * 1e3:6.1f}: "
+              f"{times['numpy'] / times['numba']:.1f}x")
+    backend.set_kernel_path(previous)
+
+
+def peak_memory(use_torch):
+    print("\npeak RSS, each in a fresh process")
+    configs = [("minires fast inference, batch 64", "infer-fast 64"),
+               ("minires training step, batch 32", "train 32")]
+    if use_torch:
+        configs += [("pytorch inference, batch 64", "torch-infer 64"),
+                     ("pytorch training step, batch 32", "torch-train 32")]
+    for label, config in configs:
+        result = subprocess.run([sys.executable, __file__, "--rss", config], capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            print(f"  {label}: failed: {result.stderr.strip().splitlines()[-1]}")
+            continue
+        print(f"  {label:<34} {json.loads(result.stdout)['peak_gib']:.2f} GiB")
+
+
+def measure_rss(config):
+    kind, batch = config.split()
+    batch = int(batch)
+    model = minires_resnet50()
+    if kind == "infer-fast":
+        from minires.inference import InferenceModel
+        InferenceModel(model).predict(images(batch), batch_size=batch)
+    elif kind == "train":
+        from minires.losses import SoftmaxCrossEntropy
+        from minires.optim import SGD
+        minires_train_step(model, SGD(1e-4, momentum=0.9), SoftmaxCrossEntropy(), images(batch),
+                           np.arange(batch) % 1000)
+    else:
+        import torch
+        net = torch_resnet50(model)
+        tx = torch.from_numpy(images(batch).transpose(0, 3, 1, 2).copy()).to(memory_format=torch.channels_last)
+        del model
+        if kind == "torch-infer":
+            _torch_inference(net, tx)
+        else:
+            torch_train_step(net.train(), torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9),
+                             tx, torch.arange(batch) % 1000)
+    print(json.dumps({"peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.rss:
+        return measure_rss(args.rss)
+    net = None
+    model = minires_resnet50()
+    if not args.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+            net = torch_resnet50(model)
+        except ImportError:
+            print("PyTorch is not installed: minires alone")
+    environment(args.threads)
+    if net is not None:
+        agreement(model, net)
+    inference(model, net, args.batches, args.repeat)
+    training(model, net, args.train_batches, args.repeat)
+    breakdown(model, max(args.train_batches[0], 1), max(1, args.repeat // 2))
+    kernels(args.repeat)
+    peak_memory(net is not None)
+
+
+if __name__ == "__main__":
+    main()
