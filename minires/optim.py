@@ -36,11 +36,13 @@ class Optimizer:
     def step(self, model, learning_rate=None):
         """Update every trainable parameter of ``model`` from its gradient, in place."""
         lr = self.learning_rate if learning_rate is None else learning_rate
-        self.iterations += 1
-        for layer, name in model.parameters():
+        slots = list(model.parameters())
+        for layer, name in slots:                # all checked first: no half-done step
             if name not in layer.grads:
                 raise RuntimeError(f"{type(self).__name__}: layer {layer.name!r} has no gradient "
                                    f"for {name!r}; run model.backward(...) before step()")
+        self.iterations += 1
+        for layer, name in slots:
             param, grad = layer.params[name], layer.grads[name]
             if self.weight_decay:
                 grad = grad + self.weight_decay * param
@@ -67,7 +69,7 @@ class Optimizer:
         for full_key, value in arrays.items():
             if full_key != "iterations":
                 kind, key = full_key.split("/", 1)
-                self.slots.setdefault(kind, {})[key] = value
+                self.slots.setdefault(kind, {})[key] = value.copy()   # ours, not the caller's
 
 
 class SGD(Optimizer):
@@ -113,6 +115,8 @@ class Adam(Optimizer):
         for what, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
             if not 0 <= beta < 1:
                 raise ValueError(f"Adam: {what} must be in [0, 1), got {beta}")
+        if not epsilon > 0:
+            raise ValueError(f"Adam: epsilon must be positive, got {epsilon}")
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
 
     def direction(self, key, grad):
