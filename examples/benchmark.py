@@ -16,12 +16,15 @@ import argparse
 import collections
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
-import numpy as np
+# OpenMP threads (Numba's, and PyTorch's when it is imported) that spin after
+# their work steal the cores from OpenBLAS's; must be set before either starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -151,7 +154,8 @@ def environment(threads):
                   f"{pool.get('architecture')}, {pool.get('num_threads')} threads")
     except ImportError:
         print("  BLAS: (pip install threadpoolctl to see which kernels OpenBLAS picked)")
-    print(f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print(f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
 
 
 def agreement(model, net):
@@ -297,7 +301,17 @@ def measure_rss(config):
         else:
             torch_train_step(net.train(), torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9),
                              tx, torch.arange(batch) % 1000)
-    print(json.dumps({"peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+    print(json.dumps({"peak_gib": peak_rss_bytes() / 2 ** 30}))
+
+
+def peak_rss_bytes():
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss,
+    which a child started by a large parent inherits from it."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("peak RSS needs Linux's /proc/self/status")
 
 
 def main(argv=None):
