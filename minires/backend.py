@@ -6,6 +6,7 @@ minires imports CuPy.  This module also holds the default float type
 (``floatx``), as ``keras.backend`` does.
 """
 import contextlib
+import functools
 import importlib.util
 import os
 
@@ -62,8 +63,9 @@ def set_im2col_limit(megabytes):
     _im2col_limit = int(megabytes * (1 << 20))
 
 
+@functools.lru_cache(maxsize=None)
 def _cupy():
-    """The CuPy module, or None when it is not installed."""
+    """The CuPy module, or None when it is not installed (looked up once)."""
     try:
         import cupy
     except ImportError:

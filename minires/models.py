@@ -14,7 +14,7 @@ from those layers are summed.
 """
 import difflib
 
-from .backend import check_device, get_array_module, to_device
+from .backend import check_device, device_of, get_array_module, to_device
 from .layers.base import KerasTensor, unique_name
 from .layers.input_layer import InputLayer
 
@@ -113,6 +113,7 @@ class Model:
         for tensor, x in zip(self.inputs, arrays):
             tensor.layer.check(x, self.name)
             values[id(tensor)] = x
+        self._check_devices(arrays)
         uses = self._count_uses()
         for tensor in self._order:
             if id(tensor) in values:
@@ -126,6 +127,16 @@ class Model:
                     del values[id(source)]
         results = [values[id(t)] for t in self.outputs]
         return results[0] if self._single_output else results
+
+    def _check_devices(self, arrays):
+        """One clear error when inputs and weights are not all on one device."""
+        first = next((layer.params[name] for layer, name in self.parameters(False)), None)
+        devices = {device_of(a) for a in arrays}
+        weights_on = set() if first is None else {device_of(first)}   # model.to moves all
+        if len(devices | weights_on) > 1:
+            raise ValueError(f"model {self.name!r}: inputs on {sorted(devices)} but weights on "
+                             f"{sorted(weights_on)}; move one of them: model.to(device) or "
+                             "minires.backend.to_device(x, device)")
 
     def _count_uses(self):
         uses = {id(t): 0 for t in self._order}
