@@ -24,7 +24,10 @@ class BatchNormalization(Layer):
                  sum(x - mean) = 0), so
                  dL/dvar  = -(s^2 / 2) sum g xhat      dL/dmean = -s sum g
                  dx = g s + dL/dvar * 2 (x - mean) / m + dL/dmean / m
-                    = (s / m) * (m g - sum g - xhat * sum(g xhat)).
+                    = (s / m) * (m g - sum g - xhat * sum(g xhat))
+                    = gamma s * (dy - dbeta / m - xhat * dgamma / m)
+      (the last line reuses dbeta and dgamma, so backward reads the big
+      arrays a few times only; forward likewise works in place).
     """
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, name=None, **kwargs):
@@ -68,13 +71,19 @@ class BatchNormalization(Layer):
         # A frozen BN layer runs on its moving statistics even while training (Keras 2.1.3+).
         self.batch_stats = training and self.trainable
         if self.batch_stats:
-            mean, var = x.mean(axis=self.reduction_axes), x.var(axis=self.reduction_axes)
+            mean = x.mean(axis=self.reduction_axes)
+            centred = x - self._per_channel(mean)
+            var = _channel_dot(centred, centred, self.channel_axis) / (x.size // mean.size)
             self._update_moving_statistics(mean, var)
         else:
             mean, var = self.params["moving_mean"], self.params["moving_variance"]
-        self.inv_std = self._per_channel(1.0 / xp.sqrt(var + self.epsilon))
-        self.xhat = (x - self._per_channel(mean)) * self.inv_std
-        return self.xhat * self._per_channel(self.params["gamma"]) + self._per_channel(self.params["beta"])
+            centred = x - self._per_channel(mean)
+        self.inv_std = 1.0 / xp.sqrt(var + self.epsilon)
+        self.xhat = centred
+        self.xhat *= self._per_channel(self.inv_std)         # in place: no second copy of x
+        y = self.xhat * self._per_channel(self.params["gamma"])
+        y += self._per_channel(self.params["beta"])
+        return y
 
     def _update_moving_statistics(self, mean, var):
         for name, batch_value in (("moving_mean", mean), ("moving_variance", var)):
@@ -85,12 +94,21 @@ class BatchNormalization(Layer):
     def backward(self, dy):
         xhat = self._require_forward("xhat")
         dy = self._check_grad(dy, xhat.shape)
-        axes = self.reduction_axes
-        self.grads["gamma"] = (dy * xhat).sum(axis=axes)
-        self.grads["beta"] = dy.sum(axis=axes)
-        g = dy * self._per_channel(self.params["gamma"])
+        self.grads["beta"] = dy.sum(axis=self.reduction_axes)
+        self.grads["gamma"] = _channel_dot(dy, xhat, self.channel_axis)
+        scale = self._per_channel(self.params["gamma"] * self.inv_std)
         if not self.batch_stats:
-            return g * self.inv_std
+            return dy * scale
         m = xhat.size // xhat.shape[self.channel_axis]
-        return (self.inv_std / m) * (m * g - g.sum(axis=axes, keepdims=True)
-                                     - xhat * (g * xhat).sum(axis=axes, keepdims=True))
+        dx = xhat * self._per_channel(-self.grads["gamma"] / m)
+        dx += dy
+        dx -= self._per_channel(self.grads["beta"] / m)
+        dx *= scale
+        return dx
+
+
+def _channel_dot(a, b, channel_axis):
+    """sum over every axis but the channel's of a * b, without an a * b temporary."""
+    xp = get_array_module(a)
+    letters = "abcdefgh"[:a.ndim]
+    return xp.einsum(f"{letters},{letters}->{letters[channel_axis]}", a, b)
