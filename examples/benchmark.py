@@ -176,7 +176,7 @@ def inference(model, net, batches, repeat):
     for batch in batches:
         x = images(batch)
         runs = {"minires": lambda: model.predict(x, batch_size=batch),
-                "minires fast": lambda: fast.predict(x, batch_size=batch)}
+                "minires fast": lambda: fast.predict(x)}         # in cache-sized chunks
         if net is not None:
             import torch
             tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(memory_format=torch.channels_last)
