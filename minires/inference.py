@@ -161,7 +161,7 @@ class AddRelu:
 def _conv(conv, x, kernel):
     """The conv's windows with another kernel (BN folded in); nothing kept."""
     z = conv.convolve(x, kernel)
-    conv.xpad = None
+    conv.x = None
     return z
 
 

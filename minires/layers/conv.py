@@ -21,8 +21,8 @@ class Conv2D(KernelLayer):
         dx  = col2im(dX)    an input pixel sits in several windows: add them up
 
     Memory: X is kh*kw times larger than x, so it is built a chunk of images at
-    a time (``backend.im2col_limit()``, 256 MiB by default) and only the padded
-    input is kept for backward, which rebuilds X chunk by chunk. A 1x1 conv
+    a time (``backend.im2col_limit()``, 128 MiB by default) and only x itself
+    is kept for backward, which pads and rebuilds X chunk by chunk. A 1x1 conv
     needs no X at all: its windows are the pixels themselves.
     """
     input_rank = 4
@@ -35,7 +35,7 @@ class Conv2D(KernelLayer):
         self.kernel_size = as_pair(kernel_size, "kernel_size", self.name)
         self.strides = as_pair(strides, "strides", self.name)
         self.padding = check_choice(padding, PADDINGS, "padding", self.name)
-        self.xpad = None
+        self.x = None
 
     def build(self, input_shape, like_array):
         self.add_kernel_and_bias((*self.kernel_size, self.known_size(input_shape, -1), self.filters),
@@ -50,45 +50,44 @@ class Conv2D(KernelLayer):
         z = self.convolve(x, self.params["kernel"])
         if self.use_bias:
             z += self.params["bias"]
-        self.y = self.activation_forward(z)
-        return self.y
+        return self.activate(z)
 
     def convolve(self, x, kernel):
         """x (N, H, W, C) with ``kernel`` (kh, kw, C, F) -> (N, OH, OW, F), no bias.
-        Keeps the padded input for backward."""
+        Keeps x (not a padded copy: the layer before holds x anyway) for backward."""
         xp = get_array_module(x)
         self.pads, self.out_size = window_pads(self, x.shape, self.kernel_size,
                                                self.strides, self.padding)
-        self.xpad = pad_2d(x, self.pads)
+        self.x = x
         flat = kernel.reshape(-1, kernel.shape[-1])
         z = xp.empty((x.shape[0], *self.out_size, flat.shape[1]), dtype=x.dtype)
-        for batch, cols in self._windows():
+        for batch, _, cols in self._windows():
             xp.matmul(cols, flat, out=z[batch].reshape(-1, flat.shape[1]))
         return z
 
     def backward(self, dy):
-        xpad = self._require_forward("xpad")
-        xp = get_array_module(xpad)
-        dy = self._check_grad(dy, self.y.shape)
-        dz = self.activation_backward(dy, self.y)
+        x = self._require_forward("x")
+        xp = get_array_module(x)
+        dz = self.activation_grad(dy)
         kernel = self.params["kernel"].reshape(-1, self.filters)
         d_kernel = xp.zeros_like(kernel)
-        dx = xp.empty_like(xpad)
-        for batch, cols in self._windows():
+        dx = xp.empty_like(x)
+        for batch, padded_shape, cols in self._windows():
             dz_rows = dz[batch].reshape(-1, self.filters)
             d_kernel += cols.T @ dz_rows
             d_cols = (dz_rows @ kernel.T).reshape(*dz[batch].shape[:3], *self.params["kernel"].shape[:3])
-            dx[batch] = col2im(d_cols, xpad[batch].shape, *self.strides)
+            dx[batch] = crop_2d(col2im(d_cols, padded_shape, *self.strides), self.pads)
         self.grads["kernel"] = d_kernel.reshape(self.params["kernel"].shape)
         if self.use_bias:
             self.grads["bias"] = dz.sum(axis=(0, 1, 2))
-        return crop_2d(dx, self.pads)
+        return dx
 
     def _windows(self):
-        """(batch slice, im2col rows of those images) in chunks that respect the
-        im2col memory limit; rows are (images * OH * OW, kh * kw * C)."""
-        (kh, kw), channels = self.kernel_size, self.xpad.shape[-1]
-        image_bytes = self.out_size[0] * self.out_size[1] * kh * kw * channels * self.xpad.itemsize
-        for batch in batch_chunks(self.xpad.shape[0], image_bytes):
-            cols = im2col(self.xpad[batch], kh, kw, *self.strides)
-            yield batch, cols.reshape(-1, kh * kw * channels)
+        """(batch slice, padded shape, im2col rows) for chunks of the batch that
+        respect the im2col memory limit; rows are (images * OH * OW, kh * kw * C).
+        Each chunk is padded on its own, so no padded copy of x is ever kept."""
+        (kh, kw), channels = self.kernel_size, self.x.shape[-1]
+        image_bytes = self.out_size[0] * self.out_size[1] * kh * kw * channels * self.x.itemsize
+        for batch in batch_chunks(self.x.shape[0], image_bytes):
+            xpad = pad_2d(self.x[batch], self.pads)
+            yield batch, xpad.shape, im2col(xpad, kh, kw, *self.strides).reshape(-1, kh * kw * channels)

@@ -3,7 +3,7 @@ import math
 
 from .. import initializers
 from ..padding import crop_2d, pad_2d
-from .activations import get_activation
+from .activations import get_activation, linear
 from .base import Layer, as_pair, check_positive_int
 
 
@@ -19,6 +19,21 @@ class KernelLayer(Layer):
         self.use_bias = use_bias
         self.kernel_initializer = initializers.get(kernel_initializer, f"layer {self.name!r}")
         self.bias_initializer = initializers.get(bias_initializer, f"layer {self.name!r}")
+
+    def activate(self, z):
+        """The activation of ``z``, remembering what backward needs: the output
+        only when the activation's gradient depends on it (not for linear, the
+        usual case before a BN: keeping it would double a conv's memory)."""
+        y = self.activation_forward(z)
+        self.out_shape = y.shape
+        self.y = None if self.activation_forward is linear else y
+        return y
+
+    def activation_grad(self, dy):
+        """dL/dz from dL/dy, after checking dy against the last output's shape."""
+        if getattr(self, "out_shape", None) is None:
+            raise RuntimeError(f"layer {self.name!r}: backward called before forward")
+        return self.activation_backward(self._check_grad(dy, self.out_shape), self.y)
 
     def add_kernel_and_bias(self, kernel_shape, like_array):
         self.add_weight("kernel", kernel_shape, self.kernel_initializer, like_array)
@@ -64,17 +79,15 @@ class Dense(KernelLayer):
         z = self.x @ self.params["kernel"]
         if self.use_bias:
             z += self.params["bias"]
-        self.y = self.activation_forward(z.reshape(*x.shape[:-1], self.units))
-        return self.y
+        return self.activate(z.reshape(*x.shape[:-1], self.units))
 
     def backward(self, dy):
         x = self._require_forward("x")
-        dy = self._check_grad(dy, self.y.shape)
-        dz = self.activation_backward(dy, self.y).reshape(-1, self.units)
+        dz = self.activation_grad(dy).reshape(-1, self.units)
         self.grads["kernel"] = x.T @ dz
         if self.use_bias:
             self.grads["bias"] = dz.sum(axis=0)
-        return (dz @ self.params["kernel"].T).reshape(*self.y.shape[:-1], x.shape[1])
+        return (dz @ self.params["kernel"].T).reshape(*self.out_shape[:-1], x.shape[1])
 
 
 class Flatten(Layer):
