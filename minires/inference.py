@@ -30,7 +30,7 @@ class InferenceModel:
 
     def __init__(self, model):
         self.model = model
-        self.readers = _readers(model)
+        self.readers = model._readers()
         self.steps = self._plan()
 
     # --- planning: which layer calls merge into which ------------------------
@@ -77,9 +77,7 @@ class InferenceModel:
         """Outputs for one input array (a batch)."""
         values = {id(self.model.inputs[0]): x}
         self.model.inputs[0].layer.check(x, self.model.name)
-        remaining = {key: len(readers) for key, readers in self.readers.items()}
-        for out in self.model.outputs:
-            remaining[id(out)] = remaining.get(id(out), 0) + 1
+        remaining = self.model._count_uses()
         for step in self.steps:
             inputs = [values[id(t)] for t in step.inputs]
             last_use = [remaining[id(t)] == 1 for t in step.inputs]
@@ -163,14 +161,6 @@ def _conv(conv, x, kernel):
     z = conv.convolve(x, kernel)
     conv.x = None
     return z
-
-
-def _readers(model):
-    readers = {}
-    for tensor in model._order:
-        for source in tensor.inbound:
-            readers.setdefault(id(source), []).append(tensor)
-    return readers
 
 
 def _is_relu(layer):

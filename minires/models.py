@@ -130,21 +130,35 @@ class Model:
 
     def _check_devices(self, arrays):
         """One clear error when inputs and weights are not all on one device."""
-        first = next((layer.params[name] for layer, name in self.parameters(False)), None)
         devices = {device_of(a) for a in arrays}
-        weights_on = set() if first is None else {device_of(first)}   # model.to moves all
+        weights_on = set() if self.device is None else {self.device}
         if len(devices | weights_on) > 1:
             raise ValueError(f"model {self.name!r}: inputs on {sorted(devices)} but weights on "
                              f"{sorted(weights_on)}; move one of them: model.to(device) or "
                              "minires.backend.to_device(x, device)")
 
-    def _count_uses(self):
-        uses = {id(t): 0 for t in self._order}
+    @property
+    def device(self):
+        """'cpu' or 'cuda': where the weights live (``model.to`` moves them all
+        together), or None for a model without weights."""
+        first = next((layer.params[name] for layer, name in self.parameters(False)), None)
+        return None if first is None else device_of(first)
+
+    def _readers(self):
+        """{id(tensor): [the tensors computed from it]}, over the whole graph."""
+        readers = {}
         for tensor in self._order:
             for source in tensor.inbound:
-                uses[id(source)] += 1
+                readers.setdefault(id(source), []).append(tensor)
+        return readers
+
+    def _count_uses(self):
+        """How many times each tensor will still be read (outputs once more, by
+        the caller): a tensor is freed when its count reaches zero."""
+        readers = self._readers()
+        uses = {id(t): len(readers.get(id(t), ())) for t in self._order}
         for output in self.outputs:
-            uses[id(output)] += 1                    # kept for the caller
+            uses[id(output)] += 1
         return uses
 
     def backward(self, d_outputs):

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .backend import like, to_device
+from .backend import to_device
 from .io.checkpoint import load_checkpoint, save_checkpoint
 from .losses import SoftmaxCrossEntropy
 from .optim import SGD
@@ -133,8 +133,7 @@ def class_indices(y):
 
 def to_model(model, array):
     """``array`` on the device of the model's parameters."""
-    first = next((layer.params[name] for layer, name in model.parameters(False)), None)
-    return array if first is None else like(array, first)
+    return array if model.device is None else to_device(array, model.device)
 
 
 def record(history, **values):

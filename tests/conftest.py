@@ -62,13 +62,10 @@ def pytest_terminal_summary(terminalreporter):
 def bias_before_training_bn(model):
     """'layer/bias' names of layers whose output only feeds BatchNormalization:
     in training mode BN subtracts the batch mean, so their gradient is zero."""
-    readers = {}
-    for tensor in model._order:                   # every layer call, in graph order
-        for source in tensor.inbound:
-            readers.setdefault(id(source.layer), []).append(tensor.layer)
+    readers = model._readers()
     return {f"{layer.name}/bias" for layer in model.layers if "bias" in layer.params
-            and readers.get(id(layer)) and all(type(r).__name__ == "BatchNormalization"
-                                                for r in readers[id(layer)])}
+            and all(readers.get(id(t)) and all(type(r.layer).__name__ == "BatchNormalization"
+                                               for r in readers[id(t)]) for t in layer.outputs)}
 
 
 def assert_model_gradients_match(report, model, subject, tol=1e-6, training=True):

@@ -32,6 +32,14 @@ def close(actual, expected, what):
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL, err_msg=what)
 
 
+def close_batch_norm(bn, y, dx, yt, xt, gt, bt):
+    """minires's BN output and gradients against torch's (after its backward)."""
+    close(y, yt, "forward")
+    close(dx, xt.grad, "dL/dx")
+    close(bn.grads["gamma"], gt.grad, "dL/dgamma")
+    close(bn.grads["beta"], bt.grad, "dL/dbeta")
+
+
 def leaf(a):
     """A float64 torch leaf tensor holding a copy of NumPy ``a``, recording gradients."""
     return torch.tensor(np.array(a, dtype=np.float64), dtype=torch.float64, requires_grad=True)
@@ -204,10 +212,7 @@ def test_batch_norm_matches_torch(rng, shape, training, momentum, epsilon):
     yt = to_nhwc(yt) if x.ndim == 4 else yt
     torch_backward(yt, dy)
 
-    close(y, yt, "forward")
-    close(dx, xt.grad, "dL/dx")
-    close(bn.grads["gamma"], gt.grad, "dL/dgamma")
-    close(bn.grads["beta"], bt.grad, "dL/dbeta")
+    close_batch_norm(bn, y, dx, yt, xt, gt, bt)
 
     close(bn.params["moving_mean"], running_mean, "moving_mean")
     if training:
@@ -240,10 +245,7 @@ def test_batch_norm_channels_first_axis_matches_torch(rng):
     yt = F.batch_norm(xt, running_mean, torch.tensor(var0), gt, bt, training=True,
                       momentum=0.01, eps=1e-3)
     torch_backward(yt, dy)
-    close(y, yt, "forward")
-    close(dx, xt.grad, "dL/dx")
-    close(bn.grads["gamma"], gt.grad, "dL/dgamma")
-    close(bn.grads["beta"], bt.grad, "dL/dbeta")
+    close_batch_norm(bn, y, dx, yt, xt, gt, bt)
     close(bn.params["moving_mean"], running_mean, "moving_mean")
 
 

@@ -31,9 +31,8 @@ class KernelLayer(Layer):
 
     def activation_grad(self, dy):
         """dL/dz from dL/dy, after checking dy against the last output's shape."""
-        if getattr(self, "out_shape", None) is None:
-            raise RuntimeError(f"layer {self.name!r}: backward called before forward")
-        return self.activation_backward(self._check_grad(dy, self.out_shape), self.y)
+        out_shape = self._require_forward("out_shape")
+        return self.activation_backward(self._check_grad(dy, out_shape), self.y)
 
     def add_kernel_and_bias(self, kernel_shape, like_array):
         self.add_weight("kernel", kernel_shape, self.kernel_initializer, like_array)
