@@ -14,7 +14,7 @@ from those layers are summed.
 """
 import difflib
 
-from .backend import check_device, device_of, get_array_module, to_device
+from .backend import check_device, device_of, get_array_module, like, to_device
 from .layers.base import KerasTensor, unique_name
 from .layers.input_layer import InputLayer
 
@@ -250,6 +250,8 @@ class Model:
         return [layer.params[name].copy() for layer, name in self.parameters(trainable_only=False)]
 
     def set_weights(self, weights):
+        """Copy ``weights`` (arrays in get_weights's order, NumPy or CuPy, whatever
+        the model's device) into the parameters, in place."""
         slots = list(self.parameters(trainable_only=False))
         if len(weights) != len(slots):
             raise ValueError(f"model {self.name!r} has {len(slots)} weight arrays, got {len(weights)}")
@@ -257,7 +259,7 @@ class Model:
             if tuple(value.shape) != tuple(layer.params[name].shape):
                 raise ValueError(f"layer {layer.name!r}: weight {name!r} has shape "
                                  f"{tuple(layer.params[name].shape)}, got {tuple(value.shape)}")
-            layer.params[name][...] = value
+            layer.params[name][...] = like(value, layer.params[name])   # CuPy refuses NumPy here
 
     def to(self, device):
         """Move every parameter to ``device`` ('cpu' or 'cuda'); returns the model.

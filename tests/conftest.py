@@ -1,3 +1,5 @@
+import functools
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,51 @@ from minires.layers import clear_session
 
 # Gradient checks must agree to this in float64 (issue: max relative error <= 1e-7).
 GRAD_TOL = 1e-7
+
+
+# --- devices: `pytest --device cuda` runs the device-sensitive tests on CuPy ------------
+def pytest_addoption(parser):
+    parser.addoption("--device", choices=["cpu", "cuda"], default="cpu",
+                     help="where tests taking the `device` fixture put their arrays and models "
+                          "(default: cpu; cuda needs CuPy and a CUDA device)")
+
+
+def pytest_configure(config):
+    """--device cuda where no CUDA device can be used: one message, before any test."""
+    if config.getoption("device") == "cuda" and cuda_missing():
+        raise pytest.UsageError(f"--device cuda: {cuda_missing()}")
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_missing():
+    """Why no CUDA device can be used here: backend.check_device's message ('' if one can)."""
+    try:
+        backend.check_device("cuda")
+    except RuntimeError as error:
+        return str(error)
+    return ""
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``cuda`` skip, saying why, where no CUDA device can be used."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if marked and cuda_missing():
+        skip = pytest.mark.skip(reason=f"needs a CUDA device: {cuda_missing()}")
+        for item in marked:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device(request):
+    """'cpu' or 'cuda' (``--device``): where this test puts its arrays and models."""
+    return request.config.getoption("device")
+
+
+def on_cpu(x):
+    """A NumPy copy of ``x``, wherever it lives: np.testing needs NumPy, and a CuPy
+    array refuses to be converted silently. A copy on the CPU too, so that what a
+    test keeps does not change when the model later updates its arrays in place."""
+    return np.array(backend.to_device(x, "cpu"))
 
 
 @pytest.fixture(autouse=True)
@@ -86,8 +133,7 @@ def randomize_offsets(model, rng, scale=0.1):
     zero biases, a unit whose receptive field is all dead ReLUs sits exactly on
     ReLU's kink, where a finite difference is one-sided."""
     for layer in model.layers:
-        for name in ("bias", "beta"):
+        for name, shift in (("bias", 0), ("beta", 0), ("gamma", 1)):
             if name in layer.params:
-                layer.params[name][...] = rng.standard_normal(layer.params[name].shape) * scale
-        if "gamma" in layer.params:
-            layer.params["gamma"][...] = 1 + rng.standard_normal(layer.params["gamma"].shape) * scale
+                param = layer.params[name]
+                param[...] = backend.like(shift + rng.standard_normal(param.shape) * scale, param)

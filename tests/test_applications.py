@@ -1,10 +1,13 @@
-"""Whole networks: Keras's layer names, order, shapes and parameter counts."""
+"""Whole networks: Keras's layer names, order, shapes and parameter counts
+(forward passes on ``--device``)."""
 import numpy as np
 import pytest
+from conftest import on_cpu
 
 import keras_resnet50_layers as golden
 from minires.applications import (VGG16, VGG19, CifarResNet, ResNet18, ResNet34, ResNet50,
                                   ResNet101, ResNet152)
+from minires.backend import to_device
 from minires.models import Model
 
 RESNET50_VARIANTS = {
@@ -40,17 +43,17 @@ def test_resnet50_param_counts(variant):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["current", "legacy without pool1_pad"])
-def test_resnet50_forward_gives_keras_shapes_at_every_layer(variant):
+def test_resnet50_forward_gives_keras_shapes_at_every_layer(variant, device):
     """A real 224x224 forward pass, every layer's output read out by name."""
     kwargs, expected = RESNET50_VARIANTS[variant]
-    model = ResNet50(**kwargs)
+    model = ResNet50(**kwargs).to(device)
     names = [name for name, *_ in expected[1:]]
     features = Model(model.input, [model.get_layer(name).output for name in names])
     x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype("float32")
-    outputs = features.predict(x)
+    outputs = features.predict(to_device(x, device))
     assert {name: out.shape[1:] for name, out in zip(names, outputs)} == \
         {name: shape for name, _, shape, _ in expected[1:]}
-    probs = outputs[-1]
+    probs = on_cpu(outputs[-1])
     assert np.isfinite(probs).all() and abs(float(probs.sum()) - 1) < 1e-4
 
 
@@ -77,36 +80,36 @@ def test_vgg_param_counts(builder, total, notop):
     assert builder(include_top=False).count_params() == notop
 
 
-def test_resnet_heads_and_pooling():
+def test_resnet_heads_and_pooling(device):
     assert ResNet50(include_top=False).output.shape == (None, None, None, 2048)
     avg = ResNet50(include_top=False, pooling="avg")
     assert avg.output.shape == (None, 2048) and avg.layers[-1].name == "avg_pool"
     assert ResNet50(include_top=False, pooling="max").layers[-1].name == "max_pool"
     assert ResNet50(classes=7).output.shape == (None, 7)
-    logits = ResNet18(classifier_activation=None, classes=3, input_shape=(32, 32, 3))
-    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
+    logits = ResNet18(classifier_activation=None, classes=3, input_shape=(32, 32, 3)).to(device)
+    x = to_device(np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32"), device)
     z = logits.predict(x)
     dense = logits.get_layer("predictions")
     features = Model(logits.input, logits.get_layer("avg_pool").output).predict(x)
-    np.testing.assert_allclose(z, features @ dense.params["kernel"] + dense.params["bias"],
+    np.testing.assert_allclose(on_cpu(z), on_cpu(features @ dense.params["kernel"] + dense.params["bias"]),
                                rtol=1e-5, atol=1e-6)
 
 
-def test_notop_resnet_takes_any_image_size():
-    model = ResNet18(include_top=False, pooling="avg")
+def test_notop_resnet_takes_any_image_size(device):
+    model = ResNet18(include_top=False, pooling="avg").to(device)
     x = np.random.default_rng(1).standard_normal((2, 40, 56, 3)).astype("float32")
-    assert model.predict(x).shape == (2, 512)
+    assert model.predict(to_device(x, device)).shape == (2, 512)
 
 
-def test_cifar_resnet():
+def test_cifar_resnet(device):
     model = CifarResNet()
     assert model.output.shape == (None, 10)
     assert model.get_layer("conv1_conv").kernel_size == (3, 3)
     assert not any(type(layer).__name__ == "MaxPooling2D" for layer in model.layers)
     assert model.get_layer("conv5_block2_out").output.shape == (None, 4, 4, 512)
-    small = CifarResNet(blocks=(1, 1, 1), width=8, input_shape=(16, 16, 3), classes=4)
+    small = CifarResNet(blocks=(1, 1, 1), width=8, input_shape=(16, 16, 3), classes=4).to(device)
     x = np.random.default_rng(2).standard_normal((3, 16, 16, 3)).astype("float32")
-    probs = small.predict(x)
+    probs = on_cpu(small.predict(to_device(x, device)))
     assert probs.shape == (3, 4) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 

@@ -1,12 +1,12 @@
 """minires.blocks: float64 gradient checks of every block type, and of small
-whole networks end to end through softmax cross-entropy."""
+whole networks end to end through softmax cross-entropy (on ``--device``)."""
 import numpy as np
 import pytest
 
-from conftest import assert_model_gradients_match, randomize_offsets
+from conftest import assert_model_gradients_match, on_cpu, randomize_offsets
 from minires import blocks, gradcheck
 from minires.applications import CifarResNet
-from minires.backend import floatx_scope
+from minires.backend import floatx_scope, to_device
 from minires.layers import (Activation, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D,
                             Input, MaxPooling2D)
 from minires.losses import SoftmaxCrossEntropy
@@ -38,12 +38,12 @@ def float64_model(shape, build):
 
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
-def test_block_gradients(name, training):
+def test_block_gradients(name, training, device):
     shape, build = BLOCKS[name]
-    model = float64_model(shape, build)
+    model = float64_model(shape, build).to(device)
     rng = np.random.default_rng(7)
     randomize_offsets(model, rng)
-    x = rng.standard_normal((3, *shape))
+    x = to_device(rng.standard_normal((3, *shape)), device)
     report = gradcheck.check_model(model, x, training=training, max_entries=16)
     assert {f"{layer.name}/{p}" for layer, p in model.parameters()} | {"input 0"} == set(report)
     assert_model_gradients_match(report, model, name, training=training)
@@ -65,12 +65,12 @@ def small_resnet(classes=5):
     return Model(x_in, Dense(classes, name="fc")(x))
 
 
-def test_small_resnet_end_to_end_with_cross_entropy():
+def test_small_resnet_end_to_end_with_cross_entropy(device):
     with floatx_scope("float64"):
-        model = small_resnet()
+        model = small_resnet().to(device)
     rng = np.random.default_rng(11)
     randomize_offsets(model, rng)
-    x, labels = rng.standard_normal((4, 10, 10, 3)), np.array([0, 3, 1, 4])
+    x, labels = to_device(rng.standard_normal((4, 10, 10, 3)), device), np.array([0, 3, 1, 4])
     report = gradcheck.check_model(model, x, loss=SoftmaxCrossEntropy(), labels=labels,
                                    training=True, max_entries=10)
     # the input, and two trainable arrays in each of 8 convs, 8 BNs and the dense layer
@@ -78,31 +78,31 @@ def test_small_resnet_end_to_end_with_cross_entropy():
     assert_model_gradients_match(report, model, "small ResNet + cross-entropy")
 
 
-def test_cifar_resnet_end_to_end_with_cross_entropy():
+def test_cifar_resnet_end_to_end_with_cross_entropy(device):
     with floatx_scope("float64"):
         model = CifarResNet(blocks=(1, 1), width=2, input_shape=(8, 8, 3), classes=3,
-                            classifier_activation=None)
+                            classifier_activation=None).to(device)
     rng = np.random.default_rng(12)
     randomize_offsets(model, rng)
-    x, labels = rng.standard_normal((3, 8, 8, 3)), np.array([2, 0, 1])
+    x, labels = to_device(rng.standard_normal((3, 8, 8, 3)), device), np.array([2, 0, 1])
     report = gradcheck.check_model(model, x, loss=SoftmaxCrossEntropy(), labels=labels,
                                    training=True, max_entries=10)
     assert_model_gradients_match(report, model, "CIFAR ResNet + cross-entropy")
 
 
-def test_shortcut_gradient_is_the_sum_of_both_paths():
+def test_shortcut_gradient_is_the_sum_of_both_paths(device):
     """Through an identity block, dL/dx = (path through the convs) + (shortcut):
     with the main path's last BN scaled to zero only the shortcut is left."""
     with floatx_scope("float64"):
-        model = float64_model((4, 4, 4), BLOCKS["identity_block"][1])
+        model = float64_model((4, 4, 4), BLOCKS["identity_block"][1]).to(device)
     x = np.random.default_rng(3).standard_normal((2, 4, 4, 4))
-    y = model.forward(x, training=False)
-    g = np.ones_like(y)
-    full = model.backward(g)
+    y = model.forward(to_device(x, device), training=False)
+    g = np.ones(y.shape)
+    full = on_cpu(model.backward(to_device(g, device)))
     model.get_layer("bn2b_branch2c").params["gamma"][...] = 0
     model.get_layer("bn2b_branch2c").params["beta"][...] = 0
-    y0 = model.forward(x, training=False)
-    shortcut_only = model.backward(g)
+    y0 = on_cpu(model.forward(to_device(x, device), training=False))
+    shortcut_only = on_cpu(model.backward(to_device(g, device)))
     np.testing.assert_allclose(y0, np.maximum(x, 0))
     np.testing.assert_allclose(shortcut_only, g * (x > 0))
     assert not np.allclose(full, shortcut_only)         # the convs' share is not zero

@@ -1,14 +1,16 @@
 """minires's own checkpoints (minires.io.checkpoint): a bit-exact round trip,
 a pickle-free .npz layout, atomic saving, and loads that either fit the model
-completely or fail with a clear error and leave the model as it was."""
+completely or fail with a clear error and leave the model as it was (models
+on ``--device``: the file always holds NumPy arrays)."""
 import io
 import os
 import re
 
 import numpy as np
 import pytest
+from conftest import on_cpu
 
-from minires.backend import floatx_scope
+from minires.backend import floatx_scope, to_device
 from minires.initializers import set_random_seed
 from minires.io import checkpoint
 from minires.io.checkpoint import load_checkpoint, save_checkpoint
@@ -37,15 +39,17 @@ def images(seed=1):
     return np.random.default_rng(seed).standard_normal((2, 6, 6, 3)).astype(np.float32)
 
 
-def trained_net(seed=0, **kwargs):
-    """tiny_net after one training-mode forward pass: BN's moving statistics moved."""
-    model = tiny_net(seed, **kwargs)
-    model.forward(images(), training=True)
+def trained_net(seed=0, device="cpu", **kwargs):
+    """tiny_net on ``device`` after one training-mode forward pass: BN's moving
+    statistics moved."""
+    model = tiny_net(seed, **kwargs).to(device)
+    model.forward(to_device(images(), device), training=True)
     return model
 
 
 def weights_of(model):
-    return {checkpoint.parameter_key(layer, name): layer.params[name].copy()
+    """{'layer/param': NumPy copy} of every parameter."""
+    return {checkpoint.parameter_key(layer, name): on_cpu(layer.params[name])
             for layer, name in model.parameters(trainable_only=False)}
 
 
@@ -67,31 +71,33 @@ def rewrite(path, change):
 
 
 @pytest.fixture
-def saved(tmp_path):
-    """(path, weights) of a checkpoint of trained_net(seed=0)."""
-    model = trained_net(0)
+def saved(tmp_path, device):
+    """(path, weights) of a checkpoint of trained_net(seed=0), saved from ``device``."""
+    model = trained_net(0, device)
     path = tmp_path / "tiny.npz"
     save_checkpoint(model, path)
     return path, weights_of(model)
 
 
 @pytest.fixture
-def fresh():
-    """A model of the same architecture as ``saved`` with other weights, and those weights."""
-    model = tiny_net(seed=7)
+def fresh(device):
+    """A model of the same architecture as ``saved`` with other weights (on ``device``),
+    and those weights."""
+    model = tiny_net(seed=7).to(device)
     return model, weights_of(model)
 
 
 # --- the round trip -------------------------------------------------------------------
-def test_round_trip_is_bit_exact(saved, fresh):
+def test_round_trip_is_bit_exact(saved, fresh, device):
     path, expected = saved
     model, before = fresh
     for key in ("conv1/kernel", "fc/kernel", "bn_conv1/moving_mean", "bn_conv1/moving_variance"):
         assert not np.array_equal(before[key], expected[key]), f"{key} should differ before loading"
     assert load_checkpoint(model, path) == {}
     assert_weights_equal(model, expected)
-    original = trained_net(0)
-    np.testing.assert_array_equal(model.forward(images(3)), original.forward(images(3)))
+    original = trained_net(0, device)
+    x = to_device(images(3), device)
+    np.testing.assert_array_equal(on_cpu(model.forward(x)), on_cpu(original.forward(x)))
 
 
 def test_loads_into_the_existing_arrays(saved, fresh):
@@ -110,22 +116,22 @@ def test_float32_stays_float32(saved, fresh):
     assert {layer.params[name].dtype for layer, name in model.parameters(trainable_only=False)} == {np.dtype("float32")}
 
 
-def test_values_are_cast_to_the_model_dtype(tmp_path, fresh):
+def test_values_are_cast_to_the_model_dtype(tmp_path, fresh, device):
     with floatx_scope("float64"):
-        wide = trained_net(0)
+        wide = trained_net(0, device)
     path = tmp_path / "wide.npz"
     save_checkpoint(wide, path)
     model, _ = fresh
     load_checkpoint(model, path)
     for layer, name in model.parameters(trainable_only=False):
         assert layer.params[name].dtype == np.float32
-        np.testing.assert_array_equal(layer.params[name], wide.get_layer(layer.name).params[name]
-                                      .astype(np.float32))
+        np.testing.assert_array_equal(on_cpu(layer.params[name]),
+                                      on_cpu(wide.get_layer(layer.name).params[name]).astype(np.float32))
 
 
 # --- the file --------------------------------------------------------------------------
-def test_file_layout_is_plain_npz_without_objects(tmp_path):
-    model = trained_net(0)
+def test_file_layout_is_plain_npz_without_objects(tmp_path, device):
+    model = trained_net(0, device)
     path = tmp_path / "tiny.npz"
     save_checkpoint(model, path, extra={"epoch": 3, "optimizer/fc/kernel/m": np.ones((4, 3))})
     with np.load(path, allow_pickle=False) as data:          # would fail on pickled arrays
@@ -136,11 +142,11 @@ def test_file_layout_is_plain_npz_without_objects(tmp_path):
     assert arrays["__format__"].dtype.kind == "i" and arrays["__format__"] == 1
     assert arrays["__architecture__"].dtype.kind == "U" and str(arrays["__architecture__"]) == "tiny"
     np.testing.assert_array_equal(arrays["bn_conv1/moving_variance"],
-                                  model.get_layer("bn_conv1").params["moving_variance"])
+                                  on_cpu(model.get_layer("bn_conv1").params["moving_variance"]))
 
 
-def test_path_is_used_exactly_as_given(tmp_path, fresh):
-    model = trained_net(0)
+def test_path_is_used_exactly_as_given(tmp_path, fresh, device):
+    model = trained_net(0, device)
     path = tmp_path / "checkpoint"                           # no .npz: none is added
     save_checkpoint(model, str(path))
     assert os.listdir(tmp_path) == ["checkpoint"]
@@ -148,12 +154,12 @@ def test_path_is_used_exactly_as_given(tmp_path, fresh):
     assert_weights_equal(fresh[0], weights_of(model))
 
 
-def test_overwrites_an_existing_checkpoint(saved, fresh):
+def test_overwrites_an_existing_checkpoint(saved, fresh, device):
     path, _ = saved
     model, weights = fresh
     save_checkpoint(model, path)
     assert os.listdir(path.parent) == [path.name]
-    other = tiny_net(seed=3)
+    other = tiny_net(seed=3).to(device)
     load_checkpoint(other, path)
     assert_weights_equal(other, weights)
 
@@ -168,12 +174,12 @@ def test_new_file_gets_the_usual_permissions_not_tempfiles_private_ones(tmp_path
 
 
 # --- extra -------------------------------------------------------------------------------
-def test_extra_round_trips(tmp_path, fresh):
+def test_extra_round_trips(tmp_path, fresh, device):
     scalars = {"epoch": 12, "learning_rate": 0.05, "done": False, "optimizer": "sgd"}
     arrays = {"velocity/conv1/kernel": np.arange(24, dtype=np.float32).reshape(2, 3, 4),
               "history": np.array([2.5, 1.25, 0.5]), "counts": np.array([3, 1], dtype=np.uint8)}
     path = tmp_path / "tiny.npz"
-    save_checkpoint(trained_net(), path, extra={**scalars, **arrays, "step": np.int64(7)})
+    save_checkpoint(trained_net(device=device), path, extra={**scalars, **arrays, "step": np.int64(7)})
     got = load_checkpoint(fresh[0], path)
     assert got.keys() == {*scalars, *arrays, "step"}
     for name, value in scalars.items():                  # scalars come back as Python scalars
@@ -256,9 +262,9 @@ def test_reserved_layer_name_is_refused(tmp_path):
 
 
 # --- loads that do not fit: a clear error, and the model unchanged -------------------------
-def test_other_architecture_is_refused_unless_not_strict(saved):
+def test_other_architecture_is_refused_unless_not_strict(saved, device):
     path, expected = saved
-    model = tiny_net(seed=7, name="resnet50")
+    model = tiny_net(seed=7, name="resnet50").to(device)
     before = weights_of(model)
     with pytest.raises(ValueError, match=r"checkpoint of architecture 'tiny', but the model "
                                          r"is named 'resnet50'") as error:
@@ -269,9 +275,9 @@ def test_other_architecture_is_refused_unless_not_strict(saved):
     assert_weights_equal(model, expected)
 
 
-def test_missing_parameters_are_listed(saved):
+def test_missing_parameters_are_listed(saved, device):
     path, _ = saved
-    model = tiny_net(seed=7, head="classifier")
+    model = tiny_net(seed=7, head="classifier").to(device)
     before = weights_of(model)
     with pytest.raises(ValueError, match=re.escape(
             "missing from the file: 'classifier/bias', 'classifier/kernel'; "
@@ -310,9 +316,9 @@ def test_long_key_lists_are_cut_short(saved, fresh):
         load_checkpoint(fresh[0], path)
 
 
-def test_not_strict_loads_what_is_shared(saved):
+def test_not_strict_loads_what_is_shared(saved, device):
     path, expected = saved
-    model = tiny_net(seed=7, units=5, head="new_head")
+    model = tiny_net(seed=7, units=5, head="new_head").to(device)
     head = {k: v for k, v in weights_of(model).items() if k.startswith("new_head/")}
     load_checkpoint(model, path, strict=False)
     got = weights_of(model)
@@ -329,9 +335,9 @@ def test_not_strict_still_needs_something_in_common(saved):
         load_checkpoint(model, saved[0], strict=False)
 
 
-def test_wrong_shape_is_refused_before_anything_is_written(saved):
+def test_wrong_shape_is_refused_before_anything_is_written(saved, device):
     path, _ = saved
-    model = tiny_net(seed=7, units=4)          # fc is the last layer: conv1 and BN would fit
+    model = tiny_net(seed=7, units=4).to(device)   # fc is the last layer: conv1 and BN would fit
     before = weights_of(model)
     with pytest.raises(ValueError, match=re.escape(
             "layer 'fc' parameter 'kernel' has shape (4, 3) in the file, but (4, 4) in the model")):
@@ -339,8 +345,8 @@ def test_wrong_shape_is_refused_before_anything_is_written(saved):
     assert_weights_equal(model, before)
 
 
-def test_wrong_shape_is_refused_also_when_not_strict(saved):
-    model = tiny_net(seed=7, filters=5)
+def test_wrong_shape_is_refused_also_when_not_strict(saved, device):
+    model = tiny_net(seed=7, filters=5).to(device)
     before = weights_of(model)
     with pytest.raises(ValueError, match=re.escape("layer 'conv1' parameter 'kernel' has shape "
                                                    "(3, 3, 3, 4) in the file, but (3, 3, 3, 5)")):
@@ -425,11 +431,10 @@ def test_missing_file_is_a_file_not_found_error(tmp_path, fresh):
         load_checkpoint(fresh[0], tmp_path / "no.npz")
 
 
-# --- on the GPU -----------------------------------------------------------------------------
+# --- across devices ------------------------------------------------------------------------
+@pytest.mark.cuda
 def test_round_trip_with_weights_on_the_gpu(tmp_path):
-    cupy = pytest.importorskip("cupy")
-    if cupy.cuda.runtime.getDeviceCount() == 0:
-        pytest.skip("no CUDA device")
+    import cupy
     source, target = trained_net(0), tiny_net(seed=7)
     expected = weights_of(source)
     source.to("cuda")

@@ -103,10 +103,9 @@ def test_preprocess_rejects_channels_first():
     assert preprocess_input(np.zeros((1, 2, 2, 3)), data_format="channels_last").shape == (1, 2, 2, 3)
 
 
+@pytest.mark.cuda
 def test_preprocess_on_cupy():
-    cupy = pytest.importorskip("cupy")
-    if cupy.cuda.runtime.getDeviceCount() == 0:
-        pytest.skip("no CUDA device")
+    import cupy
     x = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     y = preprocess_input(cupy.asarray(x))
     assert isinstance(y, cupy.ndarray) and y.dtype == np.float32
@@ -187,10 +186,9 @@ def test_decode_bad_shape_names_it(shape):
         decode_predictions(np.zeros(shape))
 
 
+@pytest.mark.cuda
 def test_decode_on_cupy():
-    cupy = pytest.importorskip("cupy")
-    if cupy.cuda.runtime.getDeviceCount() == 0:
-        pytest.skip("no CUDA device")
+    import cupy
     [[(wnid, name, score)]] = decode_predictions(cupy.asarray(one_hot_rows(281)), top=1)
     assert (wnid, name, score) == ("n02123045", "tabby", 1.0)
 

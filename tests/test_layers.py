@@ -1,10 +1,13 @@
 """Keras semantics of the layers: shapes, padding rules, BN statistics, names,
-dtypes, parameter names and initialisers, checked against hand-computed values."""
+dtypes, parameter names and initialisers, checked against hand-computed values
+(the layers on ``--device``; initialisers make NumPy arrays by design)."""
 import numpy as np
 import pytest
+from conftest import on_cpu
 
 import minires
 from minires import backend, initializers
+from minires.backend import to_device
 from minires.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate,
                             Conv2D, Dense, GlobalAveragePooling2D, MaxPooling2D, ReLU, Softmax,
                             ZeroPadding2D, clear_session)
@@ -28,19 +31,20 @@ def test_keras_padding_rule(size, kernel, stride, padding, expected):
 
 
 @pytest.mark.parametrize("size,expected", [(7, 4), (8, 4), (9, 5)])
-def test_stride2_same_conv_output_is_ceil_of_half(rng, size, expected):
-    y = Conv2D(3, 3, strides=2, padding="same").forward(rng.standard_normal((1, size, size, 2)))
+def test_stride2_same_conv_output_is_ceil_of_half(rng, device, size, expected):
+    x = to_device(rng.standard_normal((1, size, size, 2)), device)
+    y = Conv2D(3, 3, strides=2, padding="same").forward(x)
     assert y.shape == (1, expected, expected, 3)
 
 
-def test_same_conv_pads_after_on_even_inputs():
+def test_same_conv_pads_after_on_even_inputs(device):
     """Stride 2, 3x3 on 4x4: TF pads 0 before, 1 after, so output (0, 0) sees
     rows/cols 0..2 of the input exactly (no padding in that window)."""
     x = np.arange(16, dtype=np.float64).reshape(1, 4, 4, 1)
     conv = Conv2D(1, 3, strides=2, padding="same", use_bias=False, dtype="float64")
-    conv.forward(x)
+    conv.forward(to_device(x, device))
     conv.params["kernel"][...] = 1.0
-    y = conv.forward(x)[0, :, :, 0]
+    y = on_cpu(conv.forward(to_device(x, device)))[0, :, :, 0]
     assert y[0, 0] == x[0, 0:3, 0:3, 0].sum()
     assert y[1, 1] == x[0, 2:4, 2:4, 0].sum()             # the zero row/col lie after
 
@@ -54,38 +58,39 @@ def test_conv2d_parameters_follow_keras():
     np.testing.assert_array_equal(conv.params["bias"], 0)
 
 
-def test_batch_norm_moving_statistics_use_keras_momentum():
+def test_batch_norm_moving_statistics_use_keras_momentum(device):
     """moving = momentum * moving + (1 - momentum) * batch, with the biased variance."""
     bn = BatchNormalization(momentum=0.9, epsilon=1e-3, dtype="float64")
     x = np.array([1.0, 2.0, 3.0, 6.0]).reshape(2, 1, 2, 1)       # mean 3, biased var 3.5
-    y = bn.forward(x, training=True)
+    y = on_cpu(bn.forward(to_device(x, device), training=True))
     assert list(bn.params) == ["gamma", "beta", "moving_mean", "moving_variance"]
     assert bn.trainable_names() == ["gamma", "beta"]
-    np.testing.assert_allclose(bn.params["moving_mean"], [0.9 * 0 + 0.1 * 3.0])
-    np.testing.assert_allclose(bn.params["moving_variance"], [0.9 * 1 + 0.1 * 3.5])
+    np.testing.assert_allclose(on_cpu(bn.params["moving_mean"]), [0.9 * 0 + 0.1 * 3.0])
+    np.testing.assert_allclose(on_cpu(bn.params["moving_variance"]), [0.9 * 1 + 0.1 * 3.5])
     np.testing.assert_allclose(y.ravel(), (x.ravel() - 3.0) / np.sqrt(3.5 + 1e-3))
 
 
-def test_batch_norm_inference_uses_moving_statistics():
+def test_batch_norm_inference_uses_moving_statistics(device):
     bn = BatchNormalization(epsilon=1.001e-5, dtype="float64")
     x = np.array([1.0, -2.0, 0.5, 4.0]).reshape(1, 2, 1, 2)
-    bn.forward(x)
+    bn.forward(to_device(x, device))
     for name, value in [("gamma", [2.0, 0.5]), ("beta", [1.0, -1.0]),
                         ("moving_mean", [0.5, 1.0]), ("moving_variance", [4.0, 0.25])]:
-        bn.params[name][...] = value
-    y = bn.forward(x, training=False)
+        bn.params[name][...] = to_device(np.array(value), device)
+    y = on_cpu(bn.forward(to_device(x, device), training=False))
     expected = np.array([2.0, 0.5]) * (x - [0.5, 1.0]) / np.sqrt(np.array([4.0, 0.25]) + 1.001e-5) + [1.0, -1.0]
     np.testing.assert_allclose(y, expected)
-    np.testing.assert_array_equal(bn.params["moving_mean"], [0.5, 1.0])   # untouched
+    np.testing.assert_array_equal(on_cpu(bn.params["moving_mean"]), [0.5, 1.0])   # untouched
 
 
-def test_frozen_batch_norm_uses_moving_statistics_while_training(rng):
+def test_frozen_batch_norm_uses_moving_statistics_while_training(rng, device):
     bn = BatchNormalization()
-    x = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    x = to_device(rng.standard_normal((4, 3, 3, 2)).astype(np.float32), device)
     bn.forward(x)
     bn.trainable = False
-    np.testing.assert_array_equal(bn.forward(x, training=True), bn.forward(x, training=False))
-    np.testing.assert_array_equal(bn.params["moving_mean"], 0)
+    np.testing.assert_array_equal(on_cpu(bn.forward(x, training=True)),
+                                  on_cpu(bn.forward(x, training=False)))
+    np.testing.assert_array_equal(on_cpu(bn.params["moving_mean"]), 0)
 
 
 def test_keras_defaults():
@@ -106,8 +111,8 @@ def test_automatic_names_follow_keras():
     assert Conv2D(1, 1).name == "conv2d"
 
 
-def test_float32_by_default_and_float64_on_request(rng):
-    x = rng.standard_normal((1, 4, 4, 2))                  # float64 data
+def test_float32_by_default_and_float64_on_request(rng, device):
+    x = to_device(rng.standard_normal((1, 4, 4, 2)), device)     # float64 data
     conv = Conv2D(2, 3)
     assert conv.forward(x).dtype == np.float32 and conv.params["kernel"].dtype == np.float32
     with backend.floatx_scope("float64"):
@@ -116,65 +121,67 @@ def test_float32_by_default_and_float64_on_request(rng):
     assert conv64.forward(x).dtype == np.float64 and conv64.params["kernel"].dtype == np.float64
 
 
-def test_max_pool_same_padding_never_wins():
+def test_max_pool_same_padding_never_wins(device):
     x = -np.arange(1, 10, dtype=np.float64).reshape(1, 3, 3, 1)      # all negative
-    y = MaxPooling2D(2, padding="same", dtype="float64").forward(x)
+    y = on_cpu(MaxPooling2D(2, padding="same", dtype="float64").forward(to_device(x, device)))
     np.testing.assert_array_equal(y[0, :, :, 0], [[-1, -3], [-7, -9]])
 
 
-def test_average_pool_same_padding_is_not_counted():
-    y = AveragePooling2D(3, strides=2, padding="same").forward(np.ones((1, 6, 5, 2), np.float32))
-    np.testing.assert_allclose(y, 1.0)
+def test_average_pool_same_padding_is_not_counted(device):
+    x = to_device(np.ones((1, 6, 5, 2), np.float32), device)
+    np.testing.assert_allclose(on_cpu(AveragePooling2D(3, strides=2, padding="same").forward(x)), 1.0)
 
 
-def test_overlapping_max_pool_sends_gradient_to_the_shared_winner():
+def test_overlapping_max_pool_sends_gradient_to_the_shared_winner(device):
     """3x3/2 windows overlap on a row and column; a maximum in the overlap wins
     all four windows and collects all four output gradients."""
     x = np.zeros((1, 5, 5, 1))
     x[0, 2, 2, 0] = 1.0
     pool = MaxPooling2D(3, 2, dtype="float64")
-    pool.forward(x)
-    dx = pool.backward(np.arange(1.0, 5.0).reshape(1, 2, 2, 1))
+    pool.forward(to_device(x, device))
+    dx = on_cpu(pool.backward(to_device(np.arange(1.0, 5.0).reshape(1, 2, 2, 1), device)))
     assert dx[0, 2, 2, 0] == 1 + 2 + 3 + 4 and dx.sum() == 10
 
 
-def test_zero_padding_layouts():
-    x = np.ones((1, 2, 3, 1), np.float32)
+def test_zero_padding_layouts(device):
+    x = to_device(np.ones((1, 2, 3, 1), np.float32), device)
     assert ZeroPadding2D(3).forward(x).shape == (1, 8, 9, 1)
-    y = ZeroPadding2D(((1, 2), (0, 3))).forward(x)
+    y = on_cpu(ZeroPadding2D(((1, 2), (0, 3))).forward(x))
     assert y.shape == (1, 5, 6, 1) and y.sum() == 6 and y[0, 1, 0, 0] == 1
 
 
-def test_dense_applies_to_the_last_axis(rng):
+def test_dense_applies_to_the_last_axis(rng, device):
     dense = Dense(4, dtype="float64")
     x = rng.standard_normal((2, 3, 5))
-    y = dense.forward(x)
-    np.testing.assert_allclose(y, x @ dense.params["kernel"] + dense.params["bias"])
+    y = on_cpu(dense.forward(to_device(x, device)))
+    np.testing.assert_allclose(y, x @ on_cpu(dense.params["kernel"]) + on_cpu(dense.params["bias"]))
 
 
-def test_add_and_concatenate_values():
-    a, b, c = (np.full((1, 2, 2, k), float(k), np.float32) for k in (1, 2, 3))
-    np.testing.assert_array_equal(Add().forward([a, a, a]), 3 * a)
-    y = Concatenate().forward([a, b, c])
+def test_add_and_concatenate_values(device):
+    a, b, c = (to_device(np.full((1, 2, 2, k), float(k), np.float32), device) for k in (1, 2, 3))
+    np.testing.assert_array_equal(on_cpu(Add().forward([a, a, a])), 3 * on_cpu(a))
+    y = on_cpu(Concatenate().forward([a, b, c]))
     assert y.shape == (1, 2, 2, 6)
     np.testing.assert_array_equal(y[0, 0, 0], [1, 2, 2, 3, 3, 3])
 
 
-def test_activations_by_hand():
+def test_activations_by_hand(device):
     z = np.array([[-2.0, 0.0, 3.0]])
-    np.testing.assert_array_equal(Activation("relu").forward(z), [[0, 0, 3]])
-    np.testing.assert_allclose(Activation("sigmoid", dtype="float64").forward(z), 1 / (1 + np.exp(-z)))
-    p = Softmax(dtype="float64").forward(z)
-    np.testing.assert_allclose(p, np.exp(z) / np.exp(z).sum())
-    assert np.isfinite(Softmax().forward(np.array([[1000.0, -1000.0]]))).all()
+    on = to_device(z, device)
+    np.testing.assert_array_equal(on_cpu(Activation("relu").forward(on)), [[0, 0, 3]])
+    np.testing.assert_allclose(on_cpu(Activation("sigmoid", dtype="float64").forward(on)),
+                               1 / (1 + np.exp(-z)))
+    np.testing.assert_allclose(on_cpu(Softmax(dtype="float64").forward(on)), np.exp(z) / np.exp(z).sum())
+    assert np.isfinite(on_cpu(Softmax().forward(to_device(np.array([[1000.0, -1000.0]]), device)))).all()
 
 
-def test_cross_entropy_is_stable_and_exact():
+def test_cross_entropy_is_stable_and_exact(device):
     loss = SoftmaxCrossEntropy()
-    assert loss.forward(np.zeros((2, 4)), np.array([0, 3])) == pytest.approx(np.log(4))
-    big = np.array([[1000.0, 0.0], [0.0, 1000.0]])
-    assert loss.forward(big, np.array([1, 1])) == pytest.approx(500.0)    # no inf, no nan
-    np.testing.assert_allclose(loss.backward(), [[0.5, -0.5], [0.0, 0.0]], atol=1e-12)
+    zeros = to_device(np.zeros((2, 4)), device)
+    big = to_device(np.array([[1000.0, 0.0], [0.0, 1000.0]]), device)
+    assert float(loss.forward(zeros, np.array([0, 3]))) == pytest.approx(np.log(4))
+    assert float(loss.forward(big, np.array([1, 1]))) == pytest.approx(500.0)    # no inf, no nan
+    np.testing.assert_allclose(on_cpu(loss.backward()), [[0.5, -0.5], [0.0, 0.0]], atol=1e-12)
 
 
 def test_glorot_uniform_is_seeded_and_bounded():
@@ -202,13 +209,14 @@ def test_unseeded_initialisers_follow_set_random_seed():
 
 
 @pytest.mark.parametrize("kernel,strides", [(3, 1), (3, 2), (1, 1), (1, 2)])
-def test_conv_in_batch_chunks_equals_one_pass(rng, kernel, strides, each_kernel_path):
+def test_conv_in_batch_chunks_equals_one_pass(rng, device, kernel, strides, each_kernel_path):
     """A tiny im2col memory cap makes Conv2D work one image at a time; forward
     and backward must not change beyond summation order (the kernel gradient
     is summed chunk by chunk)."""
     x = rng.standard_normal((5, 9, 9, 3))
     g = rng.standard_normal((5, *Conv2D(4, kernel, strides=strides, padding="same",
                                           dtype="float64").compute_output_shape(x.shape)[1:]))
+    x, g = to_device(x, device), to_device(g, device)
     results = []
     for megabytes in (256, 1e-6):
         previous = backend.im2col_limit()
@@ -216,7 +224,7 @@ def test_conv_in_batch_chunks_equals_one_pass(rng, kernel, strides, each_kernel_
         try:
             initializers.set_random_seed(0)
             conv = Conv2D(4, kernel, strides=strides, padding="same", dtype="float64")
-            results.append([conv.forward(x), conv.backward(g), conv.grads["kernel"]])
+            results.append([on_cpu(a) for a in (conv.forward(x), conv.backward(g), conv.grads["kernel"])])
         finally:
             backend.set_im2col_limit(previous / (1 << 20))
     for whole, chunked in zip(*results):

@@ -5,7 +5,8 @@ reproducible initialisation.
 
 Where Keras is installed the same model-building code is run through Keras and
 minires must agree with it; the literal lists below were generated once with
-Keras 3.15 so that those checks also run without Keras.
+Keras 3.15 so that those checks also run without Keras. Tests taking ``device``
+run their models there; the Keras comparisons stay on the CPU.
 """
 import os
 import re
@@ -14,11 +15,11 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_gradients_match
+from conftest import assert_gradients_match, on_cpu
 
 import minires
 from minires import gradcheck, layers, utils
-from minires.backend import floatx_scope
+from minires.backend import floatx_scope, like, to_device
 from minires.layers import (Activation, Add, BatchNormalization, Concatenate, Conv2D, Dense, Input,
                             add, clear_session)
 from minires.models import Model
@@ -80,7 +81,7 @@ def randomize(model, rng):
         for name, param in layer.params.items():
             values = rng.uniform(0.5, 1.5, param.shape) if name == "moving_variance" \
                 else 0.5 * rng.standard_normal(param.shape)
-            param[...] = values
+            param[...] = like(values, param)
 
 
 def bn_by_hand(layer, x):
@@ -113,7 +114,7 @@ def residual_by_hand(model, x):
 
 
 def close(actual, expected, tol=1e-5):
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
+    np.testing.assert_allclose(on_cpu(actual), on_cpu(expected), rtol=tol, atol=tol)
 
 
 @pytest.fixture
@@ -131,21 +132,22 @@ def images(rng):
 
 
 # --- 1. functional API -------------------------------------------------------------
-def test_forward_equals_the_layers_called_by_hand(rng, images):
-    model = residual_net()
+def test_forward_equals_the_layers_called_by_hand(rng, images, device):
+    model = residual_net().to(device)
     randomize(model, rng)
+    images = to_device(images, device)
     expected = residual_by_hand(model, images)["dense"]
     assert model.output.shape == (None, 3)
     close(model.forward(images), expected)
     close(model(images), expected)
 
 
-def test_multi_input_multi_output(rng):
+def test_multi_input_multi_output(rng, device):
     a_in, b_in = Input((4,), name="a"), Input((3,), name="b")
     s = Add(name="sum")([Dense(5, name="dense_a")(a_in), Dense(5, name="dense_b")(b_in)])
     model = Model([a_in, b_in], [Dense(2, name="head")(s), Concatenate(name="cat")([s, a_in])])
-    randomize(model, rng)
-    a, b = rng.standard_normal((6, 4)), rng.standard_normal((6, 3))
+    randomize(model.to(device), rng)
+    a, b = (to_device(rng.standard_normal(shape), device) for shape in [(6, 4), (6, 3)])
     head, cat = model.forward([a, b])
     p = {layer.name: layer.params for layer in model.layers}
     s_hand = (a @ p["dense_a"]["kernel"] + p["dense_a"]["bias"]
@@ -161,16 +163,17 @@ def test_multi_input_multi_output(rng):
         model.forward([a, a])
 
 
-def test_inputs_are_taken_in_the_order_the_model_lists_them(rng):
+def test_inputs_are_taken_in_the_order_the_model_lists_them(rng, device):
     a_in, b_in = Input((2,), name="a"), Input((2,), name="b")
     model = Model([b_in, a_in], Concatenate()([a_in, b_in]))
     a, b = rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
-    close(model.forward([b, a]), np.concatenate([a, b], axis=1))
+    close(model.forward([to_device(b, device), to_device(a, device)]), np.concatenate([a, b], axis=1))
 
 
-def test_feature_extraction_returns_the_intermediates(rng, images):
-    model = residual_net()
+def test_feature_extraction_returns_the_intermediates(rng, images, device):
+    model = residual_net().to(device)
     randomize(model, rng)
+    images = to_device(images, device)
     names = ["conv2d", "batch_normalization_2", "add", "activation_2", "dense"]
     features = Model(model.input, [model.get_layer(n).output for n in names])
     by_hand = residual_by_hand(model, images)
@@ -226,15 +229,15 @@ def two_branch_model():
     return Model(x_in, Add(name="add")([a, b]))
 
 
-def test_input_feeding_two_branches_gets_the_sum_of_their_gradients(rng):
+def test_input_feeding_two_branches_gets_the_sum_of_their_gradients(rng, device):
     with floatx_scope("float64"):
-        model = two_branch_model()
-    x = rng.standard_normal((2, 5, 5, 2))
+        model = two_branch_model().to(device)
+    x = to_device(rng.standard_normal((2, 5, 5, 2)), device)
     report = gradcheck.check_model(model, x, max_entries=None)
     assert set(report) == {"input 0", "conv_a/kernel", "conv_a/bias", "conv_b/kernel", "conv_b/bias"}
     assert_gradients_match(report, "Model: input feeding two branches")
 
-    dy = rng.standard_normal((2, 5, 5, 3))
+    dy = to_device(rng.standard_normal((2, 5, 5, 3)), device)
     model.forward(x)
     dx = model.backward(dy)
     conv_a, conv_b = model.get_layer("conv_a"), model.get_layer("conv_b")
@@ -244,7 +247,7 @@ def test_input_feeding_two_branches_gets_the_sum_of_their_gradients(rng):
     assert np.abs(da).max() > 0.1 and np.abs(db).max() > 0.1    # neither branch alone will do
 
 
-def test_hidden_tensor_feeding_two_branches_passes_the_summed_gradient_on(rng):
+def test_hidden_tensor_feeding_two_branches_passes_the_summed_gradient_on(rng, device):
     """The sum must be complete before the layer that produced the tensor runs
     its backward: stem's kernel gradient sees both branches."""
     with floatx_scope("float64"):
@@ -253,23 +256,23 @@ def test_hidden_tensor_feeding_two_branches_passes_the_summed_gradient_on(rng):
         a = Conv2D(3, 3, padding="same", name="branch_a")(h)
         b = Conv2D(3, 1, activation="tanh", name="branch_b")(h)
         c = Dense(3, name="branch_c")(h)
-        model = Model(x_in, add([a, b, c]))
-    x = rng.standard_normal((2, 5, 5, 2))
+        model = Model(x_in, add([a, b, c])).to(device)
+    x = to_device(rng.standard_normal((2, 5, 5, 2)), device)
     report = gradcheck.check_model(model, x, max_entries=None)
     assert_gradients_match(report, "Model: hidden tensor feeding three branches")
 
 
-def test_multi_output_backward_matches_the_chain_rule_by_hand(rng):
+def test_multi_output_backward_matches_the_chain_rule_by_hand(rng, device):
     """Outputs [s, head(s)]: s receives its own gradient plus head's."""
     with floatx_scope("float64"):
         a_in, b_in = Input((4,), name="a"), Input((3,), name="b")
         da_layer, db_layer = Dense(5, name="dense_a"), Dense(5, name="dense_b")
         s = Add(name="sum")([da_layer(a_in), db_layer(b_in)])
         head = Dense(2, activation="tanh", name="head")
-        model = Model([a_in, b_in], [s, head(s)])
-    a, b = rng.standard_normal((6, 4)), rng.standard_normal((6, 3))
+        model = Model([a_in, b_in], [s, head(s)]).to(device)
+    a, b, g_s, g_head = (to_device(rng.standard_normal(shape), device)
+                         for shape in [(6, 4), (6, 3), (6, 5), (6, 2)])
     model.forward([a, b])
-    g_s, g_head = rng.standard_normal((6, 5)), rng.standard_normal((6, 2))
     d_a, d_b = model.backward([g_s, g_head])
     model_grads = {name: model.get_layer(name).grads["kernel"].copy()
                    for name in ("dense_a", "dense_b", "head")}
@@ -292,11 +295,11 @@ def test_backward_needs_one_gradient_per_output(rng):
         model.backward([np.ones((2, 3), np.float32)])
 
 
-def test_backward_fills_every_layers_grads_and_zero_grads_clears_them(rng, images):
-    model = residual_net()
+def test_backward_fills_every_layers_grads_and_zero_grads_clears_them(rng, images, device):
+    model = residual_net().to(device)
     randomize(model, rng)
-    out = model.forward(images, training=True)
-    dx = model.backward(rng.standard_normal(out.shape).astype("float32"))
+    out = model.forward(to_device(images, device), training=True)
+    dx = model.backward(to_device(rng.standard_normal(out.shape).astype("float32"), device))
     assert dx.shape == images.shape
     for layer in model.layers:
         assert sorted(layer.grads) == sorted(layer.trainable_names()), layer.name
@@ -308,21 +311,21 @@ def test_backward_fills_every_layers_grads_and_zero_grads_clears_them(rng, image
     assert all(layer.grads == {} for layer in model.layers)
 
 
-def test_residual_net_passes_a_gradient_check_in_inference_mode(rng):
+def test_residual_net_passes_a_gradient_check_in_inference_mode(rng, device):
     with floatx_scope("float64"):
-        model = residual_net()
+        model = residual_net().to(device)
     randomize(model, rng)
-    x = rng.standard_normal((2, 8, 8, 3))
+    x = to_device(rng.standard_normal((2, 8, 8, 3)), device)
     report = gradcheck.check_model(model, x, training=False, max_entries=8)
     assert len(report) == 1 + 2 * 4 + 2 * 4 + 2         # input, 4 convs, 4 BNs, dense
     assert_gradients_match(report, "Model: residual net")
 
 
-def test_backward_through_a_shared_layer_is_not_implemented(rng):
+def test_backward_through_a_shared_layer_is_not_implemented(rng, device):
     x_in = Input((5, 5, 3))
     conv = Conv2D(3, 3, padding="same", name="used_twice")
-    model = Model(x_in, conv(conv(x_in)))
-    x = rng.standard_normal((2, 5, 5, 3)).astype("float32")
+    model = Model(x_in, conv(conv(x_in))).to(device)
+    x = to_device(rng.standard_normal((2, 5, 5, 3)).astype("float32"), device)
     y = model.forward(x)
     close(y, conv.forward(conv.forward(x)))              # forward is fine
     with pytest.raises(NotImplementedError, match=r"called more than once.*\['used_twice'\]"):
@@ -391,20 +394,20 @@ def test_summary_counts_equal_keras(keras):
 
 
 # --- 5. predict, train/eval, weights -------------------------------------------------
-def test_predict_in_batches_equals_one_forward(rng):
-    model = residual_net()
+def test_predict_in_batches_equals_one_forward(rng, device):
+    model = residual_net().to(device)
     randomize(model, rng)
-    x = rng.standard_normal((7, 8, 8, 3)).astype("float32")
+    x = to_device(rng.standard_normal((7, 8, 8, 3)).astype("float32"), device)
     whole = model.forward(x, training=False)
     for batch_size in (1, 3, 7, 32):
         close(model.predict(x, batch_size=batch_size), whole, 1e-6)
 
 
-def test_predict_with_several_inputs_and_outputs(rng):
+def test_predict_with_several_inputs_and_outputs(rng, device):
     a_in, b_in = Input((4,)), Input((4,))
     s = add([Dense(3)(a_in), Dense(3)(b_in)])
-    model = Model([a_in, b_in], [s, Dense(2)(s)])
-    a, b = rng.standard_normal((5, 4)), rng.standard_normal((5, 4))
+    model = Model([a_in, b_in], [s, Dense(2)(s)]).to(device)
+    a, b = (to_device(rng.standard_normal((5, 4)), device) for _ in range(2))
     whole = model.forward([a, b])
     batched = model.predict([a, b], batch_size=2)
     assert len(batched) == 2
@@ -412,57 +415,72 @@ def test_predict_with_several_inputs_and_outputs(rng):
         close(ours, expected, 1e-6)
 
 
-def test_train_and_eval_switch_batch_norm(rng, images):
-    model = residual_net()
+def test_train_and_eval_switch_batch_norm(rng, images, device):
+    model = residual_net().to(device)
     randomize(model, rng)
+    images = to_device(images, device)
     bn = model.get_layer("batch_normalization")
     assert model.training is False
-    before = bn.params["moving_mean"].copy()
+    before = on_cpu(bn.params["moving_mean"])
 
     model.forward(images)                                         # eval by default
-    np.testing.assert_array_equal(bn.params["moving_mean"], before)
+    np.testing.assert_array_equal(on_cpu(bn.params["moving_mean"]), before)
     assert model.train() is model and model.training
     model.forward(images)
-    moved = bn.params["moving_mean"].copy()
+    moved = on_cpu(bn.params["moving_mean"])
     assert not np.allclose(moved, before)
     model.predict(images)                                         # always inference
-    np.testing.assert_array_equal(bn.params["moving_mean"], moved)
+    np.testing.assert_array_equal(on_cpu(bn.params["moving_mean"]), moved)
     assert model.eval() is model and not model.training
     model.forward(images)
-    np.testing.assert_array_equal(bn.params["moving_mean"], moved)
+    np.testing.assert_array_equal(on_cpu(bn.params["moving_mean"]), moved)
     model.forward(images, training=True)                          # explicit beats the mode
-    assert not np.allclose(bn.params["moving_mean"], moved)
+    assert not np.allclose(on_cpu(bn.params["moving_mean"]), moved)
 
 
-def test_training_mode_normalises_with_batch_statistics(rng):
+def test_training_mode_normalises_with_batch_statistics(rng, device):
     x_in = Input((3, 3, 2))
-    model = Model(x_in, BatchNormalization(name="bn")(x_in))
+    model = Model(x_in, BatchNormalization(name="bn")(x_in)).to(device)
     x = rng.standard_normal((4, 3, 3, 2)) * 3 + 2
-    trained = model.train().forward(x)
+    trained = model.train().forward(to_device(x, device))
     close(trained, (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2)) + 1e-3))
     bn = model.get_layer("bn")
-    close(model.eval().forward(x), bn_by_hand(bn, x))
+    close(model.eval().forward(to_device(x, device)), bn_by_hand(bn, to_device(x, device)))
 
 
-def test_get_and_set_weights_round_trip(rng, images):
+def test_get_and_set_weights_round_trip(rng, images, device):
     minires.set_random_seed(1)
-    source = residual_net()
+    source = residual_net().to(device)
     randomize(source, rng)
+    images = to_device(images, device)
     weights = source.get_weights()
     assert len(weights) == 4 * 2 + 4 * 4 + 2                   # 4 convs, 4 BNs, dense
     conv, bn = source.get_layer("conv2d"), source.get_layer("batch_normalization")
     expected_first = [conv.params["kernel"], conv.params["bias"],
                       *(bn.params[n] for n in ("gamma", "beta", "moving_mean", "moving_variance"))]
     for ours, expected in zip(weights, expected_first):            # Keras's order
-        np.testing.assert_array_equal(ours, expected)
+        np.testing.assert_array_equal(on_cpu(ours), on_cpu(expected))
     clear_session()
     minires.set_random_seed(2)
-    target = residual_net()
-    assert not np.allclose(target.forward(images), source.forward(images))
+    target = residual_net().to(device)
+    assert not np.allclose(on_cpu(target.forward(images)), on_cpu(source.forward(images)))
     target.set_weights([w.copy() for w in weights])
-    np.testing.assert_array_equal(target.forward(images), source.forward(images))
+    np.testing.assert_array_equal(on_cpu(target.forward(images)), on_cpu(source.forward(images)))
     for ours, theirs in zip(target.get_weights(), weights):
-        np.testing.assert_array_equal(ours, theirs)
+        np.testing.assert_array_equal(on_cpu(ours), on_cpu(theirs))
+
+
+def test_set_weights_takes_arrays_from_either_device(rng, images, device):
+    """NumPy weights into a model on the GPU (and back): CuPy itself refuses to
+    copy a NumPy array in by assignment, so set_weights moves each first."""
+    source = residual_net()
+    randomize(source, rng)
+    target = residual_net().to(device)
+    target.set_weights(source.get_weights())
+    close(target.forward(to_device(images, device)), source.forward(images))
+    source.set_weights(target.get_weights())
+    for ours, theirs in zip(source.get_weights(), target.get_weights()):
+        np.testing.assert_array_equal(ours, on_cpu(theirs))
 
 
 def test_set_weights_errors_name_the_layer():
@@ -477,13 +495,14 @@ def test_set_weights_errors_name_the_layer():
         model.set_weights(weights[:-1])
 
 
-def test_get_weights_is_a_snapshot(images):
-    model = residual_net()
+def test_get_weights_is_a_snapshot(images, device):
+    model = residual_net().to(device)
+    images = to_device(images, device)
     saved = model.get_weights()
-    expected = model.forward(images).copy()
-    model.set_weights([np.zeros_like(w) for w in saved])
+    expected = on_cpu(model.forward(images))
+    model.set_weights([np.zeros(w.shape, w.dtype) for w in saved])
     model.set_weights(saved)                                     # back to where it was
-    np.testing.assert_array_equal(model.forward(images), expected)
+    np.testing.assert_array_equal(on_cpu(model.forward(images)), expected)
 
 
 def test_count_params():
@@ -574,13 +593,13 @@ def assert_loaded(model, weights):
     for layer in model.layers:
         assert len(layer.params) == len(weights[layer.name])
         for (slot, param), (_, array) in zip(layer.params.items(), weights[layer.name]):
-            np.testing.assert_array_equal(param, array, err_msg=f"{layer.name}/{slot}")
+            np.testing.assert_array_equal(on_cpu(param), on_cpu(array), err_msg=f"{layer.name}/{slot}")
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["weights-file", "full-model-file"])
 @pytest.mark.parametrize("text", [bytes, str], ids=["bytes-attrs", "str-attrs"])
-def test_load_legacy_layout_by_order(tmp_path, rng, text, nested):
-    model = small_net()
+def test_load_legacy_layout_by_order(tmp_path, rng, device, text, nested):
+    model = small_net().to(device)
     weights = random_weights(model, rng)
     # Other layer names in the file: pairing by order ignores names.
     entries = [(f"old_{name}", [(w.replace(name, f"old_{name}"), a) for w, a in ws])
@@ -597,10 +616,10 @@ def test_load_legacy_layout_by_order(tmp_path, rng, text, nested):
 
 @pytest.mark.parametrize("nested", [False, True], ids=["weights-file", "full-model-file"])
 @pytest.mark.parametrize("text", [bytes, str], ids=["bytes-attrs", "str-attrs"])
-def test_load_legacy_layout_by_name(tmp_path, rng, text, nested):
+def test_load_legacy_layout_by_name(tmp_path, rng, device, text, nested):
     """The file's layers in another order, one the model lacks (ignored, as
     documented); a model layer absent from the file keeps its weights."""
-    model = small_net()
+    model = small_net().to(device)
     weights = random_weights(model, rng)
     kept = {name: p.copy() for name, p in model.get_layer("fc").params.items()}
     ghost = ("ghost", [("ghost/kernel:0", np.ones((7, 7), np.float32))])
@@ -665,8 +684,8 @@ def write_keras3_h5(path, model, weights):
 
 
 @pytest.mark.parametrize("by_name", [False, True], ids=["by-order", "by-name"])
-def test_load_keras3_layout(tmp_path, rng, by_name):
-    model = small_net()
+def test_load_keras3_layout(tmp_path, rng, device, by_name):
+    model = small_net().to(device)
     weights = random_weights(model, rng)
     path = write_keras3_h5(tmp_path / "w.weights.h5", model, weights)
     with h5py.File(path, "r") as f:
@@ -731,8 +750,8 @@ def test_wrong_weight_count_in_a_layer(tmp_path, rng):
         model.load_weights(path)
 
 
-def test_skip_mismatch_skips_that_layer_by_name(tmp_path, rng):
-    model = small_net()
+def test_skip_mismatch_skips_that_layer_by_name(tmp_path, rng, device):
+    model = small_net().to(device)
     weights = random_weights(model, rng)
     c1_before = {n: p.copy() for n, p in model.get_layer("c1").params.items()}
     weights["c1"][0] = ("c1/kernel:0", np.zeros((1, 1, 2, 3), np.float32))

@@ -4,23 +4,25 @@ state round trips, and (where installed) torch.optim as an oracle.
 The hand-computed cases write every number out, so each test fails if the
 update rule is off by a term: momentum applied at the first step, weight decay
 forgotten or applied after the moments, epsilon inside the square root, bias
-correction with the wrong step count.
+correction with the wrong step count. They run on ``--device``; torch.optim
+compares on the CPU.
 """
 import math
 
 import numpy as np
 import pytest
 
+from minires.backend import is_array, like, to_device
 from minires.layers import Activation, BatchNormalization, Conv2D, Dense, Flatten, Input
 from minires.models import Model
 from minires.optim import SGD, Adam, CosineDecay, StepDecay
 
-from conftest import randomize_offsets
+from conftest import on_cpu, randomize_offsets
 
 
 # --- helpers -------------------------------------------------------------------------
-def one_dense(kernel, bias=None, dtype="float64"):
-    """Input -> Dense named 'fc' with the given weights: (model, layer)."""
+def one_dense(kernel, bias=None, dtype="float64", device="cpu"):
+    """Input -> Dense named 'fc' with the given weights, on ``device``: (model, layer)."""
     kernel = np.asarray(kernel, dtype=dtype)
     x = Input(shape=(kernel.shape[0],), dtype=dtype)
     fc = Dense(kernel.shape[1], use_bias=bias is not None, name="fc", dtype=dtype)
@@ -28,13 +30,13 @@ def one_dense(kernel, bias=None, dtype="float64"):
     fc.params["kernel"][...] = kernel
     if bias is not None:
         fc.params["bias"][...] = bias
-    return model, fc
+    return model.to(device), fc
 
 
 def step_with(optimizer, model, layer, grads, learning_rate=None):
-    """Hand the layer these gradients, then take one optimiser step."""
+    """Hand the layer these gradients (on its device), then take one optimiser step."""
     for name, g in grads.items():
-        layer.grads[name] = np.asarray(g, dtype=layer.dtype)
+        layer.grads[name] = like(np.asarray(g, dtype=layer.dtype), layer.params[name])
     optimizer.step(model, learning_rate)
 
 
@@ -52,8 +54,8 @@ def conv_net(dtype="float32"):
 
 
 def snapshot(model):
-    """{'layer/param': copy} of every parameter, trainable or not."""
-    return {f"{layer.name}/{name}": layer.params[name].copy()
+    """{'layer/param': NumPy copy} of every parameter, trainable or not."""
+    return {f"{layer.name}/{name}": on_cpu(layer.params[name])
             for layer, name in model.parameters(trainable_only=False)}
 
 
@@ -65,19 +67,21 @@ def random_grads(model, rng):
 
 def set_grads(model, grads):
     for (layer_name, name), g in grads.items():
-        model.get_layer(layer_name).grads[name] = g.copy()
+        layer = model.get_layer(layer_name)
+        layer.grads[name] = like(g, layer.params[name]).copy()
 
 
 # --- SGD by hand -----------------------------------------------------------------------
-def test_sgd_one_step_is_p_minus_lr_g():
-    model, fc = one_dense([[1.0], [-2.0]], bias=[0.5])
+def test_sgd_one_step_is_p_minus_lr_g(device):
+    model, fc = one_dense([[1.0], [-2.0]], bias=[0.5], device=device)
     step_with(SGD(0.1), model, fc, {"kernel": [[0.5], [-3.0]], "bias": [2.0]})
-    np.testing.assert_allclose(fc.params["kernel"], [[1.0 - 0.05], [-2.0 + 0.3]], rtol=0, atol=1e-15)
-    np.testing.assert_allclose(fc.params["bias"], [0.5 - 0.2], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(on_cpu(fc.params["kernel"]), [[1.0 - 0.05], [-2.0 + 0.3]],
+                               rtol=0, atol=1e-15)
+    np.testing.assert_allclose(on_cpu(fc.params["bias"]), [0.5 - 0.2], rtol=0, atol=1e-15)
 
 
-def test_sgd_momentum_three_steps_by_hand():
-    model, fc = one_dense([[1.0], [0.0]])
+def test_sgd_momentum_three_steps_by_hand(device):
+    model, fc = one_dense([[1.0], [0.0]], device=device)
     opt = SGD(0.1, momentum=0.5)
     g1, g2, g3 = np.array([[1.0], [2.0]]), np.array([[-2.0], [0.0]]), np.array([[4.0], [-1.0]])
     v1 = g1                               # first step: v = g, no momentum yet
@@ -87,55 +91,56 @@ def test_sgd_momentum_three_steps_by_hand():
     for g, v in ((g1, v1), (g2, v2), (g3, v3)):
         step_with(opt, model, fc, {"kernel": g})
         expected = expected - 0.1 * v
-        np.testing.assert_allclose(fc.params["kernel"], expected, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(on_cpu(fc.params["kernel"]), expected, rtol=0, atol=1e-15)
     # all three steps written out: p3 = p0 - lr (v1 + v2 + v3)
-    np.testing.assert_allclose(fc.params["kernel"], [[1.0 - 0.1 * (1 - 1.5 + 3.25)],
+    np.testing.assert_allclose(on_cpu(fc.params["kernel"]), [[1.0 - 0.1 * (1 - 1.5 + 3.25)],
                                                      [0.0 - 0.1 * (2 + 1 - 0.5)]], rtol=0, atol=1e-15)
-    np.testing.assert_array_equal(opt.slots["velocity"]["fc/kernel"], v3)
+    np.testing.assert_array_equal(on_cpu(opt.slots["velocity"]["fc/kernel"]), v3)
 
 
-def test_sgd_momentum_uses_the_rate_of_each_step():
+def test_sgd_momentum_uses_the_rate_of_each_step(device):
     """PyTorch's form p -= lr_t * v_t: a new rate scales the whole velocity at once."""
-    model, fc = one_dense([[0.0]])
+    model, fc = one_dense([[0.0]], device=device)
     opt = SGD(1.0, momentum=0.5)
     step_with(opt, model, fc, {"kernel": [[1.0]]}, learning_rate=0.1)   # v = 1,   p = -0.1
     step_with(opt, model, fc, {"kernel": [[1.0]]}, learning_rate=0.01)  # v = 1.5, p = -0.115
-    np.testing.assert_allclose(fc.params["kernel"], [[-0.115]], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(on_cpu(fc.params["kernel"]), [[-0.115]], rtol=0, atol=1e-15)
     assert opt.learning_rate == 1.0                        # the argument does not stick
 
 
-def test_weight_decay_adds_wd_times_p_to_the_gradient():
-    model, fc = one_dense([[1.0], [-2.0]])
+def test_weight_decay_adds_wd_times_p_to_the_gradient(device):
+    model, fc = one_dense([[1.0], [-2.0]], device=device)
     step_with(SGD(0.1, weight_decay=0.1), model, fc, {"kernel": [[0.5], [0.5]]})
     # g + wd p = [0.5 + 0.1, 0.5 - 0.2] = [0.6, 0.3]
-    np.testing.assert_allclose(fc.params["kernel"], [[1.0 - 0.06], [-2.0 - 0.03]], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(on_cpu(fc.params["kernel"]), [[1.0 - 0.06], [-2.0 - 0.03]],
+                               rtol=0, atol=1e-15)
 
 
-def test_weight_decay_enters_the_momentum_buffer():
-    model, fc = one_dense([[2.0]])
+def test_weight_decay_enters_the_momentum_buffer(device):
+    model, fc = one_dense([[2.0]], device=device)
     opt = SGD(0.1, momentum=0.9, weight_decay=0.5)
     step_with(opt, model, fc, {"kernel": [[0.0]]})          # v1 = 0 + 0.5*2 = 1,  p1 = 1.9
     step_with(opt, model, fc, {"kernel": [[0.0]]})          # v2 = 0.9 + 0.95 = 1.85, p2 = 1.715
-    np.testing.assert_allclose(fc.params["kernel"], [[1.715]], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(on_cpu(fc.params["kernel"]), [[1.715]], rtol=0, atol=1e-15)
 
 
 # --- Adam by hand ----------------------------------------------------------------------
-def test_adam_first_step_is_lr_g_over_abs_g_plus_eps():
+def test_adam_first_step_is_lr_g_over_abs_g_plus_eps(device):
     """After one step m_hat = g and v_hat = g^2, so the step is lr g / (|g| + eps):
     about lr * sign(g) whatever the gradient's scale. A large eps makes the
     exact value visible (eps inside the square root would give another number)."""
     g = np.array([[0.5], [-3.0], [0.02]])
-    model, fc = one_dense(np.zeros((3, 1)))
+    model, fc = one_dense(np.zeros((3, 1)), device=device)
     step_with(Adam(0.1, epsilon=0.1), model, fc, {"kernel": g})
     exact = -0.1 * np.array([[0.5 / 0.6], [-3.0 / 3.1], [0.02 / 0.12]])
-    np.testing.assert_allclose(fc.params["kernel"], exact, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(on_cpu(fc.params["kernel"]), exact, rtol=1e-12, atol=0)
 
-    model, fc = one_dense(np.zeros((3, 1)))
+    model, fc = one_dense(np.zeros((3, 1)), device=device)
     step_with(Adam(0.1), model, fc, {"kernel": g})              # default eps 1e-8
-    np.testing.assert_allclose(fc.params["kernel"], -0.1 * np.sign(g), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(on_cpu(fc.params["kernel"]), -0.1 * np.sign(g), rtol=1e-6, atol=0)
 
 
-def test_adam_two_steps_by_hand():
+def test_adam_two_steps_by_hand(device):
     """beta_1 = 0.5, beta_2 = 0.75 keep the arithmetic on paper. Entry 0 sees
     g = 2 then 1; entry 1 sees -1/4 of that, and Adam's steps ignore the scale.
 
@@ -147,27 +152,27 @@ def test_adam_two_steps_by_hand():
     entry 1: m_hat and sqrt(v_hat) are -1/4 and 1/4 of entry 0's.
     """
     lr, eps = 0.01, 1e-8
-    model, fc = one_dense(np.zeros((2, 1)))
+    model, fc = one_dense(np.zeros((2, 1)), device=device)
     opt = Adam(lr, beta_1=0.5, beta_2=0.75, epsilon=eps)
     step_with(opt, model, fc, {"kernel": [[2.0], [-0.5]]})
     p1 = np.array([[-lr * 2 / (2 + eps)], [lr * 0.5 / (0.5 + eps)]])
-    np.testing.assert_allclose(fc.params["kernel"], p1, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(on_cpu(fc.params["kernel"]), p1, rtol=1e-13, atol=0)
     step_with(opt, model, fc, {"kernel": [[1.0], [-0.25]]})
     p2 = p1 - lr * np.array([[(4 / 3) / (4 / math.sqrt(7) + eps)],
                              [(-1 / 3) / (1 / math.sqrt(7) + eps)]])
-    np.testing.assert_allclose(fc.params["kernel"], p2, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(on_cpu(fc.params["kernel"]), p2, rtol=1e-13, atol=0)
     total = lr * (1 + math.sqrt(7) / 3)                 # eps -> 0: both steps together
     np.testing.assert_allclose(p2, [[-total], [total]], rtol=1e-7)
-    np.testing.assert_allclose(opt.slots["m"]["fc/kernel"], [[1.0], [-0.25]], rtol=1e-15)
-    np.testing.assert_allclose(opt.slots["v"]["fc/kernel"], [[1.0], [1 / 16]], rtol=1e-15)
+    np.testing.assert_allclose(on_cpu(opt.slots["m"]["fc/kernel"]), [[1.0], [-0.25]], rtol=1e-15)
+    np.testing.assert_allclose(on_cpu(opt.slots["v"]["fc/kernel"]), [[1.0], [1 / 16]], rtol=1e-15)
 
 
-def test_adam_weight_decay_is_added_before_the_moments():
+def test_adam_weight_decay_is_added_before_the_moments(device):
     """g + wd p can flip the gradient's sign; the first step then follows g + wd p."""
-    model, fc = one_dense([[10.0], [-10.0]])
+    model, fc = one_dense([[10.0], [-10.0]], device=device)
     step_with(Adam(0.1, weight_decay=0.1), model, fc, {"kernel": [[0.5], [0.5]]})
     # g + wd p = [1.5, -0.5]: both move by lr against the sign of that sum
-    np.testing.assert_allclose(fc.params["kernel"], [[10.0 - 0.1], [-10.0 + 0.1]], rtol=1e-9)
+    np.testing.assert_allclose(on_cpu(fc.params["kernel"]), [[10.0 - 0.1], [-10.0 + 0.1]], rtol=1e-9)
 
 
 # --- schedules -------------------------------------------------------------------------
@@ -195,12 +200,12 @@ def test_cosine_decay_values():
 @pytest.mark.parametrize("make_optimizer", [lambda: SGD(0.1, momentum=0.9, weight_decay=1e-2),
                                             lambda: Adam(0.01, weight_decay=1e-2)],
                          ids=["sgd", "adam"])
-def test_frozen_layers_keep_every_parameter_bit_for_bit(make_optimizer, rng):
-    model = conv_net()
+def test_frozen_layers_keep_every_parameter_bit_for_bit(make_optimizer, rng, device):
+    model = conv_net().to(device)
     randomize_offsets(model, rng)                 # nonzero biases and betas: decay would move them
     for bn in (model.get_layer("bn_a"), model.get_layer("bn_b")):
-        bn.params["moving_mean"][...] = rng.standard_normal(3) * 0.1
-        bn.params["moving_variance"][...] = 1 + rng.random(3)
+        bn.params["moving_mean"][...] = to_device(rng.standard_normal(3) * 0.1, device)
+        bn.params["moving_variance"][...] = to_device(1 + rng.random(3), device)
     model.get_layer("conv_a").trainable = False
     model.get_layer("bn_a").trainable = False
     frozen = {"conv_a/kernel", "conv_a/bias", "bn_a/gamma", "bn_a/beta",
@@ -209,7 +214,7 @@ def test_frozen_layers_keep_every_parameter_bit_for_bit(make_optimizer, rng):
 
     before = snapshot(model)
     opt = make_optimizer()
-    images = rng.standard_normal((6, 5, 5, 2)).astype("float32")
+    images = to_device(rng.standard_normal((6, 5, 5, 2)).astype("float32"), device)
     for _ in range(4):
         out = model.forward(images, training=True)
         model.backward(np.ones_like(out) + out)      # L = sum(out + out^2 / 2)
@@ -255,15 +260,15 @@ def test_invalid_hyperparameters(make, what):
 
 # --- state round trip ------------------------------------------------------------------
 def copy_state(state):
-    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.items()}
+    return {k: (v.copy() if is_array(v) else v) for k, v in state.items()}
 
 
 @pytest.mark.parametrize("make_optimizer", [lambda: SGD(0.05, momentum=0.9, weight_decay=1e-3),
                                             lambda: Adam(0.01, weight_decay=1e-3)],
                          ids=["sgd", "adam"])
-def test_state_round_trip_continues_bit_for_bit(make_optimizer, rng):
-    model = conv_net()
-    twin = conv_net()
+def test_state_round_trip_continues_bit_for_bit(make_optimizer, rng, device):
+    model = conv_net().to(device)
+    twin = conv_net().to(device)
     opt = make_optimizer()
     grads = [random_grads(model, rng) for _ in range(7)]
     for g in grads[:3]:
@@ -274,16 +279,17 @@ def test_state_round_trip_continues_bit_for_bit(make_optimizer, rng):
     twin.set_weights(model.get_weights())
     fresh, resumed, unloaded = make_optimizer(), make_optimizer(), make_optimizer()
     resumed.load_state(state)
-    third = conv_net()                                 # resumed without the state: must differ
+    third = conv_net().to(device)                      # resumed without the state: must differ
     third.set_weights(model.get_weights())
     for g in grads[3:]:
         for m, o in ((model, opt), (twin, resumed), (third, unloaded)):
             set_grads(m, g)
             o.step(m)
     for a, b in zip(model.get_weights(), twin.get_weights()):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(on_cpu(a), on_cpu(b))
     assert resumed.iterations == opt.iterations == 7
-    assert not all(np.array_equal(a, c) for a, c in zip(model.get_weights(), third.get_weights()))
+    assert not all(np.array_equal(on_cpu(a), on_cpu(c))
+                   for a, c in zip(model.get_weights(), third.get_weights()))
     assert fresh.iterations == 0 and fresh.slots == {}
 
 
@@ -308,14 +314,14 @@ def test_a_failed_step_changes_nothing():
     np.testing.assert_allclose(fc.params["kernel"], [[-0.1], [0.1]], rtol=1e-6)
 
 
-def test_load_state_does_not_share_arrays_with_its_source():
-    model, fc = one_dense([[0.0]])
+def test_load_state_does_not_share_arrays_with_its_source(device):
+    model, fc = one_dense([[0.0]], device=device)
     opt = SGD(0.1, momentum=0.9)
     step_with(opt, model, fc, {"kernel": [[1.0]]})
     other = SGD(0.1, momentum=0.9)
     other.load_state(opt.state())
     step_with(opt, model, fc, {"kernel": [[1.0]]})
-    np.testing.assert_array_equal(other.slots["velocity"]["fc/kernel"], [[1.0]])
+    np.testing.assert_array_equal(on_cpu(other.slots["velocity"]["fc/kernel"]), [[1.0]])
 
 
 def test_adam_rejects_a_negative_epsilon():

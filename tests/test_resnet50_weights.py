@@ -3,10 +3,12 @@
 Files are written with h5py in each Keras generation's exact layout and names
 (random weights); the loaded model is compared with a second model whose
 parameters were set straight from the same arrays (the independent path).
+Loads into an existing model (load_by_name) run on ``--device``.
 """
 import h5py
 import numpy as np
 import pytest
+from conftest import on_cpu
 
 import keras_files
 import keras_resnet50_layers as golden
@@ -215,7 +217,7 @@ def test_wrong_shape_names_layer_and_shapes(good_file, tmp_path):
         ResNet50(weights=str(tmp_path / "shape.h5"), **SMALL)
 
 
-def test_every_problem_in_one_error_and_strict_false_loads_the_rest(good_file, tmp_path):
+def test_every_problem_in_one_error_and_strict_false_loads_the_rest(good_file, tmp_path, device):
     _, weights = good_file
     weights["conv1_conv"]["bias"] = np.zeros(65, "float32")
     weights["fc_extra"] = weights.pop("predictions")
@@ -223,7 +225,7 @@ def test_every_problem_in_one_error_and_strict_false_loads_the_rest(good_file, t
     order = [("fc_extra" if n == "predictions" else n) for n in file_layer_order("current")]
     path = tmp_path / "several.h5"
     keras_files.write_legacy_layout(path, order, weights)
-    model = ResNet50(**SMALL)
+    model = ResNet50(**SMALL).to(device)
     with pytest.raises(WeightsFileError) as info:
         load_by_name(model, str(path))
     message = str(info.value)
@@ -235,9 +237,9 @@ def test_every_problem_in_one_error_and_strict_false_loads_the_rest(good_file, t
         assert expected in message
     skipped = load_by_name(model, str(path), strict=False)
     assert len(skipped) == 4
-    np.testing.assert_array_equal(model.get_layer("conv2_block1_1_conv").params["kernel"],
+    np.testing.assert_array_equal(on_cpu(model.get_layer("conv2_block1_1_conv").params["kernel"]),
                                   weights["conv2_block1_1_conv"]["kernel"])
-    assert not np.array_equal(model.get_layer("conv1_conv").params["kernel"],   # layer skipped
+    assert not np.array_equal(on_cpu(model.get_layer("conv1_conv").params["kernel"]),   # skipped
                               weights["conv1_conv"]["kernel"])
 
 
@@ -252,15 +254,15 @@ def test_theano_ordered_files_are_rejected_with_a_hint(good_file, tmp_path):
         ResNet50(weights=str(tmp_path / "th.h5"), **SMALL)
 
 
-def test_failed_load_leaves_the_model_unchanged(good_file, tmp_path):
+def test_failed_load_leaves_the_model_unchanged(good_file, tmp_path, device):
     _, weights = good_file
     weights["conv5_block3_3_bn"]["gamma"] = np.zeros(7, "float32")   # the last layer is wrong
     keras_files.write_legacy_layout(tmp_path / "late.h5", file_layer_order("current"), weights)
-    model = ResNet50(**SMALL)
-    before = [w.copy() for w in model.get_weights()]
+    model = ResNet50(**SMALL).to(device)
+    before = [on_cpu(w) for w in model.get_weights()]
     with pytest.raises(WeightsFileError, match="conv5_block3_3_bn"):
         load_by_name(model, str(tmp_path / "late.h5"))
-    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert all(np.array_equal(a, on_cpu(b)) for a, b in zip(before, model.get_weights()))
 
 
 def test_not_a_resnet50_file(tmp_path):

@@ -1,6 +1,8 @@
-"""fit/evaluate: learning for real, bit-identical resume, frozen layers, bad input."""
+"""fit/evaluate: learning for real, bit-identical resume, frozen layers, bad input
+(models on ``--device``; fit moves each batch of the NumPy data there)."""
 import numpy as np
 import pytest
+from conftest import on_cpu
 
 from minires.applications import CifarResNet
 from minires.initializers import set_random_seed
@@ -20,16 +22,16 @@ def patterns(n=240, seed=0):
     return images, labels
 
 
-def small_net(seed=0, name="small_net"):
+def small_net(seed=0, name="small_net", device="cpu"):
     set_random_seed(seed)
     return CifarResNet(blocks=(1,), width=4, input_shape=(8, 8, 1), classes=3,
-                       classifier_activation=None, name=name)
+                       classifier_activation=None, name=name).to(device)
 
 
-def test_training_learns():
+def test_training_learns(device):
     x, y = patterns()
     x_test, y_test = patterns(seed=1)
-    model = small_net()
+    model = small_net(device=device)
     _, before = evaluate(model, x_test, y_test)
     history = fit(model, x, y, epochs=6, batch_size=16, optimizer=Adam(0.01),
                   validation_data=(x_test, y_test), progress=False)
@@ -39,43 +41,43 @@ def test_training_learns():
 
 @pytest.mark.parametrize("optimizer", [lambda: SGD(0.05, momentum=0.9, weight_decay=1e-3),
                                        lambda: Adam(0.01, weight_decay=1e-4)], ids=["sgd", "adam"])
-def test_resume_continues_the_same_trajectory_bit_for_bit(tmp_path, optimizer):
+def test_resume_continues_the_same_trajectory_bit_for_bit(tmp_path, device, optimizer):
     x, y = patterns(96)
     schedule = CosineDecay(0.05, 2)
-    straight = small_net()
+    straight = small_net(device=device)
     fit(straight, x, y, epochs=2, batch_size=16, optimizer=optimizer(), schedule=schedule,
         seed=3, progress=False)
 
     path = str(tmp_path / "run.npz")
-    first = small_net()
+    first = small_net(device=device)
     fit(first, x, y, epochs=1, batch_size=16, optimizer=optimizer(), schedule=schedule, seed=3,
         checkpoint=path, progress=False)
-    resumed = small_net(seed=99)                          # other initial weights: all restored
+    resumed = small_net(seed=99, device=device)           # other initial weights: all restored
     history = fit(resumed, x, y, epochs=2, batch_size=16, optimizer=optimizer(),
                   schedule=schedule, seed=3, checkpoint=path, resume=True, progress=False)
     assert len(history["loss"]) == 2                      # the first epoch's entry came back
     for a, b in zip(straight.get_weights(), resumed.get_weights()):
-        assert a.dtype == np.float32 and np.array_equal(a, b)
+        assert a.dtype == np.float32 and np.array_equal(on_cpu(a), on_cpu(b))
 
 
-def test_frozen_layers_and_their_statistics_do_not_change():
+def test_frozen_layers_and_their_statistics_do_not_change(device):
     x, y = patterns(64)
-    model = small_net()
+    model = small_net(device=device)
     frozen = [model.get_layer("conv1_conv"), model.get_layer("conv1_bn")]
     for layer in frozen:
         layer.trainable = False
-    before = {(l.name, k): v.copy() for l in frozen for k, v in l.params.items()}
-    moving = model.get_layer("conv2_block1_1_bn").params["moving_mean"].copy()
+    before = {(l.name, k): on_cpu(v) for l in frozen for k, v in l.params.items()}
+    moving = on_cpu(model.get_layer("conv2_block1_1_bn").params["moving_mean"])
     fit(model, x, y, epochs=2, batch_size=16, optimizer=SGD(0.1, momentum=0.9), progress=False)
     for (name, key), value in before.items():
-        assert np.array_equal(model.get_layer(name).params[key], value), (name, key)
-    assert not np.array_equal(model.get_layer("conv2_block1_1_bn").params["moving_mean"], moving)
+        assert np.array_equal(on_cpu(model.get_layer(name).params[key]), value), (name, key)
+    assert not np.array_equal(on_cpu(model.get_layer("conv2_block1_1_bn").params["moving_mean"]), moving)
 
 
-def test_checkpoint_is_written_every_epoch(tmp_path):
+def test_checkpoint_is_written_every_epoch(tmp_path, device):
     x, y = patterns(32)
     path = tmp_path / "ckpt.npz"
-    fit(small_net(), x, y, epochs=1, batch_size=16, checkpoint=str(path), progress=False)
+    fit(small_net(device=device), x, y, epochs=1, batch_size=16, checkpoint=str(path), progress=False)
     with np.load(path, allow_pickle=False) as data:
         assert int(data["__extra__/epoch"]) == 1
         assert "__extra__/optimizer/iterations" in data.files
@@ -103,19 +105,19 @@ def test_float_labels_are_refused():
         fit(small_net(), x, y.astype("float32"), progress=False)
 
 
-def test_nan_loss_stops_training():
+def test_nan_loss_stops_training(device):
     x, y = patterns(32)
     x[5, 0, 0, 0] = np.nan
-    model = small_net()
+    model = small_net(device=device)
     with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 1, batch \d"):
         fit(model, x, y, batch_size=8, progress=False)
 
 
-def test_diverging_training_stops_with_a_clear_message():
+def test_diverging_training_stops_with_a_clear_message(device):
     set_random_seed(0)
     x_in = Input((8, 8, 1))
     out = Dense(3)(Flatten()(BatchNormalization()(Conv2D(4, 3)(x_in))))
-    model = Model(x_in, out)
+    model = Model(x_in, out).to(device)
     x, y = patterns(64)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         fit(model, x * 1e3, y, epochs=20, batch_size=8, optimizer=SGD(1e6), progress=False)

@@ -1,0 +1,64 @@
+"""Random sliding windows, and the check that a set of kernels gives the
+slicing kernels' results on them (used for the CUDA kernels, on the GPU and
+as C++ on the CPU)."""
+import numpy as np
+from conftest import on_cpu
+
+from minires.backend import to_device
+from minires.kernels import slicing_im2col, slicing_pooling     # the modules, not the dispatch
+
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12}     # sums of overlapping windows, reordered
+
+
+def random_windows(count, seed=0):
+    """``count`` cases (padded input shape, window, strides): windows 1x1 to 4x4,
+    strides 1 to 3, so windows overlap (stride < window) or leave gaps that no
+    window reads (stride > window), rectangular ones included; each input has
+    up to stride - 1 rows and columns past the last window, which no window reads."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(count):
+        window = tuple(int(k) for k in rng.integers(1, 5, 2))
+        strides = tuple(int(s) for s in rng.integers(1, 4, 2))
+        size = [int((out - 1) * s + k + rng.integers(0, s))
+                for out, k, s in zip(rng.integers(1, 5, 2), window, strides)]
+        cases.append(((int(rng.integers(1, 3)), *size, int(rng.integers(1, 4))), window, strides))
+    return cases
+
+
+def case_id(case):
+    shape, window, strides = case
+    return f"{'x'.join(map(str, shape))}-window{window[0]}x{window[1]}-stride{strides[0]}x{strides[1]}"
+
+
+def assert_same_as_slicing(kernels, case, dtype, device):
+    """im2col, col2im, max-pool forward and backward of ``kernels`` on ``device``
+    against the slicing kernels on NumPy: copies and maxima exactly (the first
+    maximum of a window wins ties), sums to rounding."""
+    shape, (kh, kw), (sh, sw) = case
+    rng = np.random.default_rng(list(shape))
+    tolerance = {"rtol": TOLERANCE[dtype], "atol": TOLERANCE[dtype]}
+
+    def run(function, *args):
+        """``function`` on ``device``, its result(s) back as NumPy arrays."""
+        result = function(*(to_device(a, device) if isinstance(a, np.ndarray) else a for a in args))
+        return tuple(map(on_cpu, result)) if isinstance(result, tuple) else on_cpu(result)
+
+    x = rng.standard_normal(shape).astype(dtype)
+    cols = slicing_im2col.im2col(x, kh, kw, sh, sw)
+    np.testing.assert_array_equal(run(kernels.im2col, x, kh, kw, sh, sw), cols)
+    g = rng.standard_normal(cols.shape).astype(dtype)
+    np.testing.assert_allclose(run(kernels.col2im, g, shape, sh, sw),
+                               slicing_im2col.col2im(g, shape, sh, sw), **tolerance)
+
+    ties = rng.integers(-1, 2, shape).astype(dtype)          # three values: windows tie
+    for data in (x, ties):
+        out, argmax = slicing_pooling.max_pool_forward(data, kh, kw, sh, sw)
+        ours, our_argmax = run(kernels.max_pool_forward, data, kh, kw, sh, sw)
+        np.testing.assert_array_equal(ours, out)
+        assert our_argmax.dtype == np.int64
+        np.testing.assert_array_equal(our_argmax, argmax)
+        g = rng.standard_normal(out.shape).astype(dtype)
+        np.testing.assert_allclose(run(kernels.max_pool_backward, g, argmax, shape, kh, kw, sh, sw),
+                                   slicing_pooling.max_pool_backward(g, argmax, shape, kh, kw, sh, sw),
+                                   **tolerance)
