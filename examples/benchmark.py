@@ -11,17 +11,24 @@ Numba against NumPy for conv backward's col2im; peak memory (RSS) of each
 configuration measured in a fresh subprocess. PyTorch runs alternately with
 minires in the same loop, same thread count, channels_last, so both see the
 same machine state; the ratio minires / PyTorch is printed (< 1: minires faster).
+PyTorch runs in a worker process of its own, started with the environment
+this script was given: minires's own settings (OMP_WAIT_POLICY=PASSIVE for
+Numba's threads, which costs PyTorch up to 2x at batch 1) do not reach it.
 """
 import argparse
 import collections
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
 
-# OpenMP threads (Numba's, and PyTorch's when it is imported) that spin after
-# their work steal the cores from OpenBLAS's; must be set before either starts.
+# The environment as given, for PyTorch's worker process: the line below is
+# minires's setting (as minires.kernels.numba_kernels makes it), not PyTorch's.
+GIVEN_ENVIRONMENT = dict(os.environ)
+# Numba's OpenMP threads that spin after their work steal the cores from
+# OpenBLAS's; must be set before Numba starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -37,6 +44,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--rss", help=argparse.SUPPRESS)       # internal: one config, print RSS
+    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)   # internal
     return parser.parse_args(argv)
 
 
@@ -50,17 +58,25 @@ def median_time(function, repeat):
     return float(np.median(times))
 
 
-def alternate(functions, repeat):
-    """Median seconds of each function, run in turns so drift hits all alike."""
-    for function in functions.values():
-        function()
+def alternate(timers, repeat):
+    """Median seconds of each timer (a function that runs once and returns its
+    seconds), run in turns so that drift hits all alike."""
+    for timer in timers.values():
+        timer()
     times = collections.defaultdict(list)
     for _ in range(repeat):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
+        for name, timer in timers.items():
+            times[name].append(timer())
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def clock(function):
+    """A timer for ``alternate`` that runs ``function`` here."""
+    def timer():
+        start = time.perf_counter()
+        function()
+        return time.perf_counter() - start
+    return timer
 
 
 # --- the two implementations -------------------------------------------------------
@@ -124,6 +140,62 @@ def torch_resnet50(model):
     return net.to(memory_format=torch.channels_last)
 
 
+class TorchWorker:
+    """PyTorch in a process of its own (see the module docstring), driven one
+    JSON line at a time: each request runs once and answers with its seconds."""
+
+    def __init__(self, threads):
+        self.process = subprocess.Popen([sys.executable, __file__, "--torch-worker", "--threads",
+                                         str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        env=GIVEN_ENVIRONMENT, text=True)
+        self.request("ready")
+
+    def request(self, op, batch=0):
+        self.process.stdin.write(json.dumps({"op": op, "batch": batch}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the PyTorch worker process died; run it alone to see why: "
+                               f"python {__file__} --torch-worker")
+        return json.loads(line)
+
+    def timed(self, op, batch):
+        return lambda: self.request(op, batch)["seconds"]
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def torch_worker(threads):
+    """The worker's side: the same weights as minires_resnet50(), then requests."""
+    import torch
+    torch.set_num_threads(threads)
+    net = torch_resnet50(minires_resnet50())
+    inputs, optimizer = {}, torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+    for line in sys.stdin:
+        request = json.loads(line)
+        op, batch = request["op"], request["batch"]
+        if batch not in inputs:
+            inputs[batch] = torch_images(batch)
+        start = time.perf_counter()
+        if op == "infer":
+            _torch_inference(net, inputs[batch])
+        elif op == "train":
+            torch_train_step(net.train(), optimizer, inputs[batch], torch.arange(batch) % 1000)
+        elif op == "logits":
+            with torch.no_grad():
+                logits = net.eval()(torch.from_numpy(images(2).transpose(0, 3, 1, 2).copy()))
+            print(json.dumps({"logits": logits.numpy().tolist()}), flush=True)
+            continue
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+
+
+def torch_images(batch):
+    import torch
+    return torch.from_numpy(images(batch).transpose(0, 3, 1, 2).copy()).to(memory_format=torch.channels_last)
+
+
 def images(batch):
     return np.random.default_rng(batch).standard_normal((batch, 224, 224, 3)).astype("float32")
 
@@ -158,32 +230,27 @@ def environment(threads):
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
 
 
-def agreement(model, net):
+def agreement(model, worker):
     """The two networks hold the same weights: their logits must agree."""
-    import torch
-    x = images(2)
-    ours = model.predict(x)
-    with torch.no_grad():
-        theirs = net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    ours = model.predict(images(2))
+    theirs = np.array(worker.request("logits")["logits"])
     print(f"  same weights: max |logit difference| / max |logit| = "
           f"{np.abs(ours - theirs).max() / np.abs(theirs).max():.1e}")
 
 
-def inference(model, net, batches, repeat):
+def inference(model, worker, batches, repeat):
     from minires.inference import InferenceModel
     fast = InferenceModel(model)
     print("\ninference (median s per batch, images/s)")
     for batch in batches:
         x = images(batch)
-        runs = {"minires": lambda: model.predict(x, batch_size=batch),
-                "minires fast": lambda: fast.predict(x)}         # in cache-sized chunks
-        if net is not None:
-            import torch
-            tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(memory_format=torch.channels_last)
-            runs["pytorch"] = lambda: _torch_inference(net, tx)
+        runs = {"minires": clock(lambda: model.predict(x, batch_size=batch)),
+                "minires fast": clock(lambda: fast.predict(x))}      # in cache-sized chunks
+        if worker is not None:
+            runs["pytorch"] = worker.timed("infer", batch)
         times = alternate(runs, repeat)
         line = ", ".join(f"{k} {t:.3f} s ({batch / t:.1f}/s)" for k, t in times.items())
-        ratio = f"; fast / pytorch = {times['minires fast'] / times['pytorch']:.2f}" if net else ""
+        ratio = f"; fast / pytorch = {times['minires fast'] / times['pytorch']:.2f}" if worker else ""
         print(f"  batch {batch:>3}: {line}{ratio}")
 
 
@@ -193,22 +260,18 @@ def _torch_inference(net, tx):
         net.eval()(tx)
 
 
-def training(model, net, batches, repeat):
+def training(model, worker, batches, repeat):
     from minires.losses import SoftmaxCrossEntropy
     from minires.optim import SGD
     print("\ntraining step: forward, backward, SGD update (median s)")
     for batch in batches:
         x, y = images(batch), np.arange(batch) % 1000
         optimizer, loss = SGD(1e-4, momentum=0.9), SoftmaxCrossEntropy()
-        runs = {"minires": lambda: minires_train_step(model, optimizer, loss, x, y)}
-        if net is not None:
-            import torch
-            tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(memory_format=torch.channels_last)
-            ty = torch.from_numpy(y)
-            topt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
-            runs["pytorch"] = lambda: torch_train_step(net.train(), topt, tx, ty)
+        runs = {"minires": clock(lambda: minires_train_step(model, optimizer, loss, x, y))}
+        if worker is not None:
+            runs["pytorch"] = worker.timed("train", batch)
         times = alternate(runs, repeat)
-        ratio = f"; minires / pytorch = {times['minires'] / times['pytorch']:.2f}" if net else ""
+        ratio = f"; minires / pytorch = {times['minires'] / times['pytorch']:.2f}" if worker else ""
         print(f"  batch {batch:>3}: " + ", ".join(f"{k} {t:.3f} s" for k, t in times.items()) + ratio)
 
 
@@ -271,8 +334,9 @@ def peak_memory(use_torch):
         configs += [("pytorch inference, batch 64", "torch-infer 64"),
                      ("pytorch training step, batch 32", "torch-train 32")]
     for label, config in configs:
+        env = GIVEN_ENVIRONMENT if config.startswith("torch") else None   # as the timings
         result = subprocess.run([sys.executable, __file__, "--rss", config], capture_output=True,
-                                text=True)
+                                text=True, env=env)
         if result.returncode != 0:
             print(f"  {label}: failed: {result.stderr.strip().splitlines()[-1]}")
             continue
@@ -318,23 +382,27 @@ def main(argv=None):
     args = parse_args(argv)
     if args.rss:
         return measure_rss(args.rss)
-    net = None
-    model = minires_resnet50()
+    if args.torch_worker:
+        return torch_worker(args.threads)
+    worker = None
     if not args.no_torch:
-        try:
-            import torch
-            torch.set_num_threads(args.threads)
-            net = torch_resnet50(model)
-        except ImportError:
+        if importlib.util.find_spec("torch") is None:
             print("PyTorch is not installed: minires alone")
-    environment(args.threads)
-    if net is not None:
-        agreement(model, net)
-    inference(model, net, args.batches, args.repeat)
-    training(model, net, args.train_batches, args.repeat)
+        else:
+            worker = TorchWorker(args.threads)
+    model = minires_resnet50()
+    try:
+        environment(args.threads)
+        if worker is not None:
+            agreement(model, worker)
+        inference(model, worker, args.batches, args.repeat)
+        training(model, worker, args.train_batches, args.repeat)
+    finally:
+        if worker is not None:
+            worker.close()
     breakdown(model, max(args.train_batches[0], 1), max(1, args.repeat // 2))
     kernels(args.repeat)
-    peak_memory(net is not None)
+    peak_memory(worker is not None)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pytest
 import keras_files
 import tutorial_code as tut
 from minires.applications import ResNet50, VGG16
-from minires.inference import FoldedConv, InferenceModel
+from minires.inference import AddRelu, FoldedConv, InferenceModel
 from minires.layers import BatchNormalization, Conv2D, Input
 from minires.models import Model
 
@@ -21,13 +21,18 @@ def relative_difference(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"generation": "legacy"}, {"include_top": False}])
-def test_resnet50_fast_path_matches_the_model(kwargs):
-    model = with_random_weights(ResNet50(input_shape=(64, 64, 3), **kwargs))
+@pytest.mark.parametrize("size, kwargs", [(64, {}), (64, {"generation": "legacy"}),
+                                          (72, {"include_top": False})])       # 72: odd stage sizes 9, 5, 3
+def test_resnet50_fast_path_matches_the_model(size, kwargs, each_kernel_path):
+    model = with_random_weights(ResNet50(input_shape=(size, size, 3), **kwargs))
     before = [w.copy() for w in model.get_weights()]
     fast = InferenceModel(model)
-    assert sum(isinstance(s, FoldedConv) for s in fast.steps) == 53
-    x = np.random.default_rng(1).standard_normal((3, 64, 64, 3)).astype("float32")
+    convs = [s for s in fast.steps if isinstance(s, FoldedConv)]
+    assert len(convs) == 53
+    assert sum(s.winograd_kernel is not None for s in convs) == 16         # every 3x3 stride-1 conv
+    assert sum(len(s.inputs) == 2 for s in convs) == 16                    # every residual Add fused
+    assert not any(isinstance(s, AddRelu) for s in fast.steps)
+    x = np.random.default_rng(1).standard_normal((3, size, size, 3)).astype("float32")
     assert relative_difference(fast.predict(x, batch_size=2), model.predict(x)) <= 1e-5
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))   # untouched
 

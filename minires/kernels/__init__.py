@@ -2,14 +2,16 @@
 
 Every kernel takes an already padded (N, H, W, C) array and a window
 (kh, kw) with strides (sh, sw); it never knows which layer calls it.
-Two implementations share these signatures: array slicing (im2col.py,
-pooling.py: NumPy or CuPy, the readable reference) and Numba-compiled loops
-(numba_kernels.py, NumPy arrays only). ``minires.backend.kernel_path()``
-says which one runs on the CPU; CuPy arrays always take the slicing one.
+Three implementations share these signatures: array slicing (im2col.py,
+pooling.py: NumPy or CuPy, the readable reference), Numba-compiled loops
+(numba_kernels.py, NumPy arrays only) and CUDA kernels (cupy_kernels.py,
+CuPy arrays only). CuPy arrays always take the CUDA kernels;
+``minires.backend.kernel_path()`` says which of the other two runs on the CPU.
 """
 import numpy as np
 
 from .. import backend
+from . import channelwise, winograd
 from . import im2col as slicing_im2col
 from . import pooling as slicing_pooling
 
@@ -22,16 +24,24 @@ def _numba_for(array):
     return None
 
 
+def _compiled_for(array):
+    """cupy_kernels for a CuPy array, else as _numba_for (None: the slicing kernels)."""
+    if backend.device_of(array) == "cuda":
+        from . import cupy_kernels
+        return cupy_kernels
+    return _numba_for(array)
+
+
 def im2col(x, kh, kw, sh, sw):
     if (kh, kw) == (1, 1):            # a 1x1 window is the pixel itself: a view, no copy
         return x[:, ::sh, ::sw, None, None, :]
-    return (_numba_for(x) or slicing_im2col).im2col(x, kh, kw, sh, sw)
+    return (_compiled_for(x) or slicing_im2col).im2col(x, kh, kw, sh, sw)
 
 
 def col2im(cols, padded_shape, sh, sw):
     if cols.shape[3:5] == (1, 1) and (sh, sw) == (1, 1):
         return cols.reshape(padded_shape)
-    return (_numba_for(cols) or slicing_im2col).col2im(cols, padded_shape, sh, sw)
+    return (_compiled_for(cols) or slicing_im2col).col2im(cols, padded_shape, sh, sw)
 
 
 def batch_chunks(batch, bytes_per_item):
@@ -42,12 +52,77 @@ def batch_chunks(batch, bytes_per_item):
 
 
 def max_pool_forward(x, ph, pw, sh, sw):
-    return (_numba_for(x) or slicing_pooling).max_pool_forward(x, ph, pw, sh, sw)
+    return (_compiled_for(x) or slicing_pooling).max_pool_forward(x, ph, pw, sh, sw)
 
 
 def max_pool_backward(g, argmax, padded_shape, ph, pw, sh, sw):
-    return (_numba_for(g) or slicing_pooling).max_pool_backward(g, argmax, padded_shape,
-                                                                 ph, pw, sh, sw)
+    return (_compiled_for(g) or slicing_pooling).max_pool_backward(g, argmax, padded_shape,
+                                                                    ph, pw, sh, sw)
 
 
-__all__ = ["im2col", "col2im", "batch_chunks", "max_pool_forward", "max_pool_backward"]
+# --- batch norm and ReLU passes (channelwise.py) ------------------------------------------
+_COMPILED_FLOATS = (np.float32, np.float64)
+
+
+def _channel_last_numba(arrays, channel_axis):
+    """numba_kernels when every array is C-ordered float32/float64 with the
+    channel last (the compiled loops view them as (rows, C)); else None."""
+    if channel_axis == arrays[0].ndim - 1 and all(
+            a.flags.c_contiguous and a.dtype in _COMPILED_FLOATS for a in arrays):
+        return _numba_for(arrays[0])
+    return None
+
+
+def channel_moments(x, channel_axis):
+    return (_channel_last_numba([x], channel_axis) or channelwise).channel_moments(x, channel_axis)
+
+
+def normalize(x, mean, inv_std, gamma, beta, channel_axis):
+    return (_channel_last_numba([x], channel_axis) or channelwise).normalize(
+        x, mean, inv_std, gamma, beta, channel_axis)
+
+
+def channel_sums(dy, xhat, channel_axis):
+    return (_channel_last_numba([dy, xhat], channel_axis) or channelwise).channel_sums(
+        dy, xhat, channel_axis)
+
+
+def channel_affine(dy, xhat, a, b, c, channel_axis):
+    return (_channel_last_numba([dy, xhat], channel_axis) or channelwise).channel_affine(
+        dy, xhat, a, b, c, channel_axis)
+
+
+def add_relu_(z, bias, residual, relu):
+    arrays = [z] if residual is None else [z, residual]
+    return (_channel_last_numba(arrays, z.ndim - 1) or channelwise).add_relu_(z, bias, residual, relu)
+
+
+def relu(z):
+    return (_channel_last_numba([z], z.ndim - 1) or channelwise).relu(z)
+
+
+def relu_backward(dy, y):
+    if dy.shape != y.shape:                  # broadcasting is NumPy's business
+        return channelwise.relu_backward(dy, y)
+    return (_channel_last_numba([dy, y], dy.ndim - 1) or channelwise).relu_backward(dy, y)
+
+
+# --- Winograd F(2x2, 3x3): the inference fast path's 3x3 stride-1 convolutions --------------
+def winograd_conv3x3(x, u, pads, out_size, bias, residual, relu):
+    """x (N, H, W, C) unpadded, u = winograd.transform_kernel(kernel) ->
+    relu?(conv(x) + bias [+ residual]) (N, OH, OW, F), a chunk of images at a
+    time so that the transformed tiles stay under ``backend.im2col_limit()``."""
+    xp = backend.get_array_module(x)
+    transforms = (_channel_last_numba([x], x.ndim - 1) or winograd)
+    z = xp.empty((x.shape[0], *out_size, u.shape[2]), dtype=x.dtype)
+    tiles = winograd.tile_counts(*out_size)
+    image_bytes = 16 * tiles[0] * tiles[1] * (u.shape[1] + u.shape[2]) * x.itemsize
+    for batch in batch_chunks(x.shape[0], image_bytes):
+        m = xp.matmul(transforms.input_tiles(x[batch], pads, out_size), u)
+        transforms.output_tiles(m, bias, None if residual is None else residual[batch], relu, z[batch])
+    return z
+
+
+__all__ = ["im2col", "col2im", "batch_chunks", "max_pool_forward", "max_pool_backward",
+           "channel_moments", "normalize", "channel_sums", "channel_affine", "add_relu_", "relu", "relu_backward",
+           "winograd_conv3x3"]

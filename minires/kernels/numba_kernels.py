@@ -117,3 +117,219 @@ def _max_pool_backward(g, argmax, dx, ph, pw, sh, sw):
                     winner = argmax[b, oh, ow, c]
                     if winner // pw == i:
                         dx[b, h, ow * sw + winner % pw, c] += g[b, oh, ow, c]
+
+
+# --- whole-activation passes (channelwise.py): channel last, viewed as (rows, C) ---------
+# Each prange iteration owns a block of rows. Reductions keep one float64 partial
+# sum per block and channel (more accurate than float32, and race-free), added
+# up at the end; the elementwise passes write only their own rows.
+_ROWS_PER_BLOCK = 512
+
+
+def channel_moments(x, channel_axis):
+    rows = _rows(x)
+    total = _block_sums(rows, np.zeros(rows.shape[1])).sum(axis=0)
+    mean = total / rows.shape[0]
+    variance = _block_square_sums(rows, mean).sum(axis=0) / rows.shape[0]
+    return mean.astype(x.dtype), variance.astype(x.dtype)
+
+
+def normalize(x, mean, inv_std, gamma, beta, channel_axis):
+    xhat, y = np.empty_like(x), np.empty_like(x)
+    _normalize(_rows(x), mean, inv_std, gamma, beta, _rows(xhat), _rows(y))
+    return xhat, y
+
+
+def channel_sums(dy, xhat, channel_axis):
+    sums = _block_dy_sums(_rows(dy), _rows(xhat)).sum(axis=0)
+    return sums[0].astype(dy.dtype), sums[1].astype(dy.dtype)
+
+
+def channel_affine(dy, xhat, a, b, c, channel_axis):
+    out = np.empty_like(dy)
+    _channel_affine(_rows(dy), _rows(xhat), a, b, c, _rows(out))
+    return out
+
+
+def relu(z):
+    y = np.empty_like(z)
+    _relu(z.reshape(-1), y.reshape(-1))
+    return y
+
+
+def relu_backward(dy, y):
+    dz = np.empty_like(dy)
+    _relu_backward(dy.reshape(-1), y.reshape(-1), dz.reshape(-1))
+    return dz
+
+
+def add_relu_(z, bias, residual, relu):
+    has_residual = residual is not None
+    _add_relu(_rows(z), bias, _rows(residual if has_residual else z[:0]), has_residual, relu)
+    return z
+
+
+def _rows(x):
+    return x.reshape(-1, x.shape[-1])
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _block_sums(rows, shift):
+    """Partial sums of rows - shift, one line per block of rows."""
+    blocks = (rows.shape[0] + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
+    partial = np.zeros((blocks, rows.shape[1]))
+    for block in prange(blocks):
+        for r in range(block * _ROWS_PER_BLOCK, min(rows.shape[0], (block + 1) * _ROWS_PER_BLOCK)):
+            for c in range(rows.shape[1]):
+                partial[block, c] += rows[r, c] - shift[c]
+    return partial
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _block_square_sums(rows, mean):
+    blocks = (rows.shape[0] + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
+    partial = np.zeros((blocks, rows.shape[1]))
+    for block in prange(blocks):
+        for r in range(block * _ROWS_PER_BLOCK, min(rows.shape[0], (block + 1) * _ROWS_PER_BLOCK)):
+            for c in range(rows.shape[1]):
+                centred = rows[r, c] - mean[c]
+                partial[block, c] += centred * centred
+    return partial
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _block_dy_sums(dy, xhat):
+    blocks = (dy.shape[0] + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
+    partial = np.zeros((blocks, 2, dy.shape[1]))
+    for block in prange(blocks):
+        for r in range(block * _ROWS_PER_BLOCK, min(dy.shape[0], (block + 1) * _ROWS_PER_BLOCK)):
+            for c in range(dy.shape[1]):
+                partial[block, 0, c] += dy[r, c]
+                partial[block, 1, c] += dy[r, c] * xhat[r, c]
+    return partial
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _normalize(x, mean, inv_std, gamma, beta, xhat, y):
+    for r in prange(x.shape[0]):
+        for c in range(x.shape[1]):
+            value = (x[r, c] - mean[c]) * inv_std[c]
+            xhat[r, c] = value
+            y[r, c] = value * gamma[c] + beta[c]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _channel_affine(dy, xhat, a, b, c, out):
+    for r in prange(dy.shape[0]):
+        for k in range(dy.shape[1]):
+            out[r, k] = xhat[r, k] * b[k] + dy[r, k] * a[k] + c[k]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _relu(z, y):
+    for i in prange(z.shape[0]):
+        y[i] = 0 if z[i] < 0 else z[i]            # NaN stays NaN, as in np.maximum
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _relu_backward(dy, y, dz):
+    for i in prange(dy.shape[0]):
+        dz[i] = dy[i] * (y[i] > 0)                 # a multiply, as NumPy's: NaN * 0 stays NaN
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _add_relu(z, bias, residual, has_residual, relu):
+    for r in prange(z.shape[0]):
+        for c in range(z.shape[1]):
+            value = z[r, c] + bias[c]
+            if has_residual:
+                value += residual[r, c]
+            if relu and value < 0:
+                value = 0
+            z[r, c] = value
+
+
+# --- Winograd F(2x2, 3x3) transforms (winograd.py), written out: B^T d B and A^T m A ---------
+def input_tiles(x, pads, out_size):
+    tiles_h, tiles_w = -(-out_size[0] // 2), -(-out_size[1] // 2)
+    v = np.empty((16, x.shape[0] * tiles_h * tiles_w, x.shape[3]), dtype=x.dtype)
+    _input_tiles(np.ascontiguousarray(x), pads[0][0], pads[1][0], tiles_h, tiles_w, v)
+    return v
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _input_tiles(x, top, left, tiles_h, tiles_w, v):
+    """Copies each 4x4 tile from the unpadded x (zeros outside: no padded copy
+    of x), then per channel B^T d B, with B^T d = (d0 - d2, d1 + d2, d2 - d1,
+    d1 - d3) along each axis. The channel is the inner loop: contiguous reads
+    and writes that the compiler vectorises."""
+    n, height, width, channels = x.shape
+    for row in prange(n * tiles_h):
+        b, th = row // tiles_h, row % tiles_h
+        d = np.empty((4, 4, channels), dtype=x.dtype)     # this thread's own tile
+        t = np.empty((4, 4, channels), dtype=x.dtype)
+        for tw in range(tiles_w):
+            tile = row * tiles_w + tw
+            for i in range(4):
+                h = 2 * th + i - top
+                for j in range(4):
+                    w = 2 * tw + j - left
+                    if 0 <= h < height and 0 <= w < width:
+                        d[i, j, :] = x[b, h, w, :]
+                    else:
+                        d[i, j, :] = 0
+            for j in range(4):                            # t = B^T d, down the columns
+                for c in range(channels):
+                    t[0, j, c] = d[0, j, c] - d[2, j, c]
+                    t[1, j, c] = d[1, j, c] + d[2, j, c]
+                    t[2, j, c] = d[2, j, c] - d[1, j, c]
+                    t[3, j, c] = d[1, j, c] - d[3, j, c]
+            for i in range(4):                            # v = t B, along the rows
+                for c in range(channels):
+                    v[4 * i + 0, tile, c] = t[i, 0, c] - t[i, 2, c]
+                    v[4 * i + 1, tile, c] = t[i, 1, c] + t[i, 2, c]
+                    v[4 * i + 2, tile, c] = t[i, 2, c] - t[i, 1, c]
+                    v[4 * i + 3, tile, c] = t[i, 1, c] - t[i, 3, c]
+
+
+def output_tiles(m, bias, residual, relu, z):
+    has_residual = residual is not None
+    _output_tiles(m, bias, residual if has_residual else z[:0], has_residual, relu, z)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _output_tiles(m, bias, residual, has_residual, relu, z):
+    """Per filter A^T m A, with A^T m = (m0 + m1 + m2, m1 - m2 - m3) along each
+    axis; then + bias [+ residual] and ReLU, writing only the tile's pixels
+    that lie inside the output. The filter is the inner loop, as above."""
+    n, out_h, out_w, filters = z.shape
+    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    for row in prange(n * tiles_h):
+        b, th = row // tiles_h, row % tiles_h
+        t = np.empty((2, 4, filters), dtype=m.dtype)
+        for tw in range(tiles_w):
+            tile = row * tiles_w + tw
+            for j in range(4):                            # t = A^T m, down the columns
+                for f in range(filters):
+                    t[0, j, f] = m[j, tile, f] + m[4 + j, tile, f] + m[8 + j, tile, f]
+                    t[1, j, f] = m[4 + j, tile, f] - m[8 + j, tile, f] - m[12 + j, tile, f]
+            for i in range(2):                            # y = t A, along the rows
+                h, w = 2 * th + i, 2 * tw
+                if h >= out_h:
+                    continue
+                for f in range(filters):
+                    y0 = t[i, 0, f] + t[i, 1, f] + t[i, 2, f] + bias[f]
+                    y1 = t[i, 1, f] - t[i, 2, f] - t[i, 3, f] + bias[f]
+                    if has_residual:
+                        y0 += residual[b, h, w, f]
+                        y1 += residual[b, h, min(w + 1, out_w - 1), f]
+                    if relu:
+                        y0, y1 = _relu_value(y0), _relu_value(y1)
+                    z[b, h, w, f] = y0
+                    if w + 1 < out_w:
+                        z[b, h, w + 1, f] = y1
+
+
+@njit(cache=True)
+def _relu_value(value):
+    return 0 if value < 0 else value                  # NaN stays NaN

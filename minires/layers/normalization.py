@@ -1,5 +1,6 @@
 """Batch normalisation, in training mode (batch statistics) and inference mode
 (moving statistics), with Keras's momentum convention."""
+from .. import kernels
 from ..backend import get_array_module
 from .base import Layer
 
@@ -26,8 +27,10 @@ class BatchNormalization(Layer):
                  dx = g s + dL/dvar * 2 (x - mean) / m + dL/dmean / m
                     = (s / m) * (m g - sum g - xhat * sum(g xhat))
                     = gamma s * (dy - dbeta / m - xhat * dgamma / m)
-      (the last line reuses dbeta and dgamma, so backward reads the big
-      arrays a few times only; forward likewise works in place).
+      (the last line reuses dbeta and dgamma: backward is one pass for the two
+      sums and one for dx = dy*a + xhat*b + c, with per-channel a, b, c).
+    The passes themselves are in kernels/channelwise.py (compiled by Numba
+    when it is installed).
     """
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, name=None, **kwargs):
@@ -71,18 +74,13 @@ class BatchNormalization(Layer):
         # A frozen BN layer runs on its moving statistics even while training (Keras 2.1.3+).
         self.batch_stats = training and self.trainable
         if self.batch_stats:
-            mean = x.mean(axis=self.reduction_axes)
-            centred = x - self._per_channel(mean)
-            var = _channel_dot(centred, centred, self.channel_axis) / (x.size // mean.size)
+            mean, var = kernels.channel_moments(x, self.channel_axis)
             self._update_moving_statistics(mean, var)
         else:
             mean, var = self.params["moving_mean"], self.params["moving_variance"]
-            centred = x - self._per_channel(mean)
         self.inv_std = 1.0 / xp.sqrt(var + self.epsilon)
-        self.xhat = centred
-        self.xhat *= self._per_channel(self.inv_std)         # in place: no second copy of x
-        y = self.xhat * self._per_channel(self.params["gamma"])
-        y += self._per_channel(self.params["beta"])
+        self.xhat, y = kernels.normalize(x, mean, self.inv_std, self.params["gamma"],
+                                         self.params["beta"], self.channel_axis)
         return y
 
     def _update_moving_statistics(self, mean, var):
@@ -94,21 +92,10 @@ class BatchNormalization(Layer):
     def backward(self, dy):
         xhat = self._require_forward("xhat")
         dy = self._check_grad(dy, xhat.shape)
-        self.grads["beta"] = dy.sum(axis=self.reduction_axes)
-        self.grads["gamma"] = _channel_dot(dy, xhat, self.channel_axis)
-        scale = self._per_channel(self.params["gamma"] * self.inv_std)
+        self.grads["beta"], self.grads["gamma"] = kernels.channel_sums(dy, xhat, self.channel_axis)
+        scale = self.params["gamma"] * self.inv_std
         if not self.batch_stats:
-            return dy * scale
+            return dy * self._per_channel(scale)
         m = xhat.size // xhat.shape[self.channel_axis]
-        dx = xhat * self._per_channel(-self.grads["gamma"] / m)
-        dx += dy
-        dx -= self._per_channel(self.grads["beta"] / m)
-        dx *= scale
-        return dx
-
-
-def _channel_dot(a, b, channel_axis):
-    """sum over every axis but the channel's of a * b, without an a * b temporary."""
-    xp = get_array_module(a)
-    letters = "abcdefgh"[:a.ndim]
-    return xp.einsum(f"{letters},{letters}->{letters[channel_axis]}", a, b)
+        return kernels.channel_affine(dy, xhat, scale, -scale * self.grads["gamma"] / m,
+                                      -scale * self.grads["beta"] / m, self.channel_axis)
