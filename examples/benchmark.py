@@ -3,6 +3,7 @@
     python examples/benchmark.py                   # everything, medians of 5 runs
     python examples/benchmark.py --repeat 9 --batches 1 32
     env -u OPENBLAS_CORETYPE python examples/benchmark.py   # let OpenBLAS pick AVX-512
+    python examples/benchmark.py --device cuda     # CuPy against PyTorch CUDA
 
 Prints: which BLAS and kernel path NumPy/minires use; inference at each batch
 size (plain Model.predict and the InferenceModel fast path) with images/s;
@@ -14,6 +15,14 @@ same machine state; the ratio minires / PyTorch is printed (< 1: minires faster)
 PyTorch runs in a worker process of its own, started with the environment
 this script was given: minires's own settings (OMP_WAIT_POLICY=PASSIVE for
 Numba's threads, which costs PyTorch up to 2x at batch 1) do not reach it.
+The worker imports minires to build the same weights, so PyTorch too gets
+minires's glibc setting that keeps freed memory (see README), which makes
+PyTorch faster as well.
+
+With ``--device cuda`` minires runs on CuPy arrays and PyTorch on CUDA in
+fp32 (cuDNN, TF32 off, as minires computes in true float32); every timed run
+ends by waiting for the GPU. The per-layer breakdown, the Numba kernels and
+the RSS figures are about the CPU and are left out.
 """
 import argparse
 import collections
@@ -43,6 +52,7 @@ def parse_args(argv):
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per figure (median)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--rss", help=argparse.SUPPRESS)       # internal: one config, print RSS
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)   # internal
     return parser.parse_args(argv)
@@ -58,25 +68,37 @@ def median_time(function, repeat):
     return float(np.median(times))
 
 
-def alternate(timers, repeat):
+def alternate(timers, repeat, settle=0.5):
     """Median seconds of each timer (a function that runs once and returns its
-    seconds), run in turns so that drift hits all alike."""
+    seconds), run in turns so that drift hits all alike. Before each run a
+    pause of ``settle`` seconds: BLAS and OpenMP threads spin for up to a few
+    tenths of a second after their last job before they sleep, and spinning
+    threads of the previous run would take the cores from the next one."""
     for timer in timers.values():
         timer()
     times = collections.defaultdict(list)
     for _ in range(repeat):
         for name, timer in timers.items():
+            time.sleep(settle)
             times[name].append(timer())
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def clock(function):
-    """A timer for ``alternate`` that runs ``function`` here."""
+def clock(function, device):
+    """A timer for ``alternate`` that runs ``function`` here, on ``device``."""
     def timer():
         start = time.perf_counter()
         function()
+        synchronize(device)
         return time.perf_counter() - start
     return timer
+
+
+def synchronize(device):
+    """Wait for the GPU: CuPy only queues work, and a timer must see it done."""
+    if device == "cuda":
+        import cupy
+        cupy.cuda.Device().synchronize()
 
 
 # --- the two implementations -------------------------------------------------------
@@ -144,10 +166,10 @@ class TorchWorker:
     """PyTorch in a process of its own (see the module docstring), driven one
     JSON line at a time: each request runs once and answers with its seconds."""
 
-    def __init__(self, threads):
+    def __init__(self, threads, device):
         self.process = subprocess.Popen([sys.executable, __file__, "--torch-worker", "--threads",
-                                         str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        env=GIVEN_ENVIRONMENT, text=True)
+                                         str(threads), "--device", device], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=GIVEN_ENVIRONMENT, text=True)
         self.request("ready")
 
     def request(self, op, batch=0):
@@ -155,8 +177,8 @@ class TorchWorker:
         self.process.stdin.flush()
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError("the PyTorch worker process died; run it alone to see why: "
-                               f"python {__file__} --torch-worker")
+            sys.exit("benchmark: the PyTorch worker process stopped (its error is above); "
+                     "--no-torch runs minires alone")
         return json.loads(line)
 
     def timed(self, op, batch):
@@ -167,27 +189,33 @@ class TorchWorker:
         self.process.wait()
 
 
-def torch_worker(threads):
+def torch_worker(threads, device):
     """The worker's side: the same weights as minires_resnet50(), then requests."""
     import torch
     torch.set_num_threads(threads)
-    net = torch_resnet50(minires_resnet50())
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("benchmark: this PyTorch has no CUDA device (torch.cuda.is_available() is False); "
+                 "use --no-torch")
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False   # true fp32
+    net = torch_resnet50(minires_resnet50()).to(device)
     inputs, optimizer = {}, torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
     for line in sys.stdin:
         request = json.loads(line)
         op, batch = request["op"], request["batch"]
         if batch not in inputs:
-            inputs[batch] = torch_images(batch)
+            inputs[batch] = torch_images(batch).to(device)
         start = time.perf_counter()
         if op == "infer":
             _torch_inference(net, inputs[batch])
         elif op == "train":
-            torch_train_step(net.train(), optimizer, inputs[batch], torch.arange(batch) % 1000)
+            torch_train_step(net.train(), optimizer, inputs[batch], torch.arange(batch, device=device) % 1000)
         elif op == "logits":
             with torch.no_grad():
-                logits = net.eval()(torch.from_numpy(images(2).transpose(0, 3, 1, 2).copy()))
-            print(json.dumps({"logits": logits.numpy().tolist()}), flush=True)
+                logits = net.eval()(torch.from_numpy(images(2).transpose(0, 3, 1, 2).copy()).to(device))
+            print(json.dumps({"logits": logits.cpu().numpy().tolist()}), flush=True)
             continue
+        if device == "cuda":
+            torch.cuda.synchronize()
         print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
 
@@ -215,10 +243,14 @@ def torch_train_step(net, optimizer, x, y):
 
 
 # --- sections ------------------------------------------------------------------------
-def environment(threads):
+def environment(threads, device):
     from minires import backend
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} cores, "
           f"{threads} threads, kernel path: {backend.kernel_path()}")
+    if device == "cuda":
+        import cupy
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+        print(f"  device: {name.decode() if isinstance(name, bytes) else name}, cupy {cupy.__version__}")
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():
@@ -230,22 +262,25 @@ def environment(threads):
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
 
 
-def agreement(model, worker):
+def agreement(model, worker, device):
     """The two networks hold the same weights: their logits must agree."""
-    ours = model.predict(images(2))
+    from minires.backend import to_device
+    ours = to_device(model.predict(to_device(images(2), device)), "cpu")
     theirs = np.array(worker.request("logits")["logits"])
     print(f"  same weights: max |logit difference| / max |logit| = "
           f"{np.abs(ours - theirs).max() / np.abs(theirs).max():.1e}")
 
 
-def inference(model, worker, batches, repeat):
+def inference(model, worker, batches, repeat, device):
+    from minires.backend import to_device
     from minires.inference import InferenceModel
     fast = InferenceModel(model)
     print("\ninference (median s per batch, images/s)")
     for batch in batches:
-        x = images(batch)
-        runs = {"minires": clock(lambda: model.predict(x, batch_size=batch)),
-                "minires fast": clock(lambda: fast.predict(x))}      # in cache-sized chunks
+        x = to_device(images(batch), device)
+        chunk = 4 if device == "cpu" else batch           # CPU: cache-sized chunks (InferenceModel.predict)
+        runs = {"minires": clock(lambda: model.predict(x, batch_size=batch), device),
+                "minires fast": clock(lambda: fast.predict(x, batch_size=chunk), device)}
         if worker is not None:
             runs["pytorch"] = worker.timed("infer", batch)
         times = alternate(runs, repeat)
@@ -260,14 +295,15 @@ def _torch_inference(net, tx):
         net.eval()(tx)
 
 
-def training(model, worker, batches, repeat):
+def training(model, worker, batches, repeat, device):
+    from minires.backend import to_device
     from minires.losses import SoftmaxCrossEntropy
     from minires.optim import SGD
     print("\ntraining step: forward, backward, SGD update (median s)")
     for batch in batches:
-        x, y = images(batch), np.arange(batch) % 1000
+        x, y = to_device(images(batch), device), to_device(np.arange(batch) % 1000, device)
         optimizer, loss = SGD(1e-4, momentum=0.9), SoftmaxCrossEntropy()
-        runs = {"minires": clock(lambda: minires_train_step(model, optimizer, loss, x, y))}
+        runs = {"minires": clock(lambda: minires_train_step(model, optimizer, loss, x, y), device)}
         if worker is not None:
             runs["pytorch"] = worker.timed("train", batch)
         times = alternate(runs, repeat)
@@ -383,23 +419,31 @@ def main(argv=None):
     if args.rss:
         return measure_rss(args.rss)
     if args.torch_worker:
-        return torch_worker(args.threads)
+        return torch_worker(args.threads, args.device)
+    from minires import backend
+    try:
+        backend.check_device(args.device)
+    except RuntimeError as error:
+        sys.exit(f"benchmark: {error}")
     worker = None
     if not args.no_torch:
         if importlib.util.find_spec("torch") is None:
             print("PyTorch is not installed: minires alone")
         else:
-            worker = TorchWorker(args.threads)
-    model = minires_resnet50()
+            worker = TorchWorker(args.threads, args.device)
+    model = minires_resnet50().to(args.device)
     try:
-        environment(args.threads)
+        environment(args.threads, args.device)
         if worker is not None:
-            agreement(model, worker)
-        inference(model, worker, args.batches, args.repeat)
-        training(model, worker, args.train_batches, args.repeat)
+            agreement(model, worker, args.device)
+        inference(model, worker, args.batches, args.repeat, args.device)
+        training(model, worker, args.train_batches, args.repeat, args.device)
     finally:
         if worker is not None:
             worker.close()
+    if args.device != "cpu":
+        print("\n(the per-layer breakdown, Numba kernels and peak RSS are CPU figures: run without --device)")
+        return
     breakdown(model, max(args.train_batches[0], 1), max(1, args.repeat // 2))
     kernels(args.repeat)
     peak_memory(worker is not None)

@@ -1,7 +1,7 @@
 """2-D convolution (cross-correlation, as in Keras): forward by im2col and one
 matrix product, backward by two matrix products and col2im."""
 from ..backend import get_array_module
-from ..kernels import batch_chunks, col2im, im2col
+from ..kernels import add_relu_, batch_chunks, col2im, im2col
 from ..padding import PADDINGS, crop_2d, pad_2d
 from .base import as_pair, check_choice, check_positive_int, window_output_shape, window_pads
 from .core import KernelLayer
@@ -49,7 +49,7 @@ class Conv2D(KernelLayer):
         x = self._prepare(x)
         z = self.convolve(x, self.params["kernel"])
         if self.use_bias:
-            z += self.params["bias"]
+            add_relu_(z, self.params["bias"], None, relu=False)   # z += b, compiled where it can be
         return self.activate(z)
 
     def convolve(self, x, kernel):
@@ -71,16 +71,18 @@ class Conv2D(KernelLayer):
         dz = self.activation_grad(dy)
         kernel = self.params["kernel"].reshape(-1, self.filters)
         d_kernel = xp.zeros_like(kernel)
-        dx = xp.empty_like(x)
+        dx_parts = []
         for batch, padded_shape, cols in self._windows():
             dz_rows = dz[batch].reshape(-1, self.filters)
             d_kernel += cols.T @ dz_rows
             d_cols = (dz_rows @ kernel.T).reshape(*dz[batch].shape[:3], *self.params["kernel"].shape[:3])
-            dx[batch] = crop_2d(col2im(d_cols, padded_shape, *self.strides), self.pads)
+            dx_parts.append(crop_2d(col2im(d_cols, padded_shape, *self.strides), self.pads))
         self.grads["kernel"] = d_kernel.reshape(self.params["kernel"].shape)
         if self.use_bias:
             self.grads["bias"] = dz.sum(axis=(0, 1, 2))
-        return dx
+        # one chunk (the usual case): a 1x1 conv's dx is d_cols itself, no copy
+        dx = dx_parts[0] if len(dx_parts) == 1 else xp.concatenate(dx_parts)
+        return xp.ascontiguousarray(dx)
 
     def _windows(self):
         """(batch slice, padded shape, im2col rows) for chunks of the batch that
