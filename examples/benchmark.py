@@ -58,16 +58,6 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def median_time(function, repeat):
-    function()                                               # warm-up (JIT, allocations)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def alternate(timers, repeat, settle=0.5):
     """Median seconds of each timer (a function that runs once and returns its
     seconds), run in turns so that drift hits all alike. Before each run a
@@ -354,9 +344,9 @@ def kernels(repeat):
     for name, run in (("im2col (forward)", lambda: im2col(x, 3, 3, 1, 1)),
                       ("col2im (backward)", lambda: col2im(cols, x.shape, 1, 1))):
         times = {}
-        for path in ("numpy", "numba"):
+        for path in ("numpy", "numba"):             # one path at a time: its data stays warm
             backend.set_kernel_path(path)
-            times[path] = median_time(run, repeat)
+            times[path] = alternate({path: clock(run, "cpu")}, repeat, settle=0)[path]
         print(f"  {name:<18} numpy {times['numpy'] * 1e3:6.1f}, numba {times['numba'] * 1e3:6.1f}: "
               f"{times['numpy'] / times['numba']:.1f}x")
     backend.set_kernel_path(previous)

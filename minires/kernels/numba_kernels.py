@@ -128,7 +128,7 @@ _ROWS_PER_BLOCK = 512
 
 def channel_moments(x, channel_axis):
     rows = _rows(x)
-    total = _block_sums(rows, np.zeros(rows.shape[1])).sum(axis=0)
+    total = _block_sums(rows).sum(axis=0)
     mean = total / rows.shape[0]
     variance = _block_square_sums(rows, mean).sum(axis=0) / rows.shape[0]
     return mean.astype(x.dtype), variance.astype(x.dtype)
@@ -173,24 +173,33 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])
 
 
+@njit(cache=True)
+def _block_count(n_rows):
+    return (n_rows + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
+
+
+@njit(cache=True)
+def _block_rows(block, n_rows):
+    """The rows of one block: range(start, stop)."""
+    return range(block * _ROWS_PER_BLOCK, min(n_rows, (block + 1) * _ROWS_PER_BLOCK))
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def _block_sums(rows, shift):
-    """Partial sums of rows - shift, one line per block of rows."""
-    blocks = (rows.shape[0] + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
-    partial = np.zeros((blocks, rows.shape[1]))
-    for block in prange(blocks):
-        for r in range(block * _ROWS_PER_BLOCK, min(rows.shape[0], (block + 1) * _ROWS_PER_BLOCK)):
+def _block_sums(rows):
+    """Partial sums of rows, one line per block of rows."""
+    partial = np.zeros((_block_count(rows.shape[0]), rows.shape[1]))
+    for block in prange(partial.shape[0]):
+        for r in _block_rows(block, rows.shape[0]):
             for c in range(rows.shape[1]):
-                partial[block, c] += rows[r, c] - shift[c]
+                partial[block, c] += rows[r, c]
     return partial
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _block_square_sums(rows, mean):
-    blocks = (rows.shape[0] + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
-    partial = np.zeros((blocks, rows.shape[1]))
-    for block in prange(blocks):
-        for r in range(block * _ROWS_PER_BLOCK, min(rows.shape[0], (block + 1) * _ROWS_PER_BLOCK)):
+    partial = np.zeros((_block_count(rows.shape[0]), rows.shape[1]))
+    for block in prange(partial.shape[0]):
+        for r in _block_rows(block, rows.shape[0]):
             for c in range(rows.shape[1]):
                 centred = rows[r, c] - mean[c]
                 partial[block, c] += centred * centred
@@ -199,10 +208,9 @@ def _block_square_sums(rows, mean):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _block_dy_sums(dy, xhat):
-    blocks = (dy.shape[0] + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
-    partial = np.zeros((blocks, 2, dy.shape[1]))
-    for block in prange(blocks):
-        for r in range(block * _ROWS_PER_BLOCK, min(dy.shape[0], (block + 1) * _ROWS_PER_BLOCK)):
+    partial = np.zeros((_block_count(dy.shape[0]), 2, dy.shape[1]))
+    for block in prange(partial.shape[0]):
+        for r in _block_rows(block, dy.shape[0]):
             for c in range(dy.shape[1]):
                 partial[block, 0, c] += dy[r, c]
                 partial[block, 1, c] += dy[r, c] * xhat[r, c]
