@@ -62,3 +62,40 @@ def assert_same_as_slicing(kernels, case, dtype, device):
         np.testing.assert_allclose(run(kernels.max_pool_backward, g, argmax, shape, kh, kw, sh, sw),
                                    slicing_pooling.max_pool_backward(g, argmax, shape, kh, kw, sh, sw),
                                    **tolerance)
+
+
+def first_maximum_reference(x, kh, kw, sh, sw):
+    """Loop-by-loop max-pool argmax of padded ``x``: scanning each window row by
+    row, the position of the FIRST value equal to the window's maximum (NumPy's
+    argmax and PyTorch break ties this way)."""
+    n, height, width, channels = x.shape
+    out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+    argmax = np.empty((n, out_h, out_w, channels), dtype=np.int64)
+    for b, oh, ow, c in np.ndindex(n, out_h, out_w, channels):
+        window = [x[b, oh * sh + i, ow * sw + j, c] for i in range(kh) for j in range(kw)]
+        argmax[b, oh, ow, c] = window.index(max(window))
+    return argmax
+
+
+TIE_CASES = [((2, 4, 4, 3), (2, 2), (2, 2)),      # windows side by side
+             ((1, 7, 7, 2), (3, 3), (2, 2)),      # overlapping: ResNet-50's pool1
+             ((1, 5, 6, 2), (3, 2), (1, 2))]      # rectangular, overlapping rows
+
+
+def assert_ties_go_to_first_maximum(kernels, case, device):
+    """Max-pool of ``kernels`` on inputs full of ties (all zeros, as after a ReLU
+    on a dead region, and ReLU of a few integers): forward picks the first
+    maximum of every window, backward sends each gradient there and nowhere else."""
+    shape, (kh, kw), (sh, sw) = case
+    rng = np.random.default_rng(list(shape))
+    for x in (np.zeros(shape), np.maximum(rng.integers(-2, 2, shape), 0).astype(np.float64)):
+        expected = first_maximum_reference(x, kh, kw, sh, sw)
+        out, argmax = kernels.max_pool_forward(to_device(x, device), kh, kw, sh, sw)
+        np.testing.assert_array_equal(on_cpu(argmax), expected)
+        g = rng.standard_normal(expected.shape)
+        dx = on_cpu(kernels.max_pool_backward(to_device(g, device), argmax, shape, kh, kw, sh, sw))
+        wanted = np.zeros(shape)
+        for b, oh, ow, c in np.ndindex(*expected.shape):
+            i, j = divmod(int(expected[b, oh, ow, c]), kw)
+            wanted[b, oh * sh + i, ow * sw + j, c] += g[b, oh, ow, c]
+        np.testing.assert_allclose(dx, wanted, rtol=1e-12, atol=1e-12)

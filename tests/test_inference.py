@@ -6,7 +6,7 @@ import keras_files
 import tutorial_code as tut
 from minires.applications import ResNet50, VGG16
 from minires.inference import AddRelu, FoldedConv, InferenceModel
-from minires.layers import BatchNormalization, Conv2D, Input
+from minires.layers import Activation, Add, AveragePooling2D, BatchNormalization, Conv2D, Input, MaxPooling2D, ReLU
 from minires.models import Model
 
 
@@ -53,6 +53,49 @@ def test_tensors_read_twice_or_returned_are_not_fused():
     x = np.random.default_rng(3).standard_normal((2, 8, 8, 3)).astype("float32")
     for ours, theirs in zip(fast.forward(x), model.forward(x)):
         assert relative_difference(ours, theirs) <= 1e-6
+
+
+def unfused_adds(fast):
+    return [s for s in fast.steps if isinstance(s, AddRelu)]
+
+
+def three_convs_added_then_relu(x_in):
+    """Three 1x1 convs -> one Add -> ReLU: no conv can absorb a three-input Add."""
+    branches = [Conv2D(4, 1, name=f"branch{i}")(x_in) for i in range(3)]
+    return Activation("relu", name="relu")(Add(name="add")(branches))
+
+
+def pools_added_then_relu(x_in):
+    """An Add of tensors that no convolution computes."""
+    a = AveragePooling2D(2, name="mean")(x_in)
+    b = MaxPooling2D(2, name="max")(x_in)
+    return ReLU(name="relu")(Add(name="add")([a, b]))
+
+
+def add_read_twice(x_in):
+    """The Add's output feeds a ReLU and is itself returned, so the ReLU is not
+    fused; tanh convs, as a conv absorbs an Add only when it has no activation."""
+    total = Add(name="add")([Conv2D(3, 1, activation="tanh", name=f"c{i}")(x_in) for i in (1, 2)])
+    return [ReLU(name="relu")(total), total]
+
+
+@pytest.mark.parametrize("graph", [three_convs_added_then_relu, pools_added_then_relu, add_read_twice])
+def test_adds_that_no_conv_absorbs(graph, each_kernel_path):
+    """The fused Add [+ ReLU] step on its own: every sum, then ReLU once at the end."""
+    x_in = Input((6, 6, 3))
+    model = with_random_weights(Model(x_in, graph(x_in)))
+    fast = InferenceModel(model)
+    assert len(unfused_adds(fast)) == 1
+    x = np.random.default_rng(5).standard_normal((2, 6, 6, 3)).astype("float32") - 0.3
+    ours, theirs = as_list(fast.forward(x)), as_list(model.predict(x))
+    for a, b in zip(ours, theirs):
+        assert relative_difference(a, b) <= 1e-6
+    relu_output = theirs[0]
+    assert 0.1 < (relu_output == 0).mean() < 0.9          # the ReLU really cuts
+
+
+def as_list(outputs):
+    return outputs if isinstance(outputs, list) else [outputs]
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from conftest import on_cpu
 from minires.applications import CifarResNet
 from minires.initializers import set_random_seed
 from minires.layers import BatchNormalization, Conv2D, Dense, Flatten, Input
+from minires.losses import SoftmaxCrossEntropy
 from minires.models import Model
 from minires.optim import SGD, Adam, CosineDecay
 from minires.train import evaluate, fit
@@ -121,3 +122,37 @@ def test_diverging_training_stops_with_a_clear_message(device):
     x, y = patterns(64)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         fit(model, x * 1e3, y, epochs=20, batch_size=8, optimizer=SGD(1e6), progress=False)
+
+
+def test_fit_asks_the_schedule_for_a_rate_at_every_batch():
+    """The schedule sees fractional epochs, epoch + batch / batches: a decay is
+    applied per batch, not in steps at epoch boundaries."""
+    x, y = patterns(40)
+    seen = []
+
+    def recording(epoch):
+        seen.append(epoch)
+        return 0.01
+
+    fit(small_net(), x, y, epochs=2, batch_size=16, schedule=recording, progress=False)
+    assert seen == [epoch + batch / 3 for epoch in (0, 1) for batch in range(3)]   # 40 samples: 3 batches
+
+
+def test_fit_takes_the_steps_of_a_hand_written_loop_at_per_batch_rates():
+    """fit against the loop its docstring writes out, with the documented shuffle
+    (epoch e's order from default_rng([seed, e])) and rate(e + b / batches)."""
+    x, y = patterns(48)
+    schedule = lambda t: 0.2 * 0.3 ** t                           # noqa: E731  (steep: steps differ)
+    by_fit, by_hand = small_net(), small_net()
+    fit(by_fit, x, y, epochs=2, batch_size=16, optimizer=SGD(momentum=0.9), schedule=schedule,
+        seed=7, progress=False)
+    loss, optimizer, batches = SoftmaxCrossEntropy(), SGD(momentum=0.9), 3
+    for epoch in range(2):
+        order = np.random.default_rng([7, epoch]).permutation(len(x))
+        for b in range(batches):
+            index = order[b * 16:(b + 1) * 16]
+            loss.forward(by_hand.forward(x[index], training=True), y[index])
+            by_hand.backward(loss.backward())
+            optimizer.step(by_hand, schedule(epoch + b / batches))
+    for ours, theirs in zip(by_fit.get_weights(), by_hand.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
