@@ -5,7 +5,7 @@ import numpy as np
 from conftest import on_cpu
 
 from minires.backend import to_device
-from minires.kernels import slicing_im2col, slicing_pooling     # the modules, not the dispatch
+from minires.kernels import slicing          # the reference module, not the dispatch
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}     # sums of overlapping windows, reordered
 
@@ -45,22 +45,22 @@ def assert_same_as_slicing(kernels, case, dtype, device):
         return tuple(map(on_cpu, result)) if isinstance(result, tuple) else on_cpu(result)
 
     x = rng.standard_normal(shape).astype(dtype)
-    cols = slicing_im2col.im2col(x, kh, kw, sh, sw)
+    cols = slicing.im2col(x, kh, kw, sh, sw)
     np.testing.assert_array_equal(run(kernels.im2col, x, kh, kw, sh, sw), cols)
     g = rng.standard_normal(cols.shape).astype(dtype)
     np.testing.assert_allclose(run(kernels.col2im, g, shape, sh, sw),
-                               slicing_im2col.col2im(g, shape, sh, sw), **tolerance)
+                               slicing.col2im(g, shape, sh, sw), **tolerance)
 
     ties = rng.integers(-1, 2, shape).astype(dtype)          # three values: windows tie
     for data in (x, ties):
-        out, argmax = slicing_pooling.max_pool_forward(data, kh, kw, sh, sw)
+        out, argmax = slicing.max_pool_forward(data, kh, kw, sh, sw)
         ours, our_argmax = run(kernels.max_pool_forward, data, kh, kw, sh, sw)
         np.testing.assert_array_equal(ours, out)
         assert our_argmax.dtype == np.int64
         np.testing.assert_array_equal(our_argmax, argmax)
         g = rng.standard_normal(out.shape).astype(dtype)
         np.testing.assert_allclose(run(kernels.max_pool_backward, g, argmax, shape, kh, kw, sh, sw),
-                                   slicing_pooling.max_pool_backward(g, argmax, shape, kh, kw, sh, sw),
+                                   slicing.max_pool_backward(g, argmax, shape, kh, kw, sh, sw),
                                    **tolerance)
 
 

@@ -2,8 +2,8 @@
 
 Every kernel takes an already padded (N, H, W, C) array and a window
 (kh, kw) with strides (sh, sw); it never knows which layer calls it.
-Three implementations share these signatures: array slicing (im2col.py,
-pooling.py: NumPy or CuPy, the readable reference), Numba-compiled loops
+Three implementations share these signatures: array slicing (slicing.py:
+NumPy or CuPy, the readable reference), Numba-compiled loops
 (numba_kernels.py, NumPy arrays only) and CUDA kernels (cupy_kernels.py,
 CuPy arrays only). CuPy arrays always take the CUDA kernels;
 ``minires.backend.kernel_path()`` says which of the other two runs on the CPU.
@@ -12,8 +12,7 @@ import numpy as np
 
 from .. import backend
 from . import channelwise, winograd
-from . import im2col as slicing_im2col
-from . import pooling as slicing_pooling
+from . import slicing
 
 
 def _numba_for(array):
@@ -35,13 +34,13 @@ def _compiled_for(array):
 def im2col(x, kh, kw, sh, sw):
     if (kh, kw) == (1, 1):            # a 1x1 window is the pixel itself: a view, no copy
         return x[:, ::sh, ::sw, None, None, :]
-    return (_compiled_for(x) or slicing_im2col).im2col(x, kh, kw, sh, sw)
+    return (_compiled_for(x) or slicing).im2col(x, kh, kw, sh, sw)
 
 
 def col2im(cols, padded_shape, sh, sw):
     if cols.shape[3:5] == (1, 1) and (sh, sw) == (1, 1):
         return cols.reshape(padded_shape)
-    return (_compiled_for(cols) or slicing_im2col).col2im(cols, padded_shape, sh, sw)
+    return (_compiled_for(cols) or slicing).col2im(cols, padded_shape, sh, sw)
 
 
 def batch_chunks(batch, bytes_per_item):
@@ -52,11 +51,11 @@ def batch_chunks(batch, bytes_per_item):
 
 
 def max_pool_forward(x, ph, pw, sh, sw):
-    return (_compiled_for(x) or slicing_pooling).max_pool_forward(x, ph, pw, sh, sw)
+    return (_compiled_for(x) or slicing).max_pool_forward(x, ph, pw, sh, sw)
 
 
 def max_pool_backward(g, argmax, padded_shape, ph, pw, sh, sw):
-    return (_compiled_for(g) or slicing_pooling).max_pool_backward(g, argmax, padded_shape,
+    return (_compiled_for(g) or slicing).max_pool_backward(g, argmax, padded_shape,
                                                                     ph, pw, sh, sw)
 
 

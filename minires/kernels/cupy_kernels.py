@@ -1,4 +1,4 @@
-"""The same kernels as im2col.py and pooling.py, as CUDA kernels for CuPy arrays.
+"""The same kernels as slicing.py, as CUDA kernels for CuPy arrays.
 
 Same signatures, same results (tests check them against the slicing versions
 on the GPU, and ``tests/test_cupy_kernel_source.py`` runs their C++ source on
@@ -31,7 +31,7 @@ import functools
 from typing import NamedTuple
 
 from ..backend import get_array_module
-from .im2col import output_size
+from .slicing import output_size
 
 
 class KernelSource(NamedTuple):
@@ -155,7 +155,7 @@ def _launch(name, inputs, padded_shape, out_size, window, strides, outputs):
 
 
 def im2col(x, kh, kw, sh, sw):
-    """x: padded (N, H, W, C) -> cols (N, OH, OW, kh, kw, C); see im2col.im2col."""
+    """x: padded (N, H, W, C) -> cols (N, OH, OW, kh, kw, C); see slicing.im2col."""
     xp = get_array_module(x)
     n, height, width, channels = x.shape
     out_h, out_w = output_size(height, width, kh, kw, sh, sw)
@@ -165,7 +165,7 @@ def im2col(x, kh, kw, sh, sw):
 
 
 def col2im(cols, padded_shape, sh, sw):
-    """cols (N, OH, OW, kh, kw, C) -> (N, H, W, C): see im2col.col2im."""
+    """cols (N, OH, OW, kh, kw, C) -> (N, H, W, C): see slicing.col2im."""
     xp = get_array_module(cols)
     _, out_h, out_w, kh, kw, _ = cols.shape
     dx = xp.empty(padded_shape, dtype=cols.dtype)      # every element is written
@@ -175,7 +175,7 @@ def col2im(cols, padded_shape, sh, sw):
 
 
 def max_pool_forward(x, ph, pw, sh, sw):
-    """x: padded (N, H, W, C) -> (out, argmax), as pooling.max_pool_forward."""
+    """x: padded (N, H, W, C) -> (out, argmax), as slicing.max_pool_forward."""
     xp = get_array_module(x)
     n, height, width, channels = x.shape
     out_h, out_w = output_size(height, width, ph, pw, sh, sw)

@@ -1,4 +1,4 @@
-"""The same kernels as im2col.py and pooling.py, compiled by Numba for the CPU.
+"""The same kernels as slicing.py, compiled by Numba for the CPU.
 
 Same signatures, same results (tests check them against the NumPy versions
 and the loop references). The loops are the textbook ones; what makes them
@@ -21,11 +21,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from .im2col import output_size
+from .slicing import output_size
 
 
 def im2col(x, kh, kw, sh, sw):
-    """x: padded (N, H, W, C) -> cols (N, OH, OW, kh, kw, C); see im2col.im2col."""
+    """x: padded (N, H, W, C) -> cols (N, OH, OW, kh, kw, C); see slicing.im2col."""
     n, height, width, channels = x.shape
     out_h, out_w = output_size(height, width, kh, kw, sh, sw)
     cols = np.empty((n, out_h, out_w, kh, kw, channels), dtype=x.dtype)
@@ -46,7 +46,7 @@ def _im2col(x, cols, sh, sw):
 
 
 def col2im(cols, padded_shape, sh, sw):
-    """cols (N, OH, OW, kh, kw, C) -> (N, H, W, C): see im2col.col2im."""
+    """cols (N, OH, OW, kh, kw, C) -> (N, H, W, C): see slicing.col2im."""
     dx = np.zeros(padded_shape, dtype=cols.dtype)
     _col2im(np.ascontiguousarray(cols), dx, sh, sw)
     return dx
@@ -70,7 +70,7 @@ def _col2im(cols, dx, sh, sw):
 
 
 def max_pool_forward(x, ph, pw, sh, sw):
-    """x: padded (N, H, W, C) -> (out, argmax), as pooling.max_pool_forward."""
+    """x: padded (N, H, W, C) -> (out, argmax), as slicing.max_pool_forward."""
     n, height, width, channels = x.shape
     out_h, out_w = output_size(height, width, ph, pw, sh, sw)
     out = np.empty((n, out_h, out_w, channels), dtype=x.dtype)

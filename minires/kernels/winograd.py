@@ -23,7 +23,7 @@ float32, well inside the fast path's 1e-5.
 from ..backend import get_array_module
 from ..padding import pad_2d
 from .channelwise import add_relu_
-from .im2col import im2col
+from .slicing import im2col
 
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))

@@ -1,4 +1,7 @@
-"""im2col and its adjoint col2im: turning convolution into one matrix product.
+"""The sliding-window kernels by array slicing, NumPy or CuPy: the readable
+reference that the Numba and CUDA kernels are tested against.
+
+im2col and its adjoint col2im: turning convolution into one matrix product.
 
 im2col copies every (kh, kw, C) window of the padded input into a row, so that
 a convolution becomes ``cols.reshape(N*OH*OW, kh*kw*C) @ kernel.reshape(-1, F)``.
@@ -8,6 +11,12 @@ for offset (i, j), output pixel (oh, ow) reads input pixel
 (oh*sh + i, ow*sw + j), so all output pixels are served by ONE strided slice
 ``x[:, i : i + sh*(OH-1) + 1 : sh, j : ..., :]``.  That is kh*kw vectorised
 copies instead of N*OH*OW*kh*kw small ones.
+
+Max-pooling is built on im2col: find each window's maximum, and route the
+gradient back to it. max y = max_k x_k has dy/dx_k = 1 for the winning k and
+0 for the others, so backward puts each output gradient on the position that
+won the forward pass (the first one on ties, as argmax does) and col2im adds
+overlapping windows.
 """
 from ..backend import get_array_module
 
@@ -53,3 +62,27 @@ def col2im(cols, padded_shape, sh, sw):
         for j in range(kw):
             dx[_offset_slices(i, j, out_h, out_w, sh, sw)] += cols[:, :, :, i, j, :]
     return dx
+
+
+def max_pool_forward(x, ph, pw, sh, sw):
+    """x: padded (N, H, W, C) -> (out (N, OH, OW, C), argmax (N, OH, OW, C)).
+
+    argmax holds the flat position i*pw + j of the maximum inside its window.
+    """
+    xp = get_array_module(x)
+    cols = im2col(x, ph, pw, sh, sw)
+    n, out_h, out_w = cols.shape[:3]
+    windows = cols.reshape(n, out_h, out_w, ph * pw, -1)
+    argmax = windows.argmax(axis=3)
+    out = xp.take_along_axis(windows, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    return out, argmax
+
+
+def max_pool_backward(g, argmax, padded_shape, ph, pw, sh, sw):
+    """g, argmax: (N, OH, OW, C) -> gradient of the padded input, ``padded_shape``."""
+    xp = get_array_module(g)
+    positions = xp.arange(ph * pw).reshape(1, 1, 1, -1, 1)
+    winner = positions == argmax[:, :, :, None, :]             # (N, OH, OW, ph*pw, C)
+    cols = xp.where(winner, g[:, :, :, None, :], xp.zeros((), dtype=g.dtype))
+    n, out_h, out_w, _ = g.shape
+    return col2im(cols.reshape(n, out_h, out_w, ph, pw, -1), padded_shape, sh, sw)
