@@ -73,16 +73,18 @@ def build_block():
 
 
 def forward_by_hand(steps, x):
-    """Run the layers in order; return the input each layer saw and the output y."""
+    """Run the layers in order; return the input each layer saw, the cache each
+    call returned (what its backward will need) and the output y."""
     print(f"{'':<5}{'layer':<16}{'computes':<21}{'output shape':<14}{'mean':<7}{'std':<8}first pixel")
     print(row("", "input x", "", x))
-    inputs, value = [], x
+    inputs, caches, value = [], [], x
     for i, (layer, what) in enumerate(steps, 1):
         layer_input = [value, x] if isinstance(layer, Add) else value
         inputs.append(layer_input)
-        value = layer.forward(layer_input, training=True)
+        value, cache = layer.forward(layer_input, training=True)
+        caches.append(cache)
         print(row(f"[{i}]", layer.name, what, value))
-    return inputs, value
+    return inputs, caches, value
 
 
 def check(layer, layer_input):
@@ -95,8 +97,9 @@ def check(layer, layer_input):
     return report.worst()
 
 
-def backward_by_hand(steps, inputs, r):
-    """The backward pass from dL/dy = r, layer by layer from the last. Returns
+def backward_by_hand(steps, inputs, caches, r):
+    """The backward pass from dL/dy = r, layer by layer from the last, each
+    layer given back the cache of its forward call. Returns
     dL/dx along the main path, the shortcut's share, the params' grads and the
     worst gradient-check error."""
     print(f"{'':<5}{'layer':<16}{'sends back':<21}{'shape':<14}{'mean':<7}{'std':<8}first pixel")
@@ -104,7 +107,7 @@ def backward_by_hand(steps, inputs, r):
     d, saved, worst = r, {}, 0.0
     for i in range(len(steps), 0, -1):
         layer, _ = steps[i - 1]
-        d = layer.backward(d)
+        d = layer.backward(d, caches[i - 1])
         saved.update({f"{layer.name}/{k}": g.copy() for k, g in layer.grads.items()})
         if isinstance(layer, Add):
             d_main, d_shortcut = d
@@ -115,16 +118,17 @@ def backward_by_hand(steps, inputs, r):
             d = d_main
         else:
             print(row(f"[{i}]", layer.name, "dL/d(its input)", d))
-            explain(layer, d)
+            explain(layer, d, caches[i - 1])
         worst = max(worst, check(layer, inputs[i - 1]))
     print("That is dL/dx along the main path only: x also fed the Add (section 3).")
     return d, d_shortcut, saved, worst
 
 
-def explain(layer, dx):
+def explain(layer, dx, cache):
     """A line or two on what this layer's backward did; ``dx`` is what it returned."""
     if isinstance(layer, Activation):
-        print(f"       dy passes where y > 0 ({np.mean(layer.y > 0):.0%} of the entries), "
+        y = cache                                 # an activation's cache is its output
+        print(f"       dy passes where y > 0 ({np.mean(y > 0):.0%} of the entries), "
               "0 elsewhere")
     elif isinstance(layer, BatchNormalization):
         print(f"       dL/dgamma = sum(dy * xhat) = {first_pixel(layer.grads['gamma'][None])}")
@@ -148,12 +152,12 @@ def main():
 
     heading("1. Forward pass, layer by layer (training mode, float64)")
     print("x -> conv 1x1 -> BN -> ReLU -> conv 3x3 -> BN -> ReLU -> conv 1x1 -> BN -> (+ x) -> ReLU")
-    inputs, y = forward_by_hand(steps, x)
+    inputs, caches, y = forward_by_hand(steps, x)
     loss = float((y * r).sum())
     print(f"Loss L = sum(y * r) = {loss:.6f}, so the gradient arriving at y is dL/dy = r")
 
     heading("2. Backward pass, layer by layer (last layer first)")
-    dx_main, dx_shortcut, hand_grads, worst_check = backward_by_hand(steps, inputs, r)
+    dx_main, dx_shortcut, hand_grads, worst_check = backward_by_hand(steps, inputs, caches, r)
 
     heading("3. Where the shortcut's gradient is added")
     print("x feeds two layers, res2a_branch2a (main path) and res2a_add (shortcut), so dL/dx")

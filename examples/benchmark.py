@@ -13,11 +13,10 @@ configuration measured in a fresh subprocess. PyTorch runs alternately with
 minires in the same loop, same thread count, channels_last, so both see the
 same machine state; the ratio minires / PyTorch is printed (< 1: minires faster).
 PyTorch runs in a worker process of its own, started with the environment
-this script was given: minires's own settings (OMP_WAIT_POLICY=PASSIVE for
-Numba's threads, which costs PyTorch up to 2x at batch 1) do not reach it.
-The worker imports minires to build the same weights, so PyTorch too gets
-minires's glibc setting that keeps freed memory (see README), which makes
-PyTorch faster as well.
+this script was given: minires's OMP_WAIT_POLICY=PASSIVE for Numba's
+threads, which costs PyTorch up to 2x at batch 1, does not reach it. The
+worker does apply minires's other speed setting, glibc keeping freed memory
+(backend.apply_speed_settings, see README), which makes PyTorch faster as well.
 
 With ``--device cuda`` minires runs on CuPy arrays and PyTorch on CUDA in
 fp32 (cuDNN, TF32 off, as minires computes in true float32); every timed run
@@ -33,15 +32,11 @@ import subprocess
 import sys
 import time
 
-# The environment as given, for PyTorch's worker process: the line below is
-# minires's setting (as minires.kernels.numba_kernels makes it), not PyTorch's.
+import numpy as np
+
+# The environment as given, for PyTorch's processes: main() adds minires's
+# OMP_WAIT_POLICY to this process's environment, not to theirs.
 GIVEN_ENVIRONMENT = dict(os.environ)
-# Numba's OpenMP threads that spin after their work steal the cores from
-# OpenBLAS's; must be set before Numba starts.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np  # noqa: E402
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -406,11 +401,13 @@ def peak_rss_bytes():
 
 def main(argv=None):
     args = parse_args(argv)
+    from minires import backend
+    for_torch = args.torch_worker or (args.rss or "").startswith("torch")
+    backend.apply_speed_settings(passive_openmp=not for_torch)    # see the docstring
     if args.rss:
         return measure_rss(args.rss)
     if args.torch_worker:
         return torch_worker(args.threads, args.device)
-    from minires import backend
     try:
         backend.check_device(args.device)
     except RuntimeError as error:

@@ -57,6 +57,7 @@ def main(argv=None):
     from minires.imagenet import decode_predictions
     from minires.inference import InferenceModel
 
+    backend.apply_speed_settings()              # before any Numba kernel runs (README: Speed)
     backend.check_device(args.device)
     batch = load_batch(args.images)
     model = ResNet50(weights=weights_file(args), pool1_pad=args.pool1_pad).to(args.device)

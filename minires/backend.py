@@ -4,7 +4,8 @@ Every op asks ``get_array_module(x)`` for ``xp`` and then writes ``xp.zeros``,
 ``xp.maximum`` ... so the same source runs on both devices.  Nothing else in
 minires imports CuPy, except the CUDA kernels (kernels/cupy_kernels.py),
 which only CuPy arrays reach.  This module also holds the default float type
-(``floatx``), as ``keras.backend`` does.
+(``floatx``), as ``keras.backend`` does, and the process-wide speed settings
+(``apply_speed_settings``), which importing minires never applies.
 """
 import contextlib
 import ctypes
@@ -12,6 +13,7 @@ import functools
 import importlib.util
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -68,6 +70,47 @@ def set_im2col_limit(megabytes):
     _im2col_limit = int(megabytes * (1 << 20))
 
 
+def apply_speed_settings(keep_memory=True, passive_openmp=True):
+    """Process-wide settings that make minires faster on the CPU. Importing
+    minires never applies them: call this first thing (the examples do), or
+    not at all. Each part is turned off by its argument.
+
+    keep_memory: keep_freed_memory(): glibc keeps freed memory for the next
+        large array instead of faulting it in afresh (a quarter of a training
+        step's time); the process's resident memory stays near its peak.
+    passive_openmp: OMP_WAIT_POLICY=PASSIVE in os.environ, unless it is set
+        already (your own value wins). OpenMP reads it once, when Numba's
+        threads first start (the first parallel kernel), so call this before
+        any Numba kernel runs; called later, it warns and sets nothing. Child
+        processes inherit the variable.
+    """
+    # Why passive: Numba's OpenMP threads spin for a while after each kernel, as
+    # OpenBLAS's do after each matrix product; on a few cores the two pools then
+    # fight over them (a ResNet-50 step measured up to 2x slower). Sleeping
+    # threads avoid that.
+    if keep_memory:
+        keep_freed_memory()
+    if passive_openmp and "OMP_WAIT_POLICY" not in os.environ:
+        if _numba_threads_started():
+            warnings.warn("apply_speed_settings: Numba's threads have started already and keep "
+                          "their OpenMP wait policy; OMP_WAIT_POLICY left unset. Call it before "
+                          "the first Numba kernel runs.", stacklevel=2)
+        else:
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def _numba_threads_started():
+    """True once Numba has started its threads (and OpenMP has read its settings)."""
+    numba = sys.modules.get("numba")          # never imported: nothing started
+    if numba is None:
+        return False
+    try:
+        numba.threading_layer()               # chosen when the threads start
+    except ValueError:                        # "Threading layer is not initialized."
+        return False
+    return True
+
+
 # glibc's mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -83,8 +126,8 @@ def keep_freed_memory():
     of its 10 s in the kernel doing that. The cost: the process's resident
     memory stays near its peak instead of shrinking between steps.
 
-    Done when minires is imported, on Linux with glibc; MINIRES_KEEP_MEMORY=0
-    turns it off. Elsewhere (macOS, Windows, musl) it does nothing.
+    Part of apply_speed_settings(); it changes the whole process, for good.
+    On Linux with glibc; elsewhere (macOS, Windows, musl) it does nothing.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -93,10 +136,6 @@ def keep_freed_memory():
         return False
     largest = 2 ** 31 - 1                 # mallopt takes an int
     return bool(mallopt(_M_MMAP_THRESHOLD, largest) and mallopt(_M_TRIM_THRESHOLD, largest))
-
-
-if os.environ.get("MINIRES_KEEP_MEMORY", "1").strip() != "0":
-    keep_freed_memory()
 
 
 @functools.lru_cache(maxsize=None)

@@ -127,15 +127,21 @@ def check_layer(layer, *inputs, training=True, h=1e-5, seed=0, max_entries=None)
     """
     _require_float64([layer], "check_layer")
     merge = len(inputs) > 1
+    last_call = {}
 
     def forward(*xs):
-        return layer.forward(list(xs) if merge else xs[0], training=training)
+        y, last_call["cache"] = layer.forward(list(xs) if merge else xs[0], training=training)
+        return y
+
+    def backward(dy):
+        layer.zero_grads()                # backward adds to grads: start from zero
+        return layer.backward(dy, last_call["cache"])
 
     forward(*inputs)                      # builds the layer, so its params exist
     params = {name: (layer.params[name], lambda name=name: layer.grads[name])
               for name in layer.trainable_names()}
     with _state_restored([layer]):
-        return check_gradients(forward, layer.backward, inputs, params, h, seed, max_entries)
+        return check_gradients(forward, backward, inputs, params, h, seed, max_entries)
 
 
 def check_model(model, *inputs, loss=None, labels=None, training=True, h=1e-6, seed=0,
@@ -157,7 +163,7 @@ def check_model(model, *inputs, loss=None, labels=None, training=True, h=1e-6, s
     _require_float64(model.layers, "check_model")
 
     def forward(*xs):
-        out = model.forward(list(xs) if len(xs) > 1 else xs[0], training=training)
+        out = model.forward(list(xs) if len(xs) > 1 else xs[0], training=training, keep_cache=True)
         return out if loss is None else loss.forward(out, labels)
 
     def backward(d_output):

@@ -28,8 +28,8 @@ from . import kernels
 from .backend import get_array_module
 from .kernels.winograd import transform_kernel
 from .layers import Activation, Add, BatchNormalization, Conv2D, ReLU
-from .layers.base import window_pads
-from .layers.input_layer import InputLayer
+from .layers.activations import relu
+from .models import predict_in_batches, run_graph
 
 
 class InferenceModel:
@@ -37,15 +37,14 @@ class InferenceModel:
 
     def __init__(self, model):
         self.model = model
-        self.readers = model._readers()
         self.steps = self._plan()
 
     # --- planning: which layer calls merge into which ------------------------
     def _plan(self):
         steps, absorbed = [], set()
         ready = {id(t) for t in self.model.inputs}       # values that earlier steps produce
-        for tensor in self.model._order:
-            if isinstance(tensor.layer, InputLayer) or id(tensor) in absorbed:
+        for tensor in self.model.layer_calls():
+            if id(tensor) in absorbed:
                 continue
             if isinstance(tensor.layer, Conv2D):
                 step, chain = self._plan_conv(tensor, ready)
@@ -82,7 +81,7 @@ class InferenceModel:
     def _only_reader(self, tensor, kinds):
         """The single layer call reading ``tensor``, if it is one of ``kinds``
         and ``tensor`` is not a model output (then it must stay visible)."""
-        readers = self.readers.get(id(tensor), [])
+        readers = self.model.readers(tensor)
         if len(readers) == 1 and isinstance(readers[0].layer, kinds) \
                 and all(tensor is not out for out in self.model.outputs):
             return readers[0]
@@ -94,19 +93,7 @@ class InferenceModel:
 
     def forward(self, x):
         """Outputs for one input array (a batch)."""
-        values = {id(self.model.inputs[0]): x}
-        self.model.inputs[0].layer.check(x, self.model.name)
-        remaining = self.model._count_uses()
-        for step in self.steps:
-            inputs = [values[id(t)] for t in step.inputs]
-            last_use = [remaining[id(t)] == 1 for t in step.inputs]
-            values[id(step.output)] = step.run(inputs, last_use)
-            for t in step.inputs:
-                remaining[id(t)] -= 1
-                if remaining[id(t)] == 0:
-                    del values[id(t)]
-        results = [values[id(t)] for t in self.model.outputs]
-        return results[0] if len(results) == 1 else results
+        return run_graph(self.model, x, [(step.inputs, step.output, step.run) for step in self.steps])
 
     def predict(self, x, batch_size=4):
         """``forward`` in batches of ``batch_size``, outputs concatenated.
@@ -115,9 +102,7 @@ class InferenceModel:
         4 images at 56x56 stay in cache between layers. Measured on 2 cores,
         32 images: 13.4 images/s in one batch, 18.2 in batches of 4.
         """
-        outputs = [self.forward(x[start:start + batch_size])
-                   for start in range(0, x.shape[0], batch_size)]
-        return get_array_module(outputs[0]).concatenate(outputs)
+        return predict_in_batches(self.forward, x, batch_size)
 
 
 # --- the three kinds of step ---------------------------------------------------------
@@ -128,7 +113,8 @@ class LayerCall:
         self.layer, self.inputs, self.list_input = tensor.layer, tensor.inbound, tensor.list_input
 
     def run(self, inputs, last_use):
-        return self.layer.forward(inputs if self.list_input else inputs[0], training=False)
+        y, _ = self.layer.forward(inputs if self.list_input else inputs[0], training=False)
+        return y
 
 
 class FoldedConv:
@@ -152,15 +138,15 @@ class FoldedConv:
 
     def run(self, inputs, last_use):
         residual = inputs[1] if len(inputs) > 1 else None
+        pads, out_size = self.conv.pads(inputs[0].shape)
         if self.winograd_kernel is not None:
-            pads, out_size = window_pads(self.conv, inputs[0].shape, (3, 3), (1, 1), self.conv.padding)
             return kernels.winograd_conv3x3(inputs[0], self.winograd_kernel, pads, out_size,
                                             self.bias, residual, self.relu)
-        z = _conv(self.conv, inputs[0], self.kernel)
+        z = kernels.conv2d(inputs[0], self.kernel, pads, self.conv.strides)
         if self.activation is None:
             return kernels.add_relu_(z, self.bias, residual, self.relu)
         z = self.activation(kernels.add_relu_(z, self.bias, None, False))   # the conv's own
-        return kernels.relu(z) if self.relu else z
+        return relu(z) if self.relu else z
 
 
 class AddRelu:
@@ -177,13 +163,6 @@ class AddRelu:
         for i, x in enumerate(others):
             kernels.add_relu_(out, no_bias, x, self.relu and i == len(others) - 1)
         return out
-
-
-def _conv(conv, x, kernel):
-    """The conv's windows with another kernel (BN folded in); nothing kept."""
-    z = conv.convolve(x, kernel)
-    conv.x = None
-    return z
 
 
 def _is_relu(layer):

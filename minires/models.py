@@ -4,15 +4,26 @@ backward in reverse, as Keras's functional API builds it.
     x = Input(shape=(32, 32, 3))
     y = Conv2D(8, 3, padding="same", activation="relu")(x)
     model = Model(inputs=x, outputs=Dense(10)(GlobalAveragePooling2D()(y)))
-    logits = model.forward(images, training=True)
-    d_images = model.backward(d_logits)      # fills every layer's grads
+    logits = model.forward(images, training=True)   # keeps one cache per node
+    d_images = model.backward(d_logits)             # uses them up; fills every layer's grads
+
+The graph's nodes are the KerasTensors: each is the output of one layer call
+(``node.layer``) on its ``node.inbound`` tensors. A forward pass that will be
+followed by backward keeps each node's cache (what its layer's backward
+needs, returned by ``layer.forward``); backward hands each cache back to its
+layer, newest node first, and drops it once used. An inference pass keeps
+none and leaves the kept ones alone, so ``predict`` between a training
+forward and its backward changes nothing.
 
 Backward is the chain rule applied node by node from the outputs back: each
 layer turns the gradient of its output into gradients of its inputs, and where
 one tensor feeds several layers (a residual shortcut) the gradients arriving
-from those layers are summed.
+from those layers are summed. A layer called at several nodes adds up its
+weight gradients over them.
 """
+import collections
 import difflib
+import functools
 
 from .backend import check_device, device_of, get_array_module, like, to_device
 from .layers.base import KerasTensor, unique_name
@@ -38,9 +49,11 @@ class Model:
         if not all(isinstance(t.layer, InputLayer) for t in self.inputs):
             raise ValueError(f"model {self.name!r}: inputs must come from Input(...)")
         self._order = self._topological_order()
+        self._readers = self._reader_map()
         self.layers = self._layers_in_keras_order()
         self._check_unique_names()
         self.training = False
+        self._caches = {}            # {id(node): cache} of the last forward that kept them
 
     # --- the graph -------------------------------------------------------------
     def _topological_order(self):
@@ -62,6 +75,14 @@ class Model:
         for output in self.outputs:
             visit(output)
         return order
+
+    def _reader_map(self):
+        """{id(tensor): [the nodes computed from it]}, over the whole graph."""
+        readers = {}
+        for node in self._order:
+            for source in node.inbound:
+                readers.setdefault(id(source), []).append(node)
+        return readers
 
     def _layers_in_keras_order(self):
         """Layers by decreasing depth (distance to the outputs), ties in traversal
@@ -96,37 +117,47 @@ class Model:
         ``Model(m.input, [m.get_layer(name).output for name in names])``."""
         return self.outputs[0] if self._single_output else self.outputs
 
+    # --- the graph: a small public API for code that walks it -----------------------
+    @property
+    def nodes(self):
+        """Every tensor of the graph, each after the tensors it is computed
+        from (inputs first): the order forward runs the layer calls in."""
+        return list(self._order)
+
+    def readers(self, tensor):
+        """The nodes computed directly from ``tensor`` (one entry per read)."""
+        return list(self._readers.get(id(tensor), ()))
+
     # --- running it --------------------------------------------------------------
     def __call__(self, inputs, training=None):
         return self.forward(inputs, training=training)
 
-    def forward(self, inputs, training=None):
+    def forward(self, inputs, training=None, keep_cache=None):
         """Outputs for ``inputs`` (one array, or a list matching ``model.inputs``).
 
         training=None uses the model's mode (``train()`` / ``eval()``, default eval).
+        keep_cache: keep what ``backward`` needs (default: when training); pass
+        True for gradients in inference mode (a gradient check, a saliency map).
         """
         training = self.training if training is None else training
-        arrays = _as_list(inputs)
-        if len(arrays) != len(self.inputs):
-            raise ValueError(f"model {self.name!r} has {len(self.inputs)} inputs, got {len(arrays)} arrays")
-        values = {}
-        for tensor, x in zip(self.inputs, arrays):
-            tensor.layer.check(x, self.name)
-            values[id(tensor)] = x
-        self._check_devices(arrays)
-        uses = self._count_uses()
-        for tensor in self._order:
-            if id(tensor) in values:
-                continue
-            args = [values[id(s)] for s in tensor.inbound]
-            values[id(tensor)] = tensor.layer.forward(args if tensor.list_input else args[0],
-                                                      training=training)
-            for source in tensor.inbound:            # free what no later layer reads
-                uses[id(source)] -= 1
-                if uses[id(source)] == 0:
-                    del values[id(source)]
-        results = [values[id(t)] for t in self.outputs]
-        return results[0] if self._single_output else results
+        keep_cache = training if keep_cache is None else keep_cache
+        caches = {}
+
+        def call(node, arrays, last_use):
+            y, cache = node.layer.forward(arrays if node.list_input else arrays[0], training=training)
+            if keep_cache:
+                caches[id(node)] = cache
+            return y
+
+        steps = [(node.inbound, node, functools.partial(call, node)) for node in self.layer_calls()]
+        outputs = run_graph(self, inputs, steps)
+        if keep_cache:
+            self._caches = caches
+        return outputs
+
+    def layer_calls(self):
+        """The nodes that call a layer (every node but the inputs), in forward order."""
+        return [node for node in self._order if not isinstance(node.layer, InputLayer)]
 
     def _check_devices(self, arrays):
         """One clear error when inputs and weights are not all on one device."""
@@ -144,66 +175,40 @@ class Model:
         first = next((layer.params[name] for layer, name in self.parameters(False)), None)
         return None if first is None else device_of(first)
 
-    def _readers(self):
-        """{id(tensor): [the tensors computed from it]}, over the whole graph."""
-        readers = {}
-        for tensor in self._order:
-            for source in tensor.inbound:
-                readers.setdefault(id(source), []).append(tensor)
-        return readers
-
-    def _count_uses(self):
-        """How many times each tensor will still be read (outputs once more, by
-        the caller): a tensor is freed when its count reaches zero."""
-        readers = self._readers()
-        uses = {id(t): len(readers.get(id(t), ())) for t in self._order}
-        for output in self.outputs:
-            uses[id(output)] += 1
-        return uses
-
     def backward(self, d_outputs):
-        """Gradients of the inputs from gradients of the outputs; fills layer.grads.
+        """Gradients of the inputs from gradients of the outputs, through the
+        caches of the last forward that kept them; fills layer.grads (from zero).
 
         Walks the forward order backwards, so a layer runs only once every
         layer reading its output has sent back its share of the gradient.
         """
-        self._check_no_shared_layers()
+        if not self._caches:
+            raise RuntimeError(f"model {self.name!r}: backward needs a forward pass that kept its "
+                               "caches first: forward(x, training=True), or keep_cache=True "
+                               "(each forward's caches serve one backward)")
         d_outputs = _as_list(d_outputs)
         if len(d_outputs) != len(self.outputs):
             raise ValueError(f"model {self.name!r} has {len(self.outputs)} outputs, backward got "
                              f"{len(d_outputs)} gradients")
+        self.zero_grads()
+        caches, self._caches = self._caches, {}
         grads = {}
         for tensor, g in zip(self.outputs, d_outputs):
             _accumulate(grads, tensor, g)
-        for tensor in reversed(self._order):
-            if isinstance(tensor.layer, InputLayer) or id(tensor) not in grads:
+        for node in reversed(self.layer_calls()):
+            cache = caches.pop(id(node))
+            if id(node) not in grads:            # nothing downstream depends on it
                 continue
-            d_inputs = tensor.layer.backward(grads.pop(id(tensor)))
-            for source, d in zip(tensor.inbound, _as_list(d_inputs)):
+            d_inputs = node.layer.backward(grads.pop(id(node)), cache)
+            for source, d in zip(node.inbound, _as_list(d_inputs)):
                 _accumulate(grads, source, d)
         results = [grads.get(id(t)) for t in self.inputs]
         return results[0] if self._single_input else results
 
-    def _check_no_shared_layers(self):
-        calls = {}
-        for tensor in self._order:
-            calls[id(tensor.layer)] = calls.get(id(tensor.layer), 0) + 1
-        shared = [layer.name for layer in self.layers if calls[id(layer)] > 1]
-        if shared:
-            raise NotImplementedError(f"model {self.name!r}: backward through layers called more "
-                                      f"than once is not supported (each keeps one cache): {shared}")
-
     def predict(self, x, batch_size=32):
         """Inference in batches of ``batch_size``; outputs concatenated."""
-        arrays = _as_list(x)
-        n = arrays[0].shape[0]
-        chunks = []
-        for start in range(0, n, batch_size):
-            out = self.forward([a[start:start + batch_size] for a in arrays], training=False)
-            chunks.append(_as_list(out))
-        xp = get_array_module(*chunks[0])
-        results = [xp.concatenate([c[i] for c in chunks]) for i in range(len(self.outputs))]
-        return results[0] if self._single_output else results
+        return predict_in_batches(lambda batch: self.forward(batch, training=False, keep_cache=False),
+                                  x, batch_size)
 
     def train(self):
         """Make training=True the default of forward (batch statistics in BN)."""
@@ -235,9 +240,9 @@ class Model:
                 yield layer, name
 
     def zero_grads(self):
-        """Forget every layer's gradients (backward overwrites them anyway)."""
+        """Forget every layer's gradients (backward starts from zero anyway)."""
         for layer in self.layers:
-            layer.grads.clear()
+            layer.zero_grads()
 
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
@@ -289,6 +294,49 @@ class Model:
         atomically (minires never writes HDF5: Keras's files are only read)."""
         from .io.checkpoint import save_checkpoint
         save_checkpoint(self, filepath)
+
+
+def run_graph(model, inputs, steps):
+    """Run ``steps`` on the input arrays of ``model``; returns its outputs.
+
+    steps: (input tensors, output tensor, function(arrays, last_use) -> array)
+    in an order where every input is computed before it is read; last_use[i]
+    says that no later step reads input i (its array may be overwritten).
+    Each value is freed as soon as its last reader has run.
+    """
+    arrays = _as_list(inputs)
+    if len(arrays) != len(model.inputs):
+        raise ValueError(f"model {model.name!r} has {len(model.inputs)} inputs, got {len(arrays)} arrays")
+    values = {}
+    for tensor, x in zip(model.inputs, arrays):
+        tensor.layer.check(x, model.name)
+        values[id(tensor)] = x
+    model._check_devices(arrays)
+    uses = collections.Counter(id(t) for sources, _, _ in steps for t in sources)
+    uses.update(id(t) for t in model.outputs)           # read once more, by the caller
+    for sources, output, function in steps:
+        values[id(output)] = function([values[id(t)] for t in sources],
+                                      [uses[id(t)] == 1 for t in sources])
+        for t in sources:
+            uses[id(t)] -= 1
+            if uses[id(t)] == 0:
+                del values[id(t)]
+    results = [values[id(t)] for t in model.outputs]
+    return results[0] if model._single_output else results
+
+
+def predict_in_batches(forward, x, batch_size):
+    """forward() on slices of ``batch_size`` samples of ``x`` (an array, or a
+    list of arrays for several inputs); its outputs (one or a list) concatenated."""
+    arrays = _as_list(x)
+    chunks = []
+    for start in range(0, arrays[0].shape[0], batch_size):
+        batch = [a[start:start + batch_size] for a in arrays]
+        chunks.append(forward(batch if isinstance(x, (list, tuple)) else batch[0]))
+    if not isinstance(chunks[0], list):
+        return get_array_module(chunks[0]).concatenate(chunks)
+    xp = get_array_module(*chunks[0])
+    return [xp.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
 def _accumulate(grads, tensor, g):

@@ -1,9 +1,12 @@
-"""Loop-by-loop convolution and pooling: the definitions, written to be read.
+"""Loop-by-loop convolution and pooling, step-by-step batch normalisation:
+the definitions, written to be read.
 
 These are slow on purpose.  Each output pixel is computed by its own loop
-iteration straight from the formula, so they are easy to check by eye; the
-tests then hold the fast im2col versions to these.  NumPy only, channels-last
-(N, H, W, C) data and (kh, kw, C_in, C_out) kernels, Keras's 'valid'/'same'.
+iteration straight from the formula, and batch norm goes through its
+computational graph one node at a time, forward and back, so they are easy
+to check by eye; the tests then hold the fast versions to these.  NumPy
+only, channels-last (N, H, W, C) data and (kh, kw, C_in, C_out) kernels,
+Keras's 'valid'/'same'.
 """
 import numpy as np
 
@@ -102,3 +105,52 @@ def avg_pool_backward(x, dy, pool_size=(2, 2), strides=(2, 2), padding="valid"):
         m = (rows.stop - rows.start) * (cols.stop - cols.start)
         dx[n, rows, cols, :] += dy[n, oh, ow, :] / m
     return dx
+
+
+def batch_norm_forward(x, gamma, beta, epsilon=1e-3):
+    """Training-mode batch norm, one node of its graph per line: (y, cache).
+
+    Per channel c (the last axis), over the m values of every other axis:
+
+        mu      = mean(x)                  the batch mean
+        xc      = x - mu                   centred
+        var     = mean(xc ** 2)            biased variance (1/m), as Keras
+        inv_std = 1 / sqrt(var + epsilon)
+        xhat    = xc * inv_std             zero mean, unit variance
+        y       = gamma * xhat + beta      the learnt scale and shift
+
+    The cache is the graph's inner nodes, which backward walks in reverse.
+    """
+    axes = tuple(range(x.ndim - 1))
+    mu = x.mean(axis=axes)
+    xc = x - mu
+    var = (xc ** 2).mean(axis=axes)
+    inv_std = 1.0 / np.sqrt(var + epsilon)
+    xhat = xc * inv_std
+    y = gamma * xhat + beta
+    return y, (xc, var, inv_std, xhat, gamma, epsilon)
+
+
+def batch_norm_backward(dy, cache):
+    """(dx, dgamma, dbeta) for dy = dL/dy, node by node from y back to x.
+
+    Each line is d(node) = sum over the nodes it feeds of d(child) times the
+    local derivative d(child)/d(node).  A per-channel node (mu, var, inv_std)
+    feeds all m values of its channel, so its gradient sums over them; a node
+    that feeds two children (xc feeds xhat and var; x feeds xc and mu) sums
+    the two paths.  Summing the paths by hand gives the layer's one-line
+    dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    """
+    xc, var, inv_std, xhat, gamma, epsilon = cache
+    axes = tuple(range(dy.ndim - 1))
+    m = dy.size // dy.shape[-1]                 # values per channel
+    dbeta = dy.sum(axis=axes)                   # y = gamma * xhat + beta:  dy/dbeta = 1
+    dgamma = (dy * xhat).sum(axis=axes)         #                           dy/dgamma = xhat
+    dxhat = dy * gamma                          #                           dy/dxhat = gamma
+    dinv_std = (dxhat * xc).sum(axis=axes)      # xhat = xc * inv_std:      dxhat/dinv_std = xc
+    dvar = dinv_std * -0.5 * (var + epsilon) ** -1.5   # inv_std = (var + eps)^(-1/2):
+    #                                                    dinv_std/dvar = -(var + eps)^(-3/2) / 2
+    dxc = dxhat * inv_std + dvar * 2 * xc / m   # dxhat/dxc = inv_std; var = mean(xc^2): 2 xc / m
+    dmu = -dxc.sum(axis=axes)                   # xc = x - mu:              dxc/dmu = -1
+    dx = dxc + dmu / m                          # dxc/dx = 1; mu = mean(x): dmu/dx = 1 / m
+    return dx, dgamma, dbeta

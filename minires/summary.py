@@ -1,13 +1,13 @@
 """model.summary(): Keras's table of layers, output shapes and parameter counts."""
 
 
-def _shape_text(shape):
+def shape_text(shape):
     return "(" + ", ".join("None" if s is None else str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
 
 
 def _connections(model, layer):
     """'source[call][0]' for each tensor feeding the layer's calls in this model."""
-    sources = [s for t in model._order if t.layer is layer for s in t.inbound]
+    sources = [s for t in model.nodes if t.layer is layer for s in t.inbound]
     return ", ".join(f"{s.layer.name}[{s.layer.outputs.index(s)}][0]" for s in sources) or "-"
 
 
@@ -15,8 +15,8 @@ def summary_rows(model):
     """(name (type), output shape, params, connected to) for each layer, in Keras order."""
     rows = []
     for layer in model.layers:
-        shapes = [t.shape for t in model._order if t.layer is layer]
-        shape = " ".join(_shape_text(s) for s in shapes)
+        shapes = [t.shape for t in model.nodes if t.layer is layer]
+        shape = " ".join(shape_text(s) for s in shapes)
         rows.append((f"{layer.name} ({type(layer).__name__})", shape,
                      f"{layer.count_params():,}", _connections(model, layer)))
     return rows

@@ -5,7 +5,7 @@ import subprocess
 
 from .initializers import set_random_seed  # noqa: F401  (keras.utils.set_random_seed)
 from .io.atomic import atomic_write
-from .summary import _shape_text
+from .summary import shape_text
 
 
 def model_to_dot(model, show_shapes=False, show_layer_names=True):
@@ -17,11 +17,11 @@ def model_to_dot(model, show_shapes=False, show_layer_names=True):
         if show_layer_names:
             label = f"{layer.name}: {label}"
         if show_shapes:
-            shapes = [_shape_text(t.shape) for t in model._order if t.layer is layer]
+            shapes = [shape_text(t.shape) for t in model.nodes if t.layer is layer]
             label += "\\n" + " ".join(shapes)
         label = label.replace('"', '\\"')
         lines.append(f'  "{layer.name}" [label="{label}"];')
-    for tensor in model._order:
+    for tensor in model.nodes:
         for source in tensor.inbound:
             lines.append(f'  "{source.layer.name}" -> "{tensor.layer.name}";')
     lines.append("}")

@@ -109,10 +109,9 @@ def pytest_terminal_summary(terminalreporter):
 def bias_before_training_bn(model):
     """'layer/bias' names of layers whose output only feeds BatchNormalization:
     in training mode BN subtracts the batch mean, so their gradient is zero."""
-    readers = model._readers()
     return {f"{layer.name}/bias" for layer in model.layers if "bias" in layer.params
-            and all(readers.get(id(t)) and all(type(r.layer).__name__ == "BatchNormalization"
-                                               for r in readers[id(t)]) for t in layer.outputs)}
+            and all(model.readers(t) and all(type(r.layer).__name__ == "BatchNormalization"
+                                             for r in model.readers(t)) for t in layer.outputs)}
 
 
 def assert_model_gradients_match(report, model, subject, tol=1e-6, training=True):

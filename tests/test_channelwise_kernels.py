@@ -53,8 +53,7 @@ def test_numba_matches_reference_in_float64(rng, shape):
     axis = x.ndim - 1
     calls = {"channel_moments": (x, axis), "channel_sums": (dy, x, axis),
              "normalize": (x, mean, inv_std, gamma, beta, axis),
-             "channel_affine": (dy, x, gamma, beta, mean, axis),
-             "relu": (x - 1,), "relu_backward": (dy, x - 1)}
+             "batch_norm_dx": (dy, x, gamma, beta, mean, axis)}
     for name, args in calls.items():
         compiled = as_tuple(getattr(numba_kernels, name)(*args))
         reference = as_tuple(getattr(channelwise, name)(*args))
@@ -64,12 +63,11 @@ def test_numba_matches_reference_in_float64(rng, shape):
             assert relative(got, want) <= 1e-12, name
 
 
-def test_relu_keeps_nan_on_both_paths():
-    z = np.array([[-1.0, np.nan, 2.0]], np.float32)
+def test_fused_relu_keeps_nan_on_both_paths():
     for module in (numba_kernels, channelwise):
-        np.testing.assert_array_equal(module.relu(z), [[0, np.nan, 2]])
-        dz = module.relu_backward(np.array([[np.nan, 1.0, 3.0]], np.float32), z)
-        np.testing.assert_array_equal(dz, [[np.nan, 0, 3]])     # NaN * 0 stays NaN
+        z = np.array([[-1.0, np.nan, 2.0]], np.float32)
+        module.add_relu_(z, np.zeros(3, np.float32), None, True)
+        np.testing.assert_array_equal(z, [[0, np.nan, 2]])
 
 
 @pytest.mark.parametrize("case", ["channel first", "not contiguous", "float16"])
@@ -88,7 +86,9 @@ def test_other_layouts_take_the_reference(rng, case, each_kernel_path):
     other = tuple(a for a in range(4) if a != axis)
     np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=other), rtol=1e-2, atol=1e-3)
     np.testing.assert_allclose(var, x.astype(np.float64).var(axis=other), rtol=1e-2)
-    np.testing.assert_array_equal(kernels.relu(x), np.maximum(x, 0))
+    s, m1, m2 = (sample(rng, (x.shape[axis],), x.dtype) for _ in range(3))
+    np.testing.assert_array_equal(kernels.batch_norm_dx(x, x, s, m1, m2, axis),
+                                  channelwise.batch_norm_dx(x, x, s, m1, m2, axis))
 
 
 def test_batch_norm_layer_agrees_across_kernel_paths(rng):
@@ -101,8 +101,8 @@ def test_batch_norm_layer_agrees_across_kernel_paths(rng):
         for path in ("numpy", "numba"):
             backend.set_kernel_path(path)
             layer = BatchNormalization(momentum=0.9, dtype="float64")
-            y = layer(x, training=True)
-            dx = layer.backward(dy)
+            y, cache = layer.forward(x, training=True)
+            dx = layer.backward(dy, cache)
             results[path] = [y, dx, layer.grads["gamma"], layer.grads["beta"],
                              layer.params["moving_mean"], layer.params["moving_variance"]]
     finally:

@@ -11,12 +11,12 @@ from minires.losses import SoftmaxCrossEntropy
                                    AveragePooling2D(name="c"), ZeroPadding2D(name="c")])
 def test_wrong_rank(layer):
     with pytest.raises(ValueError, match=r"'c'.*4-D input \(N, H, W, C\), got shape \(5, 5, 3\)"):
-        layer.forward(np.zeros((5, 5, 3), np.float32))
+        layer(np.zeros((5, 5, 3), np.float32))
 
 
 def test_dense_needs_a_batch_axis():
     with pytest.raises(ValueError, match=r"'fc'.*rank 2 or more, got shape \(4,\)"):
-        Dense(3, name="fc").forward(np.zeros(4, np.float32))
+        Dense(3, name="fc")(np.zeros(4, np.float32))
 
 
 @pytest.mark.parametrize("layer,good,bad,message", [
@@ -25,9 +25,9 @@ def test_dense_needs_a_batch_axis():
     (BatchNormalization(name="b"), (2, 4, 4, 3), (2, 4, 4, 6), r"'b' was built for 4-D inputs with 3 channels.*\(2, 4, 4, 6\)"),
 ])
 def test_wrong_channel_count_for_a_built_layer(layer, good, bad, message):
-    layer.forward(np.zeros(good, np.float32))
+    layer(np.zeros(good, np.float32))
     with pytest.raises(ValueError, match=message):
-        layer.forward(np.zeros(bad, np.float32))
+        layer(np.zeros(bad, np.float32))
 
 
 @pytest.mark.parametrize("layer,shape,message", [
@@ -37,7 +37,7 @@ def test_wrong_channel_count_for_a_built_layer(layer, good, bad, message):
 ])
 def test_window_larger_than_padded_input(layer, shape, message):
     with pytest.raises(ValueError, match=message):
-        layer.forward(np.zeros(shape, np.float32))
+        layer(np.zeros(shape, np.float32))
 
 
 @pytest.mark.parametrize("make,message", [
@@ -65,7 +65,7 @@ def test_bad_arguments(make, message):
 
 def test_bad_batch_norm_axis():
     with pytest.raises(ValueError, match=r"'b': axis 0 is not a feature axis of an input of shape \(2, 3\)"):
-        BatchNormalization(axis=0, name="b").forward(np.zeros((2, 3), np.float32))
+        BatchNormalization(axis=0, name="b")(np.zeros((2, 3), np.float32))
 
 
 def test_padding_names_are_case_insensitive_like_keras():
@@ -77,21 +77,21 @@ def test_integer_inputs_are_converted_to_the_layer_dtype():
     images go straight in; the result equals that of the float input."""
     conv = Conv2D(2, 3, name="c")
     image = np.arange(2 * 5 * 5 * 3, dtype=np.uint8).reshape(2, 5, 5, 3)
-    y = conv.forward(image)
+    y = conv(image)
     assert y.dtype == np.float32
-    np.testing.assert_array_equal(y, conv.forward(image.astype(np.float32)))
+    np.testing.assert_array_equal(y, conv(image.astype(np.float32)))
 
 
 @pytest.mark.parametrize("bad", [np.array([["a"]]), np.zeros((1, 2), dtype=complex),
                                  np.zeros((1, 2), dtype=object)])
 def test_non_numeric_arrays_are_rejected(bad):
     with pytest.raises(TypeError, match=r"'d' expects a float \(or integer\) array, got dtype"):
-        Dense(2, name="d").forward(bad)
+        Dense(2, name="d")(bad)
 
 
 def test_non_arrays_are_rejected():
     with pytest.raises(TypeError, match="'d' expects a NumPy or CuPy array, got list"):
-        Dense(2, name="d").forward([[1.0, 2.0]])
+        Dense(2, name="d")([[1.0, 2.0]])
 
 
 def test_integer_layer_dtype_is_rejected():
@@ -102,25 +102,20 @@ def test_integer_layer_dtype_is_rejected():
 def test_merge_errors():
     a, b = np.zeros((2, 3, 3, 4), np.float32), np.zeros((2, 3, 3, 5), np.float32)
     with pytest.raises(ValueError, match=r"'add' \(Add\) needs inputs of one shape.*\(2, 3, 3, 5\)"):
-        Add(name="add").forward([a, b])
+        Add(name="add")([a, b])
     with pytest.raises(ValueError, match=r"'add' \(Add\) must be called on a list of at least 2"):
-        Add(name="add").forward(a)
+        Add(name="add")(a)
     with pytest.raises(ValueError, match=r"'cat' \(Concatenate\) needs inputs that agree on every axis but 1"):
-        Concatenate(axis=1, name="cat").forward([a, b])
+        Concatenate(axis=1, name="cat")([a, b])
     with pytest.raises(ValueError, match=r"'cat': axis 4 is out of range"):
-        Concatenate(axis=4, name="cat").forward([a, a])
-
-
-def test_backward_before_forward():
-    with pytest.raises(RuntimeError, match="'c': backward called before forward"):
-        Conv2D(2, 3, name="c").backward(np.zeros((1, 3, 3, 2)))
+        Concatenate(axis=4, name="cat")([a, a])
 
 
 def test_backward_with_a_gradient_of_the_wrong_shape():
     flatten = Flatten(name="f")
-    flatten.forward(np.zeros((2, 3, 4), np.float32))
+    _, cache = flatten.forward(np.zeros((2, 3, 4), np.float32))
     with pytest.raises(ValueError, match=r"'f': backward got a gradient of shape \(2, 11\), but its output has shape \(2, 12\)"):
-        flatten.backward(np.zeros((2, 11)))
+        flatten.backward(np.zeros((2, 11)), cache)
 
 
 def test_cross_entropy_label_errors():

@@ -47,7 +47,7 @@ def test_conv2d_without_bias_with_activation(rng, device):
 def test_batch_normalization(rng, device, training, axis, shape):
     bn = BatchNormalization(axis=axis, epsilon=1.001e-5, **F64)
     x = rng.standard_normal(shape) * 3 + 1
-    bn.forward(to_device(x, device))                # build, then make the statistics non-trivial
+    bn(to_device(x, device))                        # build, then make the statistics non-trivial
     channels = bn.params["gamma"].shape
     for name, value in [("gamma", rng.uniform(0.5, 2, channels)), ("beta", rng.standard_normal(channels)),
                         ("moving_mean", rng.standard_normal(channels)),
@@ -124,17 +124,21 @@ def _shared_source_block(sum_branches=True):
     """s = dense(x); y = add([tanh(s), s]).  s feeds two branches, so
     dL/ds = (gradient through tanh) + (gradient through the shortcut)."""
     dense, tanh, add = Dense(3, **F64), Activation("tanh", **F64), Add(**F64)
+    caches = {}
 
     def forward(x):
-        s = dense.forward(x)
-        return add.forward([tanh.forward(s), s])
+        s, caches["dense"] = dense.forward(x)
+        t, caches["tanh"] = tanh.forward(s)
+        y, caches["add"] = add.forward([t, s])
+        return y
 
     def backward(dy):
-        through_tanh, through_shortcut = add.backward(dy)
-        ds = tanh.backward(through_tanh)
+        dense.zero_grads()
+        through_tanh, through_shortcut = add.backward(dy, caches["add"])
+        ds = tanh.backward(through_tanh, caches["tanh"])
         if sum_branches:
             ds = ds + through_shortcut
-        return dense.backward(ds)
+        return dense.backward(ds, caches["dense"])
 
     return dense, forward, backward
 
@@ -168,13 +172,14 @@ def test_gradcheck_catches_a_wrong_backward(rng, device):
     """The checker itself can fail: a Dense whose backward forgets W.T is caught."""
     dense = Dense(3, **F64)
     x = to_device(rng.standard_normal((4, 3)), device)
-    dense.forward(x)
+    _, cache = dense.forward(x)
 
     def wrong_backward(dy):
-        dense.backward(dy)
+        dense.zero_grads()
+        dense.backward(dy, cache)
         return dy @ dense.params["kernel"]             # should be @ kernel.T
     params = {k: (dense.params[k], lambda k=k: dense.grads[k]) for k in dense.params}
-    report = gradcheck.check_gradients(lambda v: dense.forward(v), wrong_backward, [x], params)
+    report = gradcheck.check_gradients(dense, wrong_backward, [x], params)
     assert report["input 0"] > 1e-2 and report["kernel"] < 1e-7
 
 

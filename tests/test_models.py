@@ -94,16 +94,16 @@ def residual_by_hand(model, x):
     through their own layers (checked elsewhere against loops), the rest by hand."""
     get, v = model.get_layer, {}
     relu = lambda t: np.maximum(t, 0)             # noqa: E731
-    v["conv2d"] = get("conv2d").forward(x)
+    v["conv2d"] = get("conv2d")(x)
     v["batch_normalization"] = bn_by_hand(get("batch_normalization"), v["conv2d"])
     v["activation"] = relu(v["batch_normalization"])
-    v["conv2d_1"] = get("conv2d_1").forward(v["activation"])
+    v["conv2d_1"] = get("conv2d_1")(v["activation"])
     v["batch_normalization_1"] = bn_by_hand(get("batch_normalization_1"), v["conv2d_1"])
-    v["conv2d_2"] = get("conv2d_2").forward(x)
+    v["conv2d_2"] = get("conv2d_2")(x)
     v["batch_normalization_2"] = bn_by_hand(get("batch_normalization_2"), v["conv2d_2"])
     v["add"] = v["batch_normalization_1"] + v["batch_normalization_2"]
     v["activation_1"] = relu(v["add"])
-    v["conv2d_3"] = get("conv2d_3").forward(v["activation_1"])
+    v["conv2d_3"] = get("conv2d_3")(v["activation_1"])
     v["batch_normalization_3"] = bn_by_hand(get("batch_normalization_3"), v["conv2d_3"])
     v["add_1"] = v["batch_normalization_3"] + v["activation_1"]
     v["activation_2"] = relu(v["add_1"])
@@ -238,11 +238,11 @@ def test_input_feeding_two_branches_gets_the_sum_of_their_gradients(rng, device)
     assert_gradients_match(report, "Model: input feeding two branches")
 
     dy = to_device(rng.standard_normal((2, 5, 5, 3)), device)
-    model.forward(x)
+    model.forward(x, keep_cache=True)
     dx = model.backward(dy)
     conv_a, conv_b = model.get_layer("conv_a"), model.get_layer("conv_b")
-    conv_a.forward(x), conv_b.forward(x)
-    da, db = conv_a.backward(dy), conv_b.backward(dy)
+    da = conv_a.backward(dy, conv_a.forward(x)[1])
+    db = conv_b.backward(dy, conv_b.forward(x)[1])
     close(dx, da + db, 1e-12)
     assert np.abs(da).max() > 0.1 and np.abs(db).max() > 0.1    # neither branch alone will do
 
@@ -272,16 +272,17 @@ def test_multi_output_backward_matches_the_chain_rule_by_hand(rng, device):
         model = Model([a_in, b_in], [s, head(s)]).to(device)
     a, b, g_s, g_head = (to_device(rng.standard_normal(shape), device)
                          for shape in [(6, 4), (6, 3), (6, 5), (6, 2)])
-    model.forward([a, b])
+    model.forward([a, b], keep_cache=True)
     d_a, d_b = model.backward([g_s, g_head])
     model_grads = {name: model.get_layer(name).grads["kernel"].copy()
                    for name in ("dense_a", "dense_b", "head")}
 
-    s_value = da_layer.forward(a) + db_layer.forward(b)
-    head.forward(s_value)
-    d_s = g_s + head.backward(g_head)
-    close(d_a, da_layer.backward(d_s), 1e-12)
-    close(d_b, db_layer.backward(d_s), 1e-12)
+    model.zero_grads()
+    (ya, cache_a), (yb, cache_b) = da_layer.forward(a), db_layer.forward(b)
+    _, head_cache = head.forward(ya + yb)
+    d_s = g_s + head.backward(g_head, head_cache)
+    close(d_a, da_layer.backward(d_s, cache_a), 1e-12)
+    close(d_b, db_layer.backward(d_s, cache_b), 1e-12)
     for layer in (da_layer, db_layer, head):
         close(model_grads[layer.name], layer.grads["kernel"], 1e-12)
 
@@ -290,7 +291,7 @@ def test_backward_needs_one_gradient_per_output(rng):
     a_in = Input((4,))
     hidden = Dense(3)(a_in)
     model = Model(a_in, [hidden, Dense(2)(hidden)])
-    model.forward(rng.standard_normal((2, 4)))
+    model.forward(rng.standard_normal((2, 4)), keep_cache=True)
     with pytest.raises(ValueError):
         model.backward([np.ones((2, 3), np.float32)])
 
@@ -319,17 +320,6 @@ def test_residual_net_passes_a_gradient_check_in_inference_mode(rng, device):
     report = gradcheck.check_model(model, x, training=False, max_entries=8)
     assert len(report) == 1 + 2 * 4 + 2 * 4 + 2         # input, 4 convs, 4 BNs, dense
     assert_gradients_match(report, "Model: residual net")
-
-
-def test_backward_through_a_shared_layer_is_not_implemented(rng, device):
-    x_in = Input((5, 5, 3))
-    conv = Conv2D(3, 3, padding="same", name="used_twice")
-    model = Model(x_in, conv(conv(x_in))).to(device)
-    x = to_device(rng.standard_normal((2, 5, 5, 3)).astype("float32"), device)
-    y = model.forward(x)
-    close(y, conv.forward(conv.forward(x)))              # forward is fine
-    with pytest.raises(NotImplementedError, match=r"called more than once.*\['used_twice'\]"):
-        model.backward(np.ones_like(y))
 
 
 # --- 3. Keras's layer order --------------------------------------------------------

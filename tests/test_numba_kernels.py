@@ -15,7 +15,7 @@ def resnet50_windows():
     """Distinct (kind, input shape, window, strides, padding, filters) in ResNet-50."""
     model = ResNet50()
     cases = set()
-    for tensor in model._order:                       # every layer call with its input
+    for tensor in model.layer_calls():                # every layer call with its input
         layer = tensor.layer
         if isinstance(layer, (Conv2D, MaxPooling2D)):
             window = layer.kernel_size if isinstance(layer, Conv2D) else layer.pool_size
@@ -31,8 +31,8 @@ def relative_difference(a, b):
 def forward_backward(make_layer, x, g, path):
     backend.set_kernel_path(path)
     layer = make_layer()
-    y = layer.forward(x, training=True)
-    return [y, layer.backward(g), *(layer.grads[k] for k in sorted(layer.grads))]
+    y, cache = layer.forward(x, training=True)
+    return [y, layer.backward(g, cache), *(layer.grads[k] for k in sorted(layer.grads))]
 
 
 @pytest.fixture
@@ -55,12 +55,12 @@ def test_numba_equals_numpy_on_resnet50_shapes(case, dtype, restore_kernel_path)
         if kind == "MaxPooling2D":
             return MaxPooling2D(window, strides=strides, padding=padding, dtype=dtype)
         layer = Conv2D(filters, window, strides=strides, padding=padding, dtype=dtype)
-        layer.forward(x[:1])                        # builds the weights, then set them
+        layer(x[:1])                                # builds the weights, then set them
         layer.params["kernel"][...] = kernel
         return layer
 
     backend.set_kernel_path("numpy")
-    g = rng.standard_normal(make_layer().forward(x).shape).astype(dtype)
+    g = rng.standard_normal(make_layer()(x).shape).astype(dtype)
     for ours, reference in zip(forward_backward(make_layer, x, g, "numba"),
                                forward_backward(make_layer, x, g, "numpy")):
         assert relative_difference(ours, reference) <= TOLERANCE[dtype]

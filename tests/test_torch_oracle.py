@@ -111,14 +111,14 @@ def run_conv_pair(rng, kernel, stride, padding, hw, use_bias, activation=None, n
     x = rng.standard_normal((n, *hw, c_in))
     conv = Conv2D(c_out, kernel, strides=stride, padding=padding, use_bias=use_bias,
                   activation=activation, dtype="float64")
-    conv.forward(x)                                                   # builds the weights
+    conv(x)                                                           # builds the weights
     kh, kw = pair(kernel)
     conv.params["kernel"] = rng.standard_normal((kh, kw, c_in, c_out))
     if use_bias:
         conv.params["bias"] = rng.standard_normal(c_out)             # non-zero, unlike the init
-    y = conv.forward(x, training=True)
+    y, cache = conv.forward(x, training=True)
     dy = rng.standard_normal(y.shape)
-    dx = conv.backward(dy)
+    dx = conv.backward(dy, cache)
 
     xt, wt = leaf(x), leaf(conv.params["kernel"])
     bt = leaf(conv.params["bias"]) if use_bias else None
@@ -162,12 +162,12 @@ def test_stride1_same_conv_agrees_with_torchs_own_same_padding(rng, kernel):
     check of the padding rule that uses no padding arithmetic of ours."""
     x = rng.standard_normal((2, 7, 6, 3))
     conv = Conv2D(4, kernel, padding="same", dtype="float64")
-    conv.forward(x)
+    conv(x)
     conv.params["kernel"] = rng.standard_normal(conv.params["kernel"].shape)
     conv.params["bias"] = rng.standard_normal(4)
-    y = conv.forward(x)
+    y, cache = conv.forward(x)
     dy = rng.standard_normal(y.shape)
-    dx = conv.backward(dy)
+    dx = conv.backward(dy, cache)
     xt, wt, bt = leaf(x), leaf(conv.params["kernel"]), leaf(conv.params["bias"])
     yt = to_nhwc(F.conv2d(to_nchw(xt), wt.permute(3, 2, 0, 1), bt, padding="same"))
     torch_backward(yt, dy)
@@ -180,7 +180,7 @@ def test_stride1_same_conv_agrees_with_torchs_own_same_padding(rng, kernel):
 def make_bn(rng, x, momentum, epsilon, axis=-1, trainable=True):
     bn = BatchNormalization(axis=axis, momentum=momentum, epsilon=epsilon, dtype="float64",
                             trainable=trainable)
-    bn.forward(x)                                                     # builds
+    bn(x)                                                             # builds
     c = x.shape[axis]
     bn.params["gamma"] = rng.uniform(0.5, 2.0, c) * rng.choice([-1, 1], c)
     bn.params["beta"] = rng.standard_normal(c)
@@ -200,9 +200,9 @@ def test_batch_norm_matches_torch(rng, shape, training, momentum, epsilon):
     x = rng.standard_normal(shape) * rng.uniform(0.5, 3.0, shape[-1]) + rng.standard_normal(shape[-1])
     bn = make_bn(rng, x, momentum, epsilon)
     mean0, var0 = bn.params["moving_mean"].copy(), bn.params["moving_variance"].copy()
-    y = bn.forward(x, training=training)
+    y, cache = bn.forward(x, training=training)
     dy = rng.standard_normal(y.shape)
-    dx = bn.backward(dy)
+    dx = bn.backward(dy, cache)
 
     xt, gt, bt = leaf(x), leaf(bn.params["gamma"]), leaf(bn.params["beta"])
     running_mean, running_var = torch.tensor(mean0), torch.tensor(var0)
@@ -237,9 +237,9 @@ def test_batch_norm_channels_first_axis_matches_torch(rng):
     x = rng.standard_normal((3, 4, 5, 6)) * 2.0 + 1.0
     bn = make_bn(rng, x, 0.99, 1e-3, axis=1)
     mean0, var0 = bn.params["moving_mean"].copy(), bn.params["moving_variance"].copy()
-    y = bn.forward(x, training=True)
+    y, cache = bn.forward(x, training=True)
     dy = rng.standard_normal(y.shape)
-    dx = bn.backward(dy)
+    dx = bn.backward(dy, cache)
     xt, gt, bt = leaf(x), leaf(bn.params["gamma"]), leaf(bn.params["beta"])
     running_mean = torch.tensor(mean0)
     yt = F.batch_norm(xt, running_mean, torch.tensor(var0), gt, bt, training=True,
@@ -255,9 +255,9 @@ def test_frozen_batch_norm_uses_moving_statistics_while_training(rng):
     x = rng.standard_normal((4, 3, 3, 5)) + 2.0
     bn = make_bn(rng, x, 0.99, 1e-3, trainable=False)
     mean0, var0 = bn.params["moving_mean"].copy(), bn.params["moving_variance"].copy()
-    y = bn.forward(x, training=True)
+    y, cache = bn.forward(x, training=True)
     dy = rng.standard_normal(y.shape)
-    dx = bn.backward(dy)
+    dx = bn.backward(dy, cache)
     xt = leaf(x)
     yt = to_nhwc(F.batch_norm(to_nchw(xt), torch.tensor(mean0), torch.tensor(var0),
                               torch.tensor(bn.params["gamma"]), torch.tensor(bn.params["beta"]),
@@ -296,9 +296,9 @@ def test_max_pooling_matches_torch(case):
     rng = np.random.default_rng(zlib.crc32(pool_id(case).encode()))
     x = distinct(rng, (2, *hw, 3))
     layer = MaxPooling2D(pool, strides=stride, padding=padding, dtype="float64")
-    y = layer.forward(x)
+    y, cache = layer.forward(x)
     dy = rng.standard_normal(y.shape)
-    dx = layer.backward(dy)
+    dx = layer.backward(dy, cache)
 
     window = pair(pool)
     strides = window if stride is None else pair(stride)
@@ -316,9 +316,9 @@ def test_max_pooling_same_with_all_negative_inputs_ignores_padding(rng):
     distinct() lies in (-2, 2) with no ties; shifted, every value is below -1."""
     x = distinct(rng, (1, 7, 8, 2)) - 3.0
     layer = MaxPooling2D(3, strides=2, padding="same", dtype="float64")
-    y = layer.forward(x)
+    y, cache = layer.forward(x)
     dy = rng.standard_normal(y.shape)
-    dx = layer.backward(dy)
+    dx = layer.backward(dy, cache)
     xt = leaf(x)
     xpad = F.pad(to_nchw(xt), torch_pad_arg((7, 8), (3, 3), (2, 2), "same"), value=-math.inf)
     yt = to_nhwc(F.max_pool2d(xpad, 3, 2))
@@ -346,9 +346,9 @@ def test_average_pooling_matches_torch(case):
     rng = np.random.default_rng(zlib.crc32(pool_id(case).encode()) + 1)
     x = rng.standard_normal((2, *hw, 3))
     layer = AveragePooling2D(pool, strides=stride, padding=padding, dtype="float64")
-    y = layer.forward(x)
+    y, cache = layer.forward(x)
     dy = rng.standard_normal(y.shape)
-    dx = layer.backward(dy)
+    dx = layer.backward(dy, cache)
 
     window = pair(pool)
     strides = window if stride is None else pair(stride)
@@ -370,9 +370,9 @@ def test_average_pooling_same_symmetric_matches_count_include_pad_false(rng, hw)
     avg_pool2d(padding=1, count_include_pad=False) is exactly Keras's rule."""
     x = rng.standard_normal((2, *hw, 3))
     layer = AveragePooling2D(3, strides=1, padding="same", dtype="float64")
-    y = layer.forward(x)
+    y, cache = layer.forward(x)
     dy = rng.standard_normal(y.shape)
-    dx = layer.backward(dy)
+    dx = layer.backward(dy, cache)
     xt = leaf(x)
     yt = to_nhwc(F.avg_pool2d(to_nchw(xt), 3, 1, padding=1, count_include_pad=False))
     torch_backward(yt, dy)
@@ -383,9 +383,9 @@ def test_average_pooling_same_symmetric_matches_count_include_pad_false(rng, hw)
 def test_global_average_pooling_matches_torch(rng):
     x = rng.standard_normal((3, 5, 7, 4))
     layer = GlobalAveragePooling2D(dtype="float64")
-    y = layer.forward(x)
+    y, cache = layer.forward(x)
     dy = rng.standard_normal(y.shape)
-    dx = layer.backward(dy)
+    dx = layer.backward(dy, cache)
     xt = leaf(x)
     yt = F.adaptive_avg_pool2d(to_nchw(xt), 1).flatten(1)
     torch_backward(yt, dy)
@@ -401,13 +401,13 @@ def test_dense_matches_torch(rng, shape, use_bias, activation):
     units = 4
     x = rng.standard_normal(shape)
     dense = Dense(units, use_bias=use_bias, activation=activation, dtype="float64")
-    dense.forward(x)
+    dense(x)
     dense.params["kernel"] = rng.standard_normal((shape[-1], units))
     if use_bias:
         dense.params["bias"] = rng.standard_normal(units)
-    y = dense.forward(x, training=True)
+    y, cache = dense.forward(x, training=True)
     dy = rng.standard_normal(y.shape)
-    dx = dense.backward(dy)
+    dx = dense.backward(dy, cache)
 
     xt, wt = leaf(x), leaf(dense.params["kernel"])
     bt = leaf(dense.params["bias"]) if use_bias else None
@@ -435,20 +435,21 @@ def test_resnet_stem_and_head_chain_matches_torch(rng):
     layers = [conv, bn, relu, pool, gap, dense]
     h = x
     for layer in layers:                                              # build
-        h = layer.forward(h, training=True)
+        h = layer(h, training=True)
     conv.params["kernel"] = rng.standard_normal(conv.params["kernel"].shape)
     conv.params["bias"] = rng.standard_normal(6)
     bn.params["gamma"] = rng.uniform(0.5, 1.5, 6)
     bn.params["beta"] = rng.standard_normal(6)
     dense.params["kernel"] = rng.standard_normal((6, 5))
     dense.params["bias"] = rng.standard_normal(5)
-    h = x
+    h, caches = x, []
     for layer in layers:
-        h = layer.forward(h, training=True)
+        h, cache = layer.forward(h, training=True)
+        caches.append(cache)
     dy = rng.standard_normal(h.shape)
     g = dy
-    for layer in reversed(layers):
-        g = layer.backward(g)
+    for layer, cache in zip(reversed(layers), reversed(caches)):
+        g = layer.backward(g, cache)
 
     xt = leaf(x)
     wt, cbt = leaf(conv.params["kernel"]), leaf(conv.params["bias"])

@@ -26,6 +26,7 @@ from .common import image_input, load_weights_if_given, pooling_head
 
 STAGE_FILTERS = (64, 128, 256, 512)
 MIN_SIZE = 32
+LEGACY_EPSILON = 1e-3         # BatchNormalization's default, which Keras 2's resnet50.py kept
 
 
 def ResNet18(**kwargs):
@@ -113,15 +114,36 @@ def ResNet(blocks, bottleneck, name, include_top=True, weights=None, input_tenso
     """A ResNet with current Keras layer names; ``blocks`` per stage conv2..conv5.
     ``weights``: None or the path of a Keras weights file (loaded by names)."""
     inputs = image_input(input_tensor, input_shape, include_top, 224, MIN_SIZE, name)
-    x = ZeroPadding2D(padding=(3, 3), name="conv1_pad")(inputs)
-    x = Conv2D(64, 7, strides=2, name="conv1_conv")(x)
-    x = BatchNormalization(axis=3, epsilon=CURRENT_EPSILON, name="conv1_bn")(x)
-    x = Activation("relu", name="conv1_relu")(x)
-    x = ZeroPadding2D(padding=(1, 1), name="pool1_pad")(x)
-    x = MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    x = stem(inputs, Conv2D(64, 7, strides=2, name="conv1_conv"), "conv1_bn", CURRENT_EPSILON,
+             relu_name="conv1_relu", pool_name="pool1_pool")
     x = residual_stages(x, blocks, STAGE_FILTERS, bottleneck)
     x = current_head(x, include_top, pooling, classes, classifier_activation)
     return load_weights_if_given(Model(inputs, x, name=name), weights)
+
+
+def stem(x, conv, bn_name, epsilon, relu_name=None, max_pool=True, pool_pad=True,
+         pool_name=None):
+    """conv1, BN, ReLU and (``max_pool``) a 3x3/2 max-pool: every layer before the stages.
+
+    ``conv`` is conv1 itself, built by the caller, as its size, stride,
+    initialiser and name differ most between the variants.  The ImageNet stem
+    (``max_pool=True``) zero-pads conv1's input by 3 ('conv1_pad'), so the 7x7/2
+    conv takes 224 to 112, and the pool's by 1 ('pool1_pad'), so the pool takes
+    112 to 56.  The first Keras release had no 'pool1_pad' (``pool_pad=False``:
+    112 -> 55).  The CIFAR stem (``max_pool=False``) neither pads nor pools.
+    Legacy Keras leaves the ReLU and the pool unnamed (None): they are numbered
+    in the order they are built ('activation', 'max_pooling2d'), like Keras's.
+    """
+    if max_pool:
+        x = ZeroPadding2D(padding=(3, 3), name="conv1_pad")(x)
+    x = conv(x)
+    x = BatchNormalization(axis=3, epsilon=epsilon, name=bn_name)(x)
+    x = Activation("relu", name=relu_name)(x)
+    if not max_pool:
+        return x
+    if pool_pad:
+        x = ZeroPadding2D(padding=(1, 1), name="pool1_pad")(x)
+    return MaxPooling2D(3, strides=2, name=pool_name)(x)
 
 
 def residual_stages(x, blocks, stage_filters, bottleneck):
@@ -150,13 +172,8 @@ def LegacyResNet50(include_top=True, input_tensor=None, input_shape=None, poolin
                    classes=1000, classifier_activation="softmax", pool1_pad=True):
     """ResNet-50 as Keras 2's ``resnet50.py`` builds it, legacy layer names."""
     inputs = image_input(input_tensor, input_shape, include_top, 224, MIN_SIZE, "resnet50")
-    x = ZeroPadding2D(padding=(3, 3), name="conv1_pad")(inputs)
-    x = Conv2D(64, (7, 7), strides=(2, 2), kernel_initializer="he_normal", name="conv1")(x)
-    x = BatchNormalization(axis=3, name="bn_conv1")(x)
-    x = Activation("relu")(x)
-    if pool1_pad:
-        x = ZeroPadding2D(padding=(1, 1), name="pool1_pad")(x)
-    x = MaxPooling2D((3, 3), strides=(2, 2))(x)
+    conv1 = Conv2D(64, (7, 7), strides=(2, 2), kernel_initializer="he_normal", name="conv1")
+    x = stem(inputs, conv1, "bn_conv1", LEGACY_EPSILON, pool_pad=pool1_pad)
     for stage, (n_blocks, filters) in enumerate(zip((3, 4, 6, 3), STAGE_FILTERS), start=2):
         f = [filters, filters, 4 * filters]
         x = conv_block(x, 3, f, stage=stage, block="a", strides=(1, 1) if stage == 2 else (2, 2))
@@ -183,9 +200,8 @@ def CifarResNet(blocks=(2, 2, 2, 2), width=64, input_shape=(32, 32, 3), classes=
     for logits, as ``minires.losses.SoftmaxCrossEntropy`` expects.
     """
     inputs = image_input(input_tensor, input_shape, True, 32, 8, name, channels=None)
-    x = Conv2D(width, 3, padding="same", name="conv1_conv")(inputs)
-    x = BatchNormalization(axis=3, epsilon=CURRENT_EPSILON, name="conv1_bn")(x)
-    x = Activation("relu", name="conv1_relu")(x)
+    x = stem(inputs, Conv2D(width, 3, padding="same", name="conv1_conv"), "conv1_bn",
+             CURRENT_EPSILON, relu_name="conv1_relu", max_pool=False)
     x = residual_stages(x, blocks, [width * 2 ** i for i in range(len(blocks))], bottleneck=False)
     x = current_head(x, True, None, classes, classifier_activation)
     return Model(inputs, x, name=name)

@@ -11,6 +11,7 @@ CuPy arrays only). CuPy arrays always take the CUDA kernels;
 import numpy as np
 
 from .. import backend
+from ..padding import pad_2d
 from . import channelwise, winograd
 from . import slicing
 
@@ -50,6 +51,24 @@ def batch_chunks(batch, bytes_per_item):
     return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
 
 
+def conv2d(x, kernel, pads, strides):
+    """Conv2D's product without bias or activation, x (N, H, W, C) unpadded ->
+    (N, OH, OW, F): pad, im2col, one matrix product, as layers/conv.py does,
+    but a chunk of images at a time, so that the columns (kh*kw times larger
+    than x) stay under ``backend.im2col_limit()``; written straight into z."""
+    xp = backend.get_array_module(x)
+    kh, kw, channels, filters = kernel.shape
+    flat = kernel.reshape(-1, filters)
+    (top, bottom), (left, right) = pads
+    out_h, out_w = slicing.output_size(x.shape[1] + top + bottom, x.shape[2] + left + right,
+                                       kh, kw, *strides)
+    z = xp.empty((x.shape[0], out_h, out_w, filters), dtype=x.dtype)
+    for batch in batch_chunks(x.shape[0], out_h * out_w * flat.shape[0] * x.itemsize):
+        cols = im2col(pad_2d(x[batch], pads), kh, kw, *strides)
+        xp.matmul(cols.reshape(-1, flat.shape[0]), flat, out=z[batch].reshape(-1, filters))
+    return z
+
+
 def max_pool_forward(x, ph, pw, sh, sw):
     return (_compiled_for(x) or slicing).max_pool_forward(x, ph, pw, sh, sw)
 
@@ -59,7 +78,7 @@ def max_pool_backward(g, argmax, padded_shape, ph, pw, sh, sw):
                                                                     ph, pw, sh, sw)
 
 
-# --- batch norm and ReLU passes (channelwise.py) ------------------------------------------
+# --- batch norm passes and the fused bias/residual/ReLU epilogue (channelwise.py) ------------------------------------------
 _COMPILED_FLOATS = (np.float32, np.float64)
 
 
@@ -86,24 +105,14 @@ def channel_sums(dy, xhat, channel_axis):
         dy, xhat, channel_axis)
 
 
-def channel_affine(dy, xhat, a, b, c, channel_axis):
-    return (_channel_last_numba([dy, xhat], channel_axis) or channelwise).channel_affine(
-        dy, xhat, a, b, c, channel_axis)
+def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
+    return (_channel_last_numba([dy, xhat], channel_axis) or channelwise).batch_norm_dx(
+        dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis)
 
 
 def add_relu_(z, bias, residual, relu):
     arrays = [z] if residual is None else [z, residual]
     return (_channel_last_numba(arrays, z.ndim - 1) or channelwise).add_relu_(z, bias, residual, relu)
-
-
-def relu(z):
-    return (_channel_last_numba([z], z.ndim - 1) or channelwise).relu(z)
-
-
-def relu_backward(dy, y):
-    if dy.shape != y.shape:                  # broadcasting is NumPy's business
-        return channelwise.relu_backward(dy, y)
-    return (_channel_last_numba([dy, y], dy.ndim - 1) or channelwise).relu_backward(dy, y)
 
 
 # --- Winograd F(2x2, 3x3): the inference fast path's 3x3 stride-1 convolutions --------------
@@ -122,6 +131,6 @@ def winograd_conv3x3(x, u, pads, out_size, bias, residual, relu):
     return z
 
 
-__all__ = ["im2col", "col2im", "batch_chunks", "max_pool_forward", "max_pool_backward",
-           "channel_moments", "normalize", "channel_sums", "channel_affine", "add_relu_", "relu", "relu_backward",
+__all__ = ["im2col", "col2im", "batch_chunks", "conv2d", "max_pool_forward", "max_pool_backward",
+           "channel_moments", "normalize", "channel_sums", "batch_norm_dx", "add_relu_",
            "winograd_conv3x3"]

@@ -1,4 +1,5 @@
-"""Whole-activation passes of batch norm and ReLU, in array idioms (NumPy or CuPy).
+"""Whole-activation passes of batch norm, and the fused bias + residual + ReLU
+epilogue of the inference fast path, in array idioms (NumPy or CuPy).
 
 These are memory-bound: each reads or writes every value of an activation
 once per pass, and a pass costs about as much as a small matrix product. The
@@ -13,14 +14,14 @@ def channel_moments(x, channel_axis):
     """(mean, biased variance) of each channel: two passes, the second over
     x - mean, which keeps the variance accurate when the mean is large."""
     mean = x.mean(axis=_other_axes(x, channel_axis))
-    centred = x - _per_channel(mean, x.ndim, channel_axis)
+    centred = x - per_channel(mean, x.ndim, channel_axis)
     return mean, channel_dot(centred, centred, channel_axis) / (x.size // mean.size)
 
 
 def normalize(x, mean, inv_std, gamma, beta, channel_axis):
     """(xhat, y): xhat = (x - mean) * inv_std,  y = gamma * xhat + beta."""
     def channel(v):
-        return _per_channel(v, x.ndim, channel_axis)
+        return per_channel(v, x.ndim, channel_axis)
     xhat = x - channel(mean)
     xhat *= channel(inv_std)              # in place: no second temporary
     y = xhat * channel(gamma)
@@ -33,24 +34,13 @@ def channel_sums(dy, xhat, channel_axis):
     return dy.sum(axis=_other_axes(dy, channel_axis)), channel_dot(dy, xhat, channel_axis)
 
 
-def channel_affine(dy, xhat, a, b, c, channel_axis):
-    """dy * a + xhat * b + c, per channel: batch norm's input gradient."""
+def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
+    """Batch norm's input gradient in training mode, the last line of its derivation
+    (layers/normalization.py): dx = gamma s * (dy - dbeta / m - xhat * dgamma / m),
+    with scale = gamma s, mean_dy = dbeta / m, mean_dy_xhat = dgamma / m per channel."""
     def channel(v):
-        return _per_channel(v, dy.ndim, channel_axis)
-    out = xhat * channel(b)
-    out += dy * channel(a)
-    out += channel(c)
-    return out
-
-
-def relu(z):
-    """max(z, 0), a new array (NaN stays NaN, as np.maximum keeps it)."""
-    return get_array_module(z).maximum(z, 0)
-
-
-def relu_backward(dy, y):
-    """dy where the output was positive, else 0 (y = relu(z) > 0 exactly when z > 0)."""
-    return dy * (y > 0)
+        return per_channel(v, dy.ndim, channel_axis)
+    return channel(scale) * (dy - channel(mean_dy) - xhat * channel(mean_dy_xhat))
 
 
 def add_relu_(z, bias, residual, relu):
@@ -76,7 +66,7 @@ def _other_axes(x, channel_axis):
     return tuple(axis for axis in range(x.ndim) if axis != channel_axis)
 
 
-def _per_channel(v, ndim, channel_axis):
+def per_channel(v, ndim, channel_axis):
     """Reshape a (C,) vector so that it broadcasts along the channel axis."""
     shape = [1] * ndim
     shape[channel_axis] = v.shape[0]

@@ -9,19 +9,14 @@ write the same element:
   - col2im and max-pool backward are split by INPUT row (n, h): the thread
     that owns row h adds in every window entry that read it, instead of each
     window scattering into rows that other threads might be writing (a race).
+The threads are OpenMP's: backend.apply_speed_settings() tells them to sleep
+when idle, so that they leave the cores to OpenBLAS's.
 """
-import os
-
-# Numba's OpenMP threads spin for a while after each kernel, as OpenBLAS's do
-# after each matrix product; on a few cores the two pools then fight over them
-# (a ResNet-50 step measured up to 2x slower). Sleeping threads avoid that; a
-# user's own setting wins. Read by OpenMP when it starts, so set before Numba runs.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
+import numpy as np
+from numba import njit, prange
 
 from .slicing import output_size
+from .winograd import tile_counts
 
 
 def im2col(x, kh, kw, sh, sw):
@@ -145,22 +140,10 @@ def channel_sums(dy, xhat, channel_axis):
     return sums[0].astype(dy.dtype), sums[1].astype(dy.dtype)
 
 
-def channel_affine(dy, xhat, a, b, c, channel_axis):
-    out = np.empty_like(dy)
-    _channel_affine(_rows(dy), _rows(xhat), a, b, c, _rows(out))
-    return out
-
-
-def relu(z):
-    y = np.empty_like(z)
-    _relu(z.reshape(-1), y.reshape(-1))
-    return y
-
-
-def relu_backward(dy, y):
-    dz = np.empty_like(dy)
-    _relu_backward(dy.reshape(-1), y.reshape(-1), dz.reshape(-1))
-    return dz
+def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
+    dx = np.empty_like(dy)
+    _batch_norm_dx(_rows(dy), _rows(xhat), scale, mean_dy, mean_dy_xhat, _rows(dx))
+    return dx
 
 
 def add_relu_(z, bias, residual, relu):
@@ -227,22 +210,15 @@ def _normalize(x, mean, inv_std, gamma, beta, xhat, y):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _channel_affine(dy, xhat, a, b, c, out):
+def _batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, dx):
     for r in prange(dy.shape[0]):
-        for k in range(dy.shape[1]):
-            out[r, k] = xhat[r, k] * b[k] + dy[r, k] * a[k] + c[k]
+        for c in range(dy.shape[1]):
+            dx[r, c] = scale[c] * (dy[r, c] - mean_dy[c] - xhat[r, c] * mean_dy_xhat[c])
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _relu(z, y):
-    for i in prange(z.shape[0]):
-        y[i] = 0 if z[i] < 0 else z[i]            # NaN stays NaN, as in np.maximum
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def _relu_backward(dy, y, dz):
-    for i in prange(dy.shape[0]):
-        dz[i] = dy[i] * (y[i] > 0)                 # a multiply, as NumPy's: NaN * 0 stays NaN
+@njit(cache=True)
+def _relu_value(value):
+    return 0 if value <= 0 else value     # as np.maximum: -0.0 gives +0.0, NaN stays NaN
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -252,14 +228,12 @@ def _add_relu(z, bias, residual, has_residual, relu):
             value = z[r, c] + bias[c]
             if has_residual:
                 value += residual[r, c]
-            if relu and value < 0:
-                value = 0
-            z[r, c] = value
+            z[r, c] = _relu_value(value) if relu else value
 
 
 # --- Winograd F(2x2, 3x3) transforms (winograd.py), written out: B^T d B and A^T m A ---------
 def input_tiles(x, pads, out_size):
-    tiles_h, tiles_w = -(-out_size[0] // 2), -(-out_size[1] // 2)
+    tiles_h, tiles_w = tile_counts(*out_size)
     v = np.empty((16, x.shape[0] * tiles_h * tiles_w, x.shape[3]), dtype=x.dtype)
     _input_tiles(np.ascontiguousarray(x), pads[0][0], pads[1][0], tiles_h, tiles_w, v)
     return v
@@ -302,16 +276,16 @@ def _input_tiles(x, top, left, tiles_h, tiles_w, v):
 
 def output_tiles(m, bias, residual, relu, z):
     has_residual = residual is not None
-    _output_tiles(m, bias, residual if has_residual else z[:0], has_residual, relu, z)
+    tiles_h, tiles_w = tile_counts(*z.shape[1:3])
+    _output_tiles(m, bias, residual if has_residual else z[:0], has_residual, relu, tiles_h, tiles_w, z)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _output_tiles(m, bias, residual, has_residual, relu, z):
+def _output_tiles(m, bias, residual, has_residual, relu, tiles_h, tiles_w, z):
     """Per filter A^T m A, with A^T m = (m0 + m1 + m2, m1 - m2 - m3) along each
     axis; then + bias [+ residual] and ReLU, writing only the tile's pixels
     that lie inside the output. The filter is the inner loop, as above."""
     n, out_h, out_w, filters = z.shape
-    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
     for row in prange(n * tiles_h):
         b, th = row // tiles_h, row % tiles_h
         t = np.empty((2, 4, filters), dtype=m.dtype)
@@ -336,8 +310,3 @@ def _output_tiles(m, bias, residual, has_residual, relu, z):
                     z[b, h, w, f] = y0
                     if w + 1 < out_w:
                         z[b, h, w + 1, f] = y1
-
-
-@njit(cache=True)
-def _relu_value(value):
-    return 0 if value < 0 else value                  # NaN stays NaN

@@ -9,17 +9,16 @@ Each backward is written in terms of the OUTPUT y, which is all it needs:
            dy_i/dz_k = y_i ([i = k] - y_k), so
            dz_k = sum_i dy_i y_i ([i = k] - y_k) = y_k (dy_k - sum_i dy_i y_i)
 """
-from .. import kernels
 from ..backend import get_array_module
 from .base import Layer, check_choice
 
 
 def relu(z):
-    return kernels.relu(z)                 # max(z, 0), compiled when Numba is installed
+    return get_array_module(z).maximum(z, 0)     # NaN stays NaN
 
 
 def relu_backward(dy, y):
-    return kernels.relu_backward(dy, y)    # dy * (y > 0)
+    return dy * (y > 0)
 
 
 def linear(z):
@@ -80,14 +79,12 @@ class Activation(Layer):
         super().__init__(name=name, **kwargs)
         self.activation = activation
         self.activation_forward, self.activation_backward = get_activation(activation, self.name)
-        self.y = None
 
     def forward(self, x, training=False):
-        self.y = self.activation_forward(self._prepare(x))
-        return self.y
+        y = self.activation_forward(self._prepare(x))
+        return y, y                          # the cache: the output, all the gradients need
 
-    def backward(self, dy):
-        y = self._require_forward("y")
+    def backward(self, dy, y):
         return self.activation_backward(self._check_grad(dy, y.shape), y)
 
 
@@ -104,16 +101,14 @@ class Softmax(Layer):
     def __init__(self, axis=-1, name=None, **kwargs):
         super().__init__(name=name, **kwargs)
         self.axis = axis
-        self.y = None
 
     def forward(self, x, training=False):
         x = self._prepare(x)
         if not -x.ndim <= self.axis < x.ndim:
             raise ValueError(f"layer {self.name!r}: axis {self.axis} is out of range "
                              f"for an input of shape {x.shape}")
-        self.y = softmax(x, self.axis)
-        return self.y
+        y = softmax(x, self.axis)
+        return y, y
 
-    def backward(self, dy):
-        y = self._require_forward("y")
+    def backward(self, dy, y):
         return softmax_backward(self._check_grad(dy, y.shape), y, self.axis)

@@ -1,18 +1,27 @@
 """What every layer shares: its name, its weights, input checks, lazy building.
 
-A layer holds
+A layer holds its configuration and
   params  -- its weights by Keras's names, in Keras's order (the order the
              weight files use), e.g. kernel, bias or gamma, beta, moving_mean,
              moving_variance;
-  grads   -- dL/d(param) for each trainable param, filled by backward.
-and implements
-  forward(x, training=False) -> y    keeps what backward needs
-  backward(dy) -> dx                 dL/dx from dL/dy, fills grads
+  grads   -- dL/d(param) for each trainable param, ADDED to by backward;
+and never an activation. It implements
+
+  forward(x, training=False) -> (y, cache)   cache: what backward needs from this call
+  backward(dy, cache) -> dx                  dL/dx from dL/dy; adds dL/dW to grads
+
+The cache belongs to the call, not to the layer: whoever runs forward keeps
+it (``minires.models.Model`` keeps one per node of the graph) and hands it
+back to backward. So one layer object may be called at several places of a
+network (Keras code keeps one ``self.relu`` and calls it twice), each call's
+backward adds its share to ``grads`` (dL/dW sums over every use of W), and
+an inference pass between a forward and its backward changes nothing.
+``zero_grads()`` forgets the sums; ``Model.backward`` does it first.
 
 Weights are created on the first forward pass, when the input's channel
 count is known (Keras calls this ``build``).
 
-Called on an array, a layer runs forward (eager, as in Keras).  Called on a
+Called on an array, a layer returns only y (eager, as in Keras). Called on a
 KerasTensor (from ``Input``), it records a node of the graph instead and
 returns a new KerasTensor of its output shape: that is Keras's functional
 API, which ``minires.models.Model`` then runs.
@@ -92,7 +101,8 @@ class Layer:
     def __call__(self, inputs, training=False):
         if is_symbolic(inputs):
             return self._call_symbolic(inputs)
-        return self.forward(inputs, training=training)
+        y, _ = self.forward(inputs, training=training)
+        return y
 
     def _call_symbolic(self, inputs):
         list_input = isinstance(inputs, (list, tuple))
@@ -116,6 +126,15 @@ class Layer:
         if not self.outputs:
             raise AttributeError(f"layer {self.name!r} has not been called on a symbolic input")
         return self.outputs[0]
+
+    def add_grad(self, name, value):
+        """grads[name] += value: a layer called at several nodes sums the gradients
+        of all its calls (a new array the first time, so no caller's array is aliased)."""
+        self.grads[name] = value if name not in self.grads else self.grads[name] + value
+
+    def zero_grads(self):
+        """Forget the gradients summed so far (before the next backward)."""
+        self.grads.clear()
 
     def count_params(self):
         return sum(int(p.size) for p in self.params.values())
@@ -183,13 +202,6 @@ class Layer:
             raise TypeError(f"layer {self.name!r} expects a float (or integer) array, "
                             f"got dtype {x.dtype} with shape {x.shape}")
         return x if x.dtype == self.dtype else x.astype(self.dtype)
-
-    def _require_forward(self, attribute):
-        """The cache named ``attribute``, or a clear error if forward never ran."""
-        value = getattr(self, attribute, None)
-        if value is None:
-            raise RuntimeError(f"layer {self.name!r}: backward called before forward")
-        return value
 
     def _check_grad(self, dy, expected_shape):
         if tuple(dy.shape) != tuple(expected_shape):

@@ -1,10 +1,9 @@
 """2-D convolution (cross-correlation, as in Keras): forward by im2col and one
 matrix product, backward by two matrix products and col2im."""
-from ..backend import get_array_module
-from ..kernels import add_relu_, batch_chunks, col2im, im2col
+from ..kernels import col2im, im2col
 from ..padding import PADDINGS, crop_2d, pad_2d
 from .base import as_pair, check_choice, check_positive_int, window_output_shape, window_pads
-from .core import KernelLayer
+from .kernel import KernelLayer
 
 
 class Conv2D(KernelLayer):
@@ -18,12 +17,13 @@ class Conv2D(KernelLayer):
         dWm = X.T @ dZ      each weight meets every window it multiplied
         db  = sum_rows dZ   b is added to every output pixel
         dX  = dZ @ Wm.T     each window entry fed every filter
-        dx  = col2im(dX)    an input pixel sits in several windows: add them up
+        dx  = col2im(dX)    an input pixel sits in several windows: add them up,
+                            then crop the padding away
 
-    Memory: X is kh*kw times larger than x, so it is built a chunk of images at
-    a time (``backend.im2col_limit()``, 128 MiB by default) and only x itself
-    is kept for backward, which pads and rebuilds X chunk by chunk. A 1x1 conv
-    needs no X at all: its windows are the pixels themselves.
+    The cache is x itself, not X: X is kh*kw times larger, so backward
+    rebuilds it. Loop-by-loop twin: ``naive.conv2d_forward`` / ``conv2d_backward``.
+    The inference fast path (``minires.inference``) runs the same product a
+    chunk of images at a time (``kernels.conv2d``), with less memory.
     """
     input_rank = 4
 
@@ -35,7 +35,6 @@ class Conv2D(KernelLayer):
         self.kernel_size = as_pair(kernel_size, "kernel_size", self.name)
         self.strides = as_pair(strides, "strides", self.name)
         self.padding = check_choice(padding, PADDINGS, "padding", self.name)
-        self.x = None
 
     def build(self, input_shape, like_array):
         self.add_kernel_and_bias((*self.kernel_size, self.known_size(input_shape, -1), self.filters),
@@ -45,51 +44,32 @@ class Conv2D(KernelLayer):
         return window_output_shape(self, input_shape, self.kernel_size, self.strides,
                                    self.padding, self.filters)
 
+    def pads(self, x_shape):
+        """((top, bottom), (left, right)) padding and (OH, OW) for inputs of ``x_shape``."""
+        return window_pads(self, x_shape, self.kernel_size, self.strides, self.padding)
+
     def forward(self, x, training=False):
         x = self._prepare(x)
-        z = self.convolve(x, self.params["kernel"])
+        pads, (out_h, out_w) = self.pads(x.shape)
+        cols = im2col(pad_2d(x, pads), *self.kernel_size, *self.strides)   # (N, OH, OW, kh, kw, C)
+        kernel = self.params["kernel"].reshape(-1, self.filters)           # Wm (kh*kw*C, F)
+        z = (cols.reshape(-1, kernel.shape[0]) @ kernel).reshape(x.shape[0], out_h, out_w, self.filters)
         if self.use_bias:
-            add_relu_(z, self.params["bias"], None, relu=False)   # z += b, compiled where it can be
-        return self.activate(z)
+            z += self.params["bias"]
+        y = self.activation_forward(z)
+        return y, (x, self.output_for_backward(y))
 
-    def convolve(self, x, kernel):
-        """x (N, H, W, C) with ``kernel`` (kh, kw, C, F) -> (N, OH, OW, F), no bias.
-        Keeps x (not a padded copy: the layer before holds x anyway) for backward."""
-        xp = get_array_module(x)
-        self.pads, self.out_size = window_pads(self, x.shape, self.kernel_size,
-                                               self.strides, self.padding)
-        self.x = x
-        flat = kernel.reshape(-1, kernel.shape[-1])
-        z = xp.empty((x.shape[0], *self.out_size, flat.shape[1]), dtype=x.dtype)
-        for batch, _, cols in self._windows():
-            xp.matmul(cols, flat, out=z[batch].reshape(-1, flat.shape[1]))
-        return z
-
-    def backward(self, dy):
-        x = self._require_forward("x")
-        xp = get_array_module(x)
-        dz = self.activation_grad(dy)
+    def backward(self, dy, cache):
+        x, y = cache
+        pads, out_size = self.pads(x.shape)
+        dz = self.activation_backward(self._check_grad(dy, (x.shape[0], *out_size, self.filters)), y)
+        xpad = pad_2d(x, pads)
+        cols = im2col(xpad, *self.kernel_size, *self.strides)              # X, rebuilt from x
         kernel = self.params["kernel"].reshape(-1, self.filters)
-        d_kernel = xp.zeros_like(kernel)
-        dx_parts = []
-        for batch, padded_shape, cols in self._windows():
-            dz_rows = dz[batch].reshape(-1, self.filters)
-            d_kernel += cols.T @ dz_rows
-            d_cols = (dz_rows @ kernel.T).reshape(*dz[batch].shape[:3], *self.params["kernel"].shape[:3])
-            dx_parts.append(crop_2d(col2im(d_cols, padded_shape, *self.strides), self.pads))
-        self.grads["kernel"] = d_kernel.reshape(self.params["kernel"].shape)
+        dz_rows = dz.reshape(-1, self.filters)
+        self.add_grad("kernel", (cols.reshape(-1, kernel.shape[0]).T @ dz_rows).reshape(
+            self.params["kernel"].shape))
         if self.use_bias:
-            self.grads["bias"] = dz.sum(axis=(0, 1, 2))
-        # one chunk (the usual case): a 1x1 conv's dx is d_cols itself, no copy
-        dx = dx_parts[0] if len(dx_parts) == 1 else xp.concatenate(dx_parts)
-        return xp.ascontiguousarray(dx)
-
-    def _windows(self):
-        """(batch slice, padded shape, im2col rows) for chunks of the batch that
-        respect the im2col memory limit; rows are (images * OH * OW, kh * kw * C).
-        Each chunk is padded on its own, so no padded copy of x is ever kept."""
-        (kh, kw), channels = self.kernel_size, self.x.shape[-1]
-        image_bytes = self.out_size[0] * self.out_size[1] * kh * kw * channels * self.x.itemsize
-        for batch in batch_chunks(self.x.shape[0], image_bytes):
-            xpad = pad_2d(self.x[batch], self.pads)
-            yield batch, xpad.shape, im2col(xpad, kh, kw, *self.strides).reshape(-1, kh * kw * channels)
+            self.add_grad("bias", dz_rows.sum(axis=0))
+        d_cols = (dz_rows @ kernel.T).reshape(cols.shape)
+        return crop_2d(col2im(d_cols, xpad.shape, *self.strides), pads)

@@ -1,49 +1,9 @@
 """Dense, Flatten and ZeroPadding2D: the layers that only reshape or multiply."""
 import math
 
-from .. import initializers
 from ..padding import crop_2d, pad_2d
-from .activations import get_activation, linear
 from .base import Layer, as_pair, check_positive_int
-
-
-class KernelLayer(Layer):
-    """What Dense and Conv2D share: a kernel whose axis -2 matches the input's
-    last axis, an optional bias, and an optional activation applied after."""
-    input_name = "channels"
-
-    def __init__(self, activation, use_bias, kernel_initializer, bias_initializer, name, **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.activation = activation
-        self.activation_forward, self.activation_backward = get_activation(activation, self.name)
-        self.use_bias = use_bias
-        self.kernel_initializer = initializers.get(kernel_initializer, f"layer {self.name!r}")
-        self.bias_initializer = initializers.get(bias_initializer, f"layer {self.name!r}")
-
-    def activate(self, z):
-        """The activation of ``z``, remembering what backward needs: the output
-        only when the activation's gradient depends on it (not for linear, the
-        usual case before a BN: keeping it would double a conv's memory)."""
-        y = self.activation_forward(z)
-        self.out_shape = y.shape
-        self.y = None if self.activation_forward is linear else y
-        return y
-
-    def activation_grad(self, dy):
-        """dL/dz from dL/dy, after checking dy against the last output's shape."""
-        out_shape = self._require_forward("out_shape")
-        return self.activation_backward(self._check_grad(dy, out_shape), self.y)
-
-    def add_kernel_and_bias(self, kernel_shape, like_array):
-        self.add_weight("kernel", kernel_shape, self.kernel_initializer, like_array)
-        if self.use_bias:
-            self.add_weight("bias", kernel_shape[-1:], self.bias_initializer, like_array)
-
-    def _check_built_shape(self, shape):
-        expected = self.params["kernel"].shape[-2]
-        if shape[-1] != expected:
-            raise ValueError(f"layer {self.name!r} was built for {expected} input {self.input_name}, "
-                             f"got an input of shape {tuple(shape)}")
+from .kernel import KernelLayer
 
 
 class Dense(KernelLayer):
@@ -64,7 +24,6 @@ class Dense(KernelLayer):
                  bias_initializer="zeros", name=None, **kwargs):
         super().__init__(activation, use_bias, kernel_initializer, bias_initializer, name, **kwargs)
         self.units = check_positive_int(units, "units", self.name)
-        self.x = None
 
     def build(self, input_shape, like_array):
         self.add_kernel_and_bias((self.known_size(input_shape, -1), self.units), like_array)
@@ -74,19 +33,20 @@ class Dense(KernelLayer):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        self.x = x.reshape(-1, x.shape[-1])
-        z = self.x @ self.params["kernel"]
+        z = x @ self.params["kernel"]
         if self.use_bias:
             z += self.params["bias"]
-        return self.activate(z.reshape(*x.shape[:-1], self.units))
+        y = self.activation_forward(z)
+        return y, (x, self.output_for_backward(y))
 
-    def backward(self, dy):
-        x = self._require_forward("x")
-        dz = self.activation_grad(dy).reshape(-1, self.units)
-        self.grads["kernel"] = x.T @ dz
+    def backward(self, dy, cache):
+        x, y = cache
+        dz = self.activation_backward(self._check_grad(dy, (*x.shape[:-1], self.units)), y)
+        x_rows, dz_rows = x.reshape(-1, x.shape[-1]), dz.reshape(-1, self.units)   # (N, ...) -> rows
+        self.add_grad("kernel", x_rows.T @ dz_rows)
         if self.use_bias:
-            self.grads["bias"] = dz.sum(axis=0)
-        return (dz @ self.params["kernel"].T).reshape(*self.out_shape[:-1], x.shape[1])
+            self.add_grad("bias", dz_rows.sum(axis=0))
+        return dz @ self.params["kernel"].T
 
 
 class Flatten(Layer):
@@ -102,12 +62,11 @@ class Flatten(Layer):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        self.input_shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], -1), x.shape
 
-    def backward(self, dy):
-        shape = self._require_forward("input_shape")
-        return self._check_grad(dy, (shape[0], math.prod(shape[1:]))).reshape(shape)
+    def backward(self, dy, input_shape):
+        dy = self._check_grad(dy, (input_shape[0], math.prod(input_shape[1:])))
+        return dy.reshape(input_shape)
 
 
 class ZeroPadding2D(Layer):
@@ -140,10 +99,8 @@ class ZeroPadding2D(Layer):
                 None if width is None else width + left + right, channels)
 
     def forward(self, x, training=False):
-        x = self._prepare(x)
-        y = pad_2d(x, self.padding)
-        self.output_shape = y.shape
-        return y
+        y = pad_2d(self._prepare(x), self.padding)
+        return y, y.shape
 
-    def backward(self, dy):
-        return crop_2d(self._check_grad(dy, self._require_forward("output_shape")), self.padding)
+    def backward(self, dy, output_shape):
+        return crop_2d(self._check_grad(dy, output_shape), self.padding)

@@ -60,15 +60,14 @@ class Add(_Merge):
 
     def forward(self, inputs, training=False):
         arrays = self._prepare_all(inputs)
-        self.count, self.output_shape = len(arrays), arrays[0].shape
         total = arrays[0] + arrays[1]
         for x in arrays[2:]:
             total += x
-        return total
+        return total, (len(arrays), total.shape)
 
-    def backward(self, dy):
-        count = self._require_forward("count")
-        return [self._check_grad(dy, self.output_shape)] * count
+    def backward(self, dy, cache):
+        count, output_shape = cache
+        return [self._check_grad(dy, output_shape)] * count
 
 
 class Concatenate(_Merge):
@@ -102,14 +101,12 @@ class Concatenate(_Merge):
     def forward(self, inputs, training=False):
         arrays = self._prepare_all(inputs)
         axis = self.axis % arrays[0].ndim
-        self.sizes = [x.shape[axis] for x in arrays]
         y = get_array_module(*arrays).concatenate(arrays, axis=axis)
-        self.output_shape = y.shape
-        return y
+        return y, ([x.shape[axis] for x in arrays], y.shape)
 
-    def backward(self, dy):
-        sizes = self._require_forward("sizes")
-        dy = self._check_grad(dy, self.output_shape)
+    def backward(self, dy, cache):
+        sizes, output_shape = cache
+        dy = self._check_grad(dy, output_shape)
         boundaries = list(itertools.accumulate(sizes))[:-1]
         return get_array_module(dy).split(dy, boundaries, axis=self.axis)
 

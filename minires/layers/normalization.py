@@ -2,6 +2,7 @@
 (moving statistics), with Keras's momentum convention."""
 from .. import kernels
 from ..backend import get_array_module
+from ..kernels.channelwise import per_channel
 from .base import Layer
 
 
@@ -27,10 +28,12 @@ class BatchNormalization(Layer):
                  dx = g s + dL/dvar * 2 (x - mean) / m + dL/dmean / m
                     = (s / m) * (m g - sum g - xhat * sum(g xhat))
                     = gamma s * (dy - dbeta / m - xhat * dgamma / m)
-      (the last line reuses dbeta and dgamma: backward is one pass for the two
-      sums and one for dx = dy*a + xhat*b + c, with per-channel a, b, c).
-    The passes themselves are in kernels/channelwise.py (compiled by Numba
-    when it is installed).
+      The last line reuses dbeta and dgamma. ``naive.batch_norm_backward``
+      takes the same gradient one node of the graph at a time.
+    The cache is (xhat, s, whether batch statistics were used). The
+    whole-activation passes (moments, normalize, the two sums, the last line)
+    are kernel functions: kernels/channelwise.py in array code, compiled by
+    Numba when it is installed.
     """
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, name=None, **kwargs):
@@ -40,7 +43,6 @@ class BatchNormalization(Layer):
         if not epsilon > 0:
             raise ValueError(f"layer {self.name!r}: epsilon must be positive, got {epsilon!r}")
         self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
-        self.xhat = None
 
     def build(self, input_shape, like_array):
         ndim = len(input_shape)
@@ -49,7 +51,6 @@ class BatchNormalization(Layer):
                              f"of an input of shape {tuple(input_shape)}")
         self.input_ndim = ndim
         self.channel_axis = self.axis % ndim
-        self.reduction_axes = tuple(a for a in range(ndim) if a != self.channel_axis)
         channels = (self.known_size(input_shape, self.channel_axis),)
         self.add_weight("gamma", channels, "ones", like_array)
         self.add_weight("beta", channels, "zeros", like_array)
@@ -62,26 +63,20 @@ class BatchNormalization(Layer):
             raise ValueError(f"layer {self.name!r} was built for {self.input_ndim}-D inputs "
                              f"with {channels} channels on axis {self.axis}, got shape {tuple(shape)}")
 
-    def _per_channel(self, v):
-        """Reshape a (C,) vector so that it broadcasts along the channel axis."""
-        shape = [1] * self.input_ndim
-        shape[self.channel_axis] = v.shape[0]
-        return v.reshape(shape)
-
     def forward(self, x, training=False):
         x = self._prepare(x)
         xp = get_array_module(x)
         # A frozen BN layer runs on its moving statistics even while training (Keras 2.1.3+).
-        self.batch_stats = training and self.trainable
-        if self.batch_stats:
+        batch_stats = training and self.trainable
+        if batch_stats:
             mean, var = kernels.channel_moments(x, self.channel_axis)
             self._update_moving_statistics(mean, var)
         else:
             mean, var = self.params["moving_mean"], self.params["moving_variance"]
-        self.inv_std = 1.0 / xp.sqrt(var + self.epsilon)
-        self.xhat, y = kernels.normalize(x, mean, self.inv_std, self.params["gamma"],
-                                         self.params["beta"], self.channel_axis)
-        return y
+        inv_std = 1.0 / xp.sqrt(var + self.epsilon)
+        xhat, y = kernels.normalize(x, mean, inv_std, self.params["gamma"], self.params["beta"],
+                                    self.channel_axis)      # xhat = (x - mean) s, y = gamma xhat + beta
+        return y, (xhat, inv_std, batch_stats)
 
     def _update_moving_statistics(self, mean, var):
         for name, batch_value in (("moving_mean", mean), ("moving_variance", var)):
@@ -89,13 +84,15 @@ class BatchNormalization(Layer):
             moving *= self.momentum
             moving += (1.0 - self.momentum) * batch_value
 
-    def backward(self, dy):
-        xhat = self._require_forward("xhat")
+    def backward(self, dy, cache):
+        xhat, inv_std, batch_stats = cache
         dy = self._check_grad(dy, xhat.shape)
-        self.grads["beta"], self.grads["gamma"] = kernels.channel_sums(dy, xhat, self.channel_axis)
-        scale = self.params["gamma"] * self.inv_std
-        if not self.batch_stats:
-            return dy * self._per_channel(scale)
+        dbeta, dgamma = kernels.channel_sums(dy, xhat, self.channel_axis)   # sum dy, sum dy * xhat
+        self.add_grad("beta", dbeta)
+        self.add_grad("gamma", dgamma)
+        scale = self.params["gamma"] * inv_std                                 # gamma s
+        if not batch_stats:
+            return dy * per_channel(scale, dy.ndim, self.channel_axis)
         m = xhat.size // xhat.shape[self.channel_axis]
-        return kernels.channel_affine(dy, xhat, scale, -scale * self.grads["gamma"] / m,
-                                      -scale * self.grads["beta"] / m, self.channel_axis)
+        # dx = gamma s * (dy - dbeta / m - xhat * dgamma / m), in one pass over dy and xhat
+        return kernels.batch_norm_dx(dy, xhat, scale, dbeta / m, dgamma / m, self.channel_axis)

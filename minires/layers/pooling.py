@@ -27,9 +27,9 @@ class _Pooling2D(Layer):
         return window_output_shape(self, input_shape, self.pool_size, self.strides,
                                    self.padding, input_shape[-1])
 
-    def _pads(self, x):
-        self.pads, _ = window_pads(self, x.shape, self.pool_size, self.strides, self.padding)
-        return self.pads
+    def pads(self, x_shape):
+        """((top, bottom), (left, right)): the padding of inputs of ``x_shape``."""
+        return window_pads(self, x_shape, self.pool_size, self.strides, self.padding)[0]
 
 
 class MaxPooling2D(_Pooling2D):
@@ -44,16 +44,16 @@ class MaxPooling2D(_Pooling2D):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        xpad = pad_2d(x, self._pads(x), value=-float("inf"))
-        self.padded_shape = xpad.shape
-        y, self.argmax = max_pool_forward(xpad, *self.pool_size, *self.strides)
-        return y
+        pads = self.pads(x.shape)
+        xpad = pad_2d(x, pads, value=-float("inf"))
+        y, argmax = max_pool_forward(xpad, *self.pool_size, *self.strides)   # argmax: i*pw + j
+        return y, (argmax, xpad.shape, pads)
 
-    def backward(self, dy):
-        argmax = self._require_forward("argmax")
+    def backward(self, dy, cache):
+        argmax, padded_shape, pads = cache
         dy = self._check_grad(dy, argmax.shape)
-        dxpad = max_pool_backward(dy, argmax, self.padded_shape, *self.pool_size, *self.strides)
-        return crop_2d(dxpad, self.pads)
+        dxpad = max_pool_backward(dy, argmax, padded_shape, *self.pool_size, *self.strides)
+        return crop_2d(dxpad, pads)
 
 
 class AveragePooling2D(_Pooling2D):
@@ -67,22 +67,20 @@ class AveragePooling2D(_Pooling2D):
     def forward(self, x, training=False):
         x = self._prepare(x)
         xp = get_array_module(x)
-        pads = self._pads(x)
+        pads = self.pads(x.shape)
         xpad = pad_2d(x, pads)
-        self.padded_shape = xpad.shape
-        real = pad_2d(xp.ones((1, *x.shape[1:3], 1), dtype=x.dtype), pads)
-        self.counts = im2col(real, *self.pool_size, *self.strides).sum(axis=(3, 4))
-        y = im2col(xpad, *self.pool_size, *self.strides).sum(axis=(3, 4)) / self.counts
-        self.output_shape = y.shape
-        return y
+        real = pad_2d(xp.ones((1, *x.shape[1:3], 1), dtype=x.dtype), pads)    # 1 where x is real
+        counts = im2col(real, *self.pool_size, *self.strides).sum(axis=(3, 4))
+        y = im2col(xpad, *self.pool_size, *self.strides).sum(axis=(3, 4)) / counts
+        return y, (counts, xpad.shape, pads)
 
-    def backward(self, dy):
-        counts = self._require_forward("counts")
+    def backward(self, dy, cache):
+        counts, padded_shape, pads = cache
         xp = get_array_module(dy)
-        dy = self._check_grad(dy, self.output_shape)
+        dy = self._check_grad(dy, (padded_shape[0], *counts.shape[1:3], padded_shape[3]))
         share = (dy / counts)[:, :, :, None, None, :]
         dcols = xp.broadcast_to(share, (*dy.shape[:3], *self.pool_size, dy.shape[3]))
-        return crop_2d(col2im(dcols, self.padded_shape, *self.strides), self.pads)
+        return crop_2d(col2im(dcols, padded_shape, *self.strides), pads)
 
 
 class GlobalAveragePooling2D(_GlobalPooling2D):
@@ -93,11 +91,10 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        self.input_shape = x.shape
-        return x.mean(axis=(1, 2))
+        return x.mean(axis=(1, 2)), x.shape
 
-    def backward(self, dy):
-        n, h, w, c = self._require_forward("input_shape")
+    def backward(self, dy, x_shape):
+        n, h, w, c = x_shape
         dy = self._check_grad(dy, (n, c))
         xp = get_array_module(dy)
         return xp.broadcast_to(dy[:, None, None, :] / (h * w), (n, h, w, c)).copy()
@@ -111,14 +108,14 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        self.input_shape = x.shape
         flat = x.reshape(x.shape[0], -1, x.shape[3])
-        self.argmax = flat.argmax(axis=1)
-        return get_array_module(x).take_along_axis(flat, self.argmax[:, None, :], axis=1)[:, 0, :]
+        argmax = flat.argmax(axis=1)
+        y = get_array_module(x).take_along_axis(flat, argmax[:, None, :], axis=1)[:, 0, :]
+        return y, (argmax, x.shape)
 
-    def backward(self, dy):
-        n, h, w, c = self._require_forward("input_shape")
+    def backward(self, dy, cache):
+        argmax, (n, h, w, c) = cache
         dy = self._check_grad(dy, (n, c))
         xp = get_array_module(dy)
-        winner = xp.arange(h * w)[None, :, None] == self.argmax[:, None, :]
+        winner = xp.arange(h * w)[None, :, None] == argmax[:, None, :]
         return xp.where(winner, dy[:, None, :], xp.zeros((), dy.dtype)).reshape(n, h, w, c)
