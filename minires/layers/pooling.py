@@ -40,6 +40,7 @@ class MaxPooling2D(_Pooling2D):
     Backward: the max is a switch, dy/dx = 1 for the window's winner, 0 for
     the rest; each dy goes to its winner, and a pixel that wins several
     overlapping windows (3x3 stride 2) collects all their gradients.
+    Loop-by-loop twin: ``naive.max_pool_forward`` / ``max_pool_backward``.
     """
 
     def forward(self, x, training=False):
@@ -62,6 +63,7 @@ class AveragePooling2D(_Pooling2D):
     'same' padding does not count: a window that hangs over the border is
     averaged over the m pixels it really covers (Keras's rule).
     Backward: each of the m pixels gets dy / m; overlaps add up (col2im).
+    Loop-by-loop twin: ``naive.avg_pool_forward`` / ``avg_pool_backward``.
     """
 
     def forward(self, x, training=False):
