@@ -29,7 +29,8 @@ from .backend import get_array_module
 from .kernels.winograd import transform_kernel
 from .layers import Activation, Add, BatchNormalization, Conv2D, ReLU
 from .layers.activations import relu
-from .models import predict_in_batches, run_graph
+from .graph import predict_in_batches, run_graph
+from .models import Model
 
 
 class InferenceModel:
@@ -50,7 +51,9 @@ class InferenceModel:
                 step, chain = self._plan_conv(tensor, ready)
             elif isinstance(tensor.layer, Add):
                 relu = self._relu_reading(tensor)
-                step, chain = AddRelu(tensor, relu is not None), [tensor] + ([relu] if relu else [])
+                step, chain = AddRelu(tensor, relu is not None), [tensor] + ([relu] if relu is not None else [])
+            elif isinstance(tensor.layer, Model):
+                step, chain = NestedModel(tensor), [tensor]
             else:
                 step, chain = LayerCall(tensor), [tensor]
             absorbed.update(id(t) for t in chain)
@@ -64,14 +67,14 @@ class InferenceModel:
         chain, bn, residual = [tensor], None, None
         if tensor.layer.activation in (None, "linear"):
             bn = self._only_reader(tensor, BatchNormalization)
-            chain += [bn] if bn else []
+            chain += [bn] if bn is not None else []
             add = self._only_reader(chain[-1], Add)
-            other = [t for t in add.inbound if t is not chain[-1]] if add else []
+            other = [t for t in add.inbound if t is not chain[-1]] if add is not None else []
             if len(other) == 1 and len(add.inbound) == 2 and id(other[0]) in ready:
                 chain.append(add)
                 residual = other[0]
         relu = self._relu_reading(chain[-1])
-        chain += [relu] if relu else []
+        chain += [relu] if relu is not None else []
         return FoldedConv(tensor, bn, residual, relu is not None), chain
 
     def _relu_reading(self, tensor):
@@ -105,7 +108,7 @@ class InferenceModel:
         return predict_in_batches(self.forward, x, batch_size)
 
 
-# --- the three kinds of step ---------------------------------------------------------
+# --- the kinds of step ---------------------------------------------------------
 class LayerCall:
     """Any other layer, run as it is, in inference mode."""
 
@@ -115,6 +118,18 @@ class LayerCall:
     def run(self, inputs, last_use):
         y, _ = self.layer.forward(inputs if self.list_input else inputs[0], training=False)
         return y
+
+
+class NestedModel:
+    """A model used as a layer: its own fast path."""
+
+    def __init__(self, tensor):
+        self.fast, self.inputs, self.list_input = InferenceModel(tensor.layer), tensor.inbound, tensor.list_input
+
+    def run(self, inputs, last_use):
+        y = self.fast.forward(inputs if self.list_input else inputs[0])
+        # an empty Sequential hands its input back: a copy, as a later step may write into it
+        return y.copy() if any(y is x for x in inputs) else y
 
 
 class FoldedConv:

@@ -25,6 +25,12 @@ def set_random_seed(seed):
     _global_rng = np.random.default_rng(seed)
 
 
+def draw_seed():
+    """A seed from the global generator: repeatable after ``set_random_seed``
+    (Dropout seeds its own generator with one when given none)."""
+    return int(_global_rng.integers(2**63))
+
+
 def _fans(shape):
     if len(shape) < 2:
         return shape[0] if shape else 1, shape[0] if shape else 1

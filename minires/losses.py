@@ -1,58 +1,206 @@
-"""Softmax cross-entropy: the loss of a classifier that outputs logits."""
+"""Cross-entropy losses of a classifier, from its logits or from its probabilities.
+
+    L = -(1/N) sum_n sum_k t[n, k] log p[n, k]
+
+p (N, K): the class probabilities; t (N, K): the targets, one-hot or soft rows
+(class indices (N,) become one-hot rows). Keras's names and defaults:
+
+  SoftmaxCrossEntropy()                          logits; indices or (N, K) targets
+  CategoricalCrossentropy(from_logits=False)     (N, K) targets
+  SparseCategoricalCrossentropy(from_logits=False)   class indices (N,)
+
+from_logits=True: the outputs are logits z and p = softmax(z) is taken here,
+stably. from_logits=False: the outputs are already probabilities (the model
+ends with a softmax, as Keras's applications do). ``CrossEntropy`` derives
+both, and the stable gradient for the second: ``backward(logits_grad=True)``.
+"""
 from .backend import get_array_module, is_array
 
+EPSILON = 1e-7                # Keras's backend.epsilon(): probabilities are clipped to [eps, 1 - eps]
+ROW_SUM_TOLERANCE = 1e-3      # rows of probabilities further than this from 1 are not a softmax's
 
-class SoftmaxCrossEntropy:
-    """L = -(1/N) sum_n sum_k t[n, k] log p[n, k],  p = softmax(z) along k.
 
-    Shapes: logits z (N, K); labels either class indices (N,) of ints in
-    [0, K) or targets t (N, K) (one-hot or probabilities, rows summing to 1).
+def log_softmax(z):
+    """log softmax(z) along axis 1: log p = z - logsumexp(z), where
+    logsumexp(z) = m + log sum_k e^(z_k - m), m = max_k z_k, so that no exp()
+    overflows and no log(0) appears."""
+    xp = get_array_module(z)
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
-    Stable: log p = z - logsumexp(z) with logsumexp(z) = m + log sum_k e^(z_k - m),
-    m = max_k z_k, so no exp() overflows and no log(0) appears.
 
-    Backward: for rows of t summing to 1,
-        dL/dz[n, k] = (p[n, k] - t[n, k]) / N
-    (d(-log p_j)/dz_k = p_k - [j = k]: softmax and log cancel into this.)
+class CrossEntropy:
+    """The cross-entropy both ways; below, one row, without the 1/N, s = sum_k t_k
+    (s = 1 for one-hot and soft targets).
+
+    From logits (from_logits=True):
+        L = -sum_k t_k log p_k = -sum_k t_k z_k + s logsumexp(z)
+        dL/dz_j = -t_j + s p_j            (d logsumexp(z)/dz_j = p_j)
+    so dL/dz = (p - t)/N: softmax and log cancel. The factor s keeps the
+    gradient exact for a target row that does not sum to 1.
+
+    From probabilities (from_logits=False), as Keras does:
+        L = -sum_k t_k log clip(p_k),     clip to [eps, 1 - eps], eps = 1e-7
+    so a p_k that rounded to 0 costs log(1e-7) ~ -16 instead of log(0) = -inf, and
+        dL/dp_k = -t_k / p_k   where clip left p_k alone,  0 where it cut p_k
+    (clip is flat there; that is also the gradient Keras's autodiff takes).
+    This is the less stable route: it divides by p, and the softmax's backward
+    then multiplies by p again. Where p_k underflowed (p_k ~ 1e-87 for a
+    logit 200 below the largest), the product is ~0 instead of -1, or NaN
+    (0 * inf) without the clip. (Keras also divides p by its row sum first;
+    for the rows that sum to 1 accepted here, that changes the value not at
+    all and dL/dp by a constant per row, which the softmax's backward removes.)
+
+    The stable route, ``backward(logits_grad=True)``: dL/dz for the logits z
+    of the softmax that produced p. With dp_i/dz_k = p_i ([i = k] - p_k):
+        dL/dz_k = sum_i (-t_i / p_i) p_i ([i = k] - p_k) = -t_k + p_k s
+    The p_i cancel before anything is divided: (p - t)/N again, exact even
+    where p underflowed, and the gradient of the unclipped loss. The graph
+    then skips the softmax's own backward (it is already applied).
     """
+    # Which targets a loss takes: True class indices, False (N, K) rows,
+    # None either (an int array is indices, a float array rows).
+    sparse = None
 
-    def forward(self, logits, labels):
-        xp = get_array_module(logits)
-        self._check(logits)
-        self.targets = self._targets(labels, logits.shape, logits.dtype, xp)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        self.probs = xp.exp(log_p)
-        return -(self.targets * log_p).sum() / logits.shape[0]
+    def __init__(self, from_logits):
+        if from_logits not in (True, False):
+            raise TypeError(f"{type(self).__name__}: from_logits must be True or False, "
+                            f"got {from_logits!r}")
+        self.from_logits = bool(from_logits)
+        self.probs = self.targets = None        # from the last forward, for backward
 
-    def backward(self, dloss=1.0):
-        if getattr(self, "probs", None) is None:
-            raise RuntimeError("SoftmaxCrossEntropy: backward called before forward")
-        return dloss * (self.probs - self.targets) / self.probs.shape[0]
+    def forward(self, outputs, targets):
+        xp = get_array_module(outputs)
+        self._check_outputs(outputs)
+        t = self._targets(targets, outputs.shape, outputs.dtype, xp)
+        if self.from_logits:
+            log_p = log_softmax(outputs)
+            p = xp.exp(log_p)
+        else:
+            self._check_probabilities(outputs)
+            p = outputs
+            log_p = xp.log(xp.clip(p, EPSILON, 1 - EPSILON))
+        self.probs, self.targets = p, t
+        return -(t * log_p).sum() / outputs.shape[0]
+
+    def backward(self, dloss=1.0, logits_grad=False):
+        """dL/d(outputs), or with ``logits_grad=True`` (from_logits=False only)
+        dL/dz for the logits z of the softmax that produced the probabilities."""
+        name = type(self).__name__
+        if logits_grad and self.from_logits:
+            raise ValueError(f"{name}: logits_grad=True is for losses on probabilities "
+                             "(from_logits=False); this loss takes logits, and backward() "
+                             "already returns dL/dlogits")
+        if self.probs is None:
+            raise RuntimeError(f"{name}: backward called before forward")
+        p, t, n = self.probs, self.targets, self.probs.shape[0]
+        if self.from_logits or logits_grad:
+            return dloss * (p * t.sum(axis=1, keepdims=True) - t) / n
+        clipped = get_array_module(p).clip(p, EPSILON, 1 - EPSILON)
+        return dloss * -(t / clipped) * (clipped == p) / n     # (clipped == p): clip's slope, 1 or 0
 
     __call__ = forward
 
-    @staticmethod
-    def _check(logits):
-        if not is_array(logits) or logits.ndim != 2 or logits.dtype.kind != "f":
-            raise ValueError("SoftmaxCrossEntropy: logits must be a float array of shape "
-                             f"(N, classes), got {getattr(logits, 'shape', type(logits).__name__)} "
-                             f"{getattr(logits, 'dtype', '')}")
+    # --- input checks --------------------------------------------------------
+    def _what(self):
+        return "logits" if self.from_logits else "probabilities"
 
-    @staticmethod
-    def _targets(labels, shape, dtype, xp):
+    def _check_outputs(self, outputs):
+        if not is_array(outputs) or outputs.ndim != 2 or outputs.dtype.kind != "f":
+            raise ValueError(f"{type(self).__name__}: {self._what()} must be a float array of "
+                             "shape (N, classes), got "
+                             f"{getattr(outputs, 'shape', type(outputs).__name__)} "
+                             f"{getattr(outputs, 'dtype', '')}")
+
+    def _check_probabilities(self, p):
+        """Logits passed to a loss that expects probabilities give a finite, wrong
+        loss (log of a clipped logit) and a wrong gradient: say so instead."""
+        if p.size == 0:
+            return
+        sums = p.sum(axis=1)
+        if bool((p < 0).any() or (p > 1).any()
+                or (get_array_module(p).abs(sums - 1) > ROW_SUM_TOLERANCE).any()):
+            name = type(self).__name__
+            raise ValueError(
+                f"{name}: from_logits=False expects probabilities (in [0, 1], each row summing "
+                f"to 1), got values from {float(p.min()):.4g} to {float(p.max()):.4g} and row sums "
+                f"from {float(sums.min()):.4g} to {float(sums.max()):.4g}: they look like logits. "
+                f"Use {name}(from_logits=True) for logits, or end the model with a softmax")
+
+    def _targets(self, labels, shape, dtype, xp):
         """(N, K) float targets from class indices or from one-hot/probability rows."""
         n, classes = shape
         labels = xp.asarray(labels)
-        if labels.dtype.kind in "iu":
-            if labels.shape != (n,):
-                raise ValueError(f"SoftmaxCrossEntropy: {n} logits rows but labels of shape "
-                                 f"{labels.shape}; class indices must have shape ({n},)")
-            if n and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-                raise ValueError(f"SoftmaxCrossEntropy: labels must lie in [0, {classes}), got "
-                                 f"values from {int(labels.min())} to {int(labels.max())}")
-            return (labels[:, None] == xp.arange(classes)[None, :]).astype(dtype)
-        if labels.dtype.kind == "f" and labels.shape == (n, classes):
+        indices = labels.dtype.kind in "iu" if self.sparse is None else self.sparse
+        if indices and labels.dtype.kind in "iu":
+            return self._one_hot(labels, n, classes, dtype, xp)
+        if not indices and labels.dtype.kind in "fiub" and labels.shape == (n, classes):
             return labels.astype(dtype)
-        raise ValueError(f"SoftmaxCrossEntropy: labels must be int class indices of shape ({n},) "
-                         f"or float targets of shape {shape}, got {labels.dtype} {labels.shape}")
+        expected = {None: f"int class indices of shape ({n},) or float targets of shape {shape}",
+                    True: f"int class indices of shape ({n},)",
+                    False: f"one-hot or probability rows of shape {shape}"}[self.sparse]
+        hint = ""
+        if self.sparse is True and labels.shape == (n, classes):
+            hint = "; for one-hot or probability rows use CategoricalCrossentropy"
+        elif self.sparse is False and labels.shape == (n,):
+            hint = "; for class indices use SparseCategoricalCrossentropy"
+        raise ValueError(f"{type(self).__name__}: labels must be {expected}, "
+                         f"got {labels.dtype} {labels.shape}{hint}")
+
+    def _one_hot(self, labels, n, classes, dtype, xp):
+        name = type(self).__name__
+        if labels.shape == (n, 1):               # a column, as keras.datasets.cifar10 gives
+            labels = labels[:, 0]
+        if labels.shape != (n,):
+            rows = "logits" if self.from_logits else "probability"
+            raise ValueError(f"{name}: {n} {rows} rows but labels of shape "
+                             f"{labels.shape}; class indices must have shape ({n},)")
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            raise ValueError(f"{name}: labels must lie in [0, {classes}), got "
+                             f"values from {int(labels.min())} to {int(labels.max())}")
+        return (labels[:, None] == xp.arange(classes)[None, :]).astype(dtype)
+
+
+class SoftmaxCrossEntropy(CrossEntropy):
+    """Cross-entropy of logits, p = softmax(z) taken stably: dL/dz = (p - t)/N.
+
+    Labels: class indices (N,) of ints in [0, K), or targets (N, K) (one-hot
+    or probabilities, rows summing to 1). See ``CrossEntropy`` for the maths.
+    """
+
+    def __init__(self):
+        super().__init__(from_logits=True)
+
+
+class CategoricalCrossentropy(CrossEntropy):
+    """Keras's categorical_crossentropy: targets (N, K), one-hot or soft rows;
+    outputs are probabilities unless ``from_logits=True``."""
+    sparse = False
+
+    def __init__(self, from_logits=False):
+        super().__init__(from_logits)
+
+
+class SparseCategoricalCrossentropy(CrossEntropy):
+    """Keras's sparse_categorical_crossentropy: targets are class indices (N,)
+    (or a column (N, 1)); outputs are probabilities unless ``from_logits=True``."""
+    sparse = True
+
+    def __init__(self, from_logits=False):
+        super().__init__(from_logits)
+
+
+_BY_NAME = {"categorical_crossentropy": CategoricalCrossentropy,
+            "sparse_categorical_crossentropy": SparseCategoricalCrossentropy}
+
+
+def get(identifier):
+    """A loss from Keras's name (a new one, on probabilities, as in Keras), or a loss
+    object (anything with forward and backward, a loss of your own too) as it is."""
+    if not isinstance(identifier, (str, type)) and all(
+            callable(getattr(identifier, method, None)) for method in ("forward", "backward")):
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
+        return _BY_NAME[identifier.lower()]()
+    raise ValueError(f"unknown loss {identifier!r}; use a loss object or one of "
+                     f"{', '.join(map(repr, _BY_NAME))}")

@@ -8,7 +8,7 @@ def shape_text(shape):
 def _connections(model, layer):
     """'source[call][0]' for each tensor feeding the layer's calls in this model."""
     sources = [s for t in model.nodes if t.layer is layer for s in t.inbound]
-    return ", ".join(f"{s.layer.name}[{s.layer.outputs.index(s)}][0]" for s in sources) or "-"
+    return ", ".join(f"{s.layer.name}[{s.layer.call_outputs.index(s)}][0]" for s in sources) or "-"
 
 
 def summary_rows(model):
@@ -22,9 +22,14 @@ def summary_rows(model):
     return rows
 
 
-def summary_text(model):
+def summary_text(model, line_length=None):
+    """The table; ``line_length`` widens its rules (Keras's argument). Models
+    traced from call() (Sequential, subclassed) show no "Connected to"
+    column, as in Keras: their layers read one another in call()'s order."""
     header = ("Layer (type)", "Output Shape", "Param #", "Connected to")
     rows = summary_rows(model)
+    if model.traced:
+        header, rows = header[:3] + ("",), [r[:3] + ("",) for r in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) + 3 for i in range(3)]
 
     def line(cells):
@@ -32,10 +37,10 @@ def summary_text(model):
 
     total = model.count_params()
     trainable = model.count_trainable_params()
-    width = sum(widths) + max(len(r[3]) for r in [header, *rows])
+    width = max(sum(widths) + max(len(r[3]) for r in [header, *rows]), line_length or 0)
     return "\n".join([
-        f'Model: "{model.name}"', "_" * width, line(header), "=" * width,
-        *(line(r) for r in rows), "=" * width,
+        f'Model: "{model.name}"', "_" * width, line(header).rstrip(), "=" * width,
+        *(line(r).rstrip() for r in rows), "=" * width,
         f"Total params: {total:,}", f"Trainable params: {trainable:,}",
         f"Non-trainable params: {total - trainable:,}", "_" * width,
     ])

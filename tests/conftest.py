@@ -111,7 +111,7 @@ def bias_before_training_bn(model):
     in training mode BN subtracts the batch mean, so their gradient is zero."""
     return {f"{layer.name}/bias" for layer in model.layers if "bias" in layer.params
             and all(model.readers(t) and all(type(r.layer).__name__ == "BatchNormalization"
-                                             for r in model.readers(t)) for t in layer.outputs)}
+                                             for r in model.readers(t)) for t in layer.call_outputs)}
 
 
 def assert_model_gradients_match(report, model, subject, tol=1e-6, training=True):

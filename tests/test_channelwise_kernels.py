@@ -53,7 +53,8 @@ def test_numba_matches_reference_in_float64(rng, shape):
     axis = x.ndim - 1
     calls = {"channel_moments": (x, axis), "channel_sums": (dy, x, axis),
              "normalize": (x, mean, inv_std, gamma, beta, axis),
-             "batch_norm_dx": (dy, x, gamma, beta, mean, axis)}
+             "batch_norm_dx": (dy, x, gamma, beta, mean, axis),
+             "relu": (x - 1,), "relu_backward": (dy, x - 1)}
     for name, args in calls.items():
         compiled = as_tuple(getattr(numba_kernels, name)(*args))
         reference = as_tuple(getattr(channelwise, name)(*args))
@@ -63,10 +64,13 @@ def test_numba_matches_reference_in_float64(rng, shape):
             assert relative(got, want) <= 1e-12, name
 
 
-def test_fused_relu_keeps_nan_on_both_paths():
+def test_relu_keeps_nan_on_both_paths():
     for module in (numba_kernels, channelwise):
         z = np.array([[-1.0, np.nan, 2.0]], np.float32)
-        module.add_relu_(z, np.zeros(3, np.float32), None, True)
+        np.testing.assert_array_equal(module.relu(z), [[0, np.nan, 2]])
+        dz = module.relu_backward(np.array([[np.nan, 1.0, 3.0]], np.float32), z)
+        np.testing.assert_array_equal(dz, [[np.nan, 0, 3]])     # NaN * 0 stays NaN
+        module.add_relu_(z, np.zeros(3, np.float32), None, True)    # the fused epilogue's ReLU
         np.testing.assert_array_equal(z, [[0, np.nan, 2]])
 
 

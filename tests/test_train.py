@@ -35,7 +35,7 @@ def test_training_learns(device):
     model = small_net(device=device)
     _, before = evaluate(model, x_test, y_test)
     history = fit(model, x, y, epochs=6, batch_size=16, optimizer=Adam(0.01),
-                  validation_data=(x_test, y_test), progress=False)
+                  validation_data=(x_test, y_test), verbose=0)
     assert history["loss"][-1] < history["loss"][0] / 4
     assert history["val_accuracy"][-1] >= 0.95 > before + 0.3
 
@@ -47,15 +47,15 @@ def test_resume_continues_the_same_trajectory_bit_for_bit(tmp_path, device, opti
     schedule = CosineDecay(0.05, 2)
     straight = small_net(device=device)
     fit(straight, x, y, epochs=2, batch_size=16, optimizer=optimizer(), schedule=schedule,
-        seed=3, progress=False)
+        seed=3, verbose=0)
 
     path = str(tmp_path / "run.npz")
     first = small_net(device=device)
     fit(first, x, y, epochs=1, batch_size=16, optimizer=optimizer(), schedule=schedule, seed=3,
-        checkpoint=path, progress=False)
+        checkpoint=path, verbose=0)
     resumed = small_net(seed=99, device=device)           # other initial weights: all restored
     history = fit(resumed, x, y, epochs=2, batch_size=16, optimizer=optimizer(),
-                  schedule=schedule, seed=3, checkpoint=path, resume=True, progress=False)
+                  schedule=schedule, seed=3, checkpoint=path, resume=True, verbose=0)
     assert len(history["loss"]) == 2                      # the first epoch's entry came back
     for a, b in zip(straight.get_weights(), resumed.get_weights()):
         assert a.dtype == np.float32 and np.array_equal(on_cpu(a), on_cpu(b))
@@ -69,7 +69,7 @@ def test_frozen_layers_and_their_statistics_do_not_change(device):
         layer.trainable = False
     before = {(l.name, k): on_cpu(v) for l in frozen for k, v in l.params.items()}
     moving = on_cpu(model.get_layer("conv2_block1_1_bn").params["moving_mean"])
-    fit(model, x, y, epochs=2, batch_size=16, optimizer=SGD(0.1, momentum=0.9), progress=False)
+    fit(model, x, y, epochs=2, batch_size=16, optimizer=SGD(0.1, momentum=0.9), verbose=0)
     for (name, key), value in before.items():
         assert np.array_equal(on_cpu(model.get_layer(name).params[key]), value), (name, key)
     assert not np.array_equal(on_cpu(model.get_layer("conv2_block1_1_bn").params["moving_mean"]), moving)
@@ -78,7 +78,7 @@ def test_frozen_layers_and_their_statistics_do_not_change(device):
 def test_checkpoint_is_written_every_epoch(tmp_path, device):
     x, y = patterns(32)
     path = tmp_path / "ckpt.npz"
-    fit(small_net(device=device), x, y, epochs=1, batch_size=16, checkpoint=str(path), progress=False)
+    fit(small_net(device=device), x, y, epochs=1, batch_size=16, checkpoint=str(path), verbose=0)
     with np.load(path, allow_pickle=False) as data:
         assert int(data["__extra__/epoch"]) == 1
         assert "__extra__/optimizer/iterations" in data.files
@@ -89,13 +89,13 @@ def test_labels_out_of_range():
     x, y = patterns(16)
     y[3] = 3
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\).*from 0 to 3"):
-        fit(small_net(), x, y, progress=False)
+        fit(small_net(), x, y, verbose=0)
 
 
 def test_data_and_labels_of_different_lengths():
     x, y = patterns(16)
     with pytest.raises(ValueError, match="x has 16 samples but y has 15 labels"):
-        fit(small_net(), x, y[:15], progress=False)
+        fit(small_net(), x, y[:15], verbose=0)
     with pytest.raises(ValueError, match="x has 16 samples but y has 15 labels"):
         evaluate(small_net(), x, y[:15])
 
@@ -103,7 +103,7 @@ def test_data_and_labels_of_different_lengths():
 def test_float_labels_are_refused():
     x, y = patterns(16)
     with pytest.raises(TypeError, match="labels must be integer class indices"):
-        fit(small_net(), x, y.astype("float32"), progress=False)
+        fit(small_net(), x, y.astype("float32"), verbose=0)
 
 
 def test_nan_loss_stops_training(device):
@@ -111,7 +111,7 @@ def test_nan_loss_stops_training(device):
     x[5, 0, 0, 0] = np.nan
     model = small_net(device=device)
     with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 1, batch \d"):
-        fit(model, x, y, batch_size=8, progress=False)
+        fit(model, x, y, batch_size=8, verbose=0)
 
 
 def test_diverging_training_stops_with_a_clear_message(device):
@@ -121,7 +121,7 @@ def test_diverging_training_stops_with_a_clear_message(device):
     model = Model(x_in, out).to(device)
     x, y = patterns(64)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        fit(model, x * 1e3, y, epochs=20, batch_size=8, optimizer=SGD(1e6), progress=False)
+        fit(model, x * 1e3, y, epochs=20, batch_size=8, optimizer=SGD(1e6), verbose=0)
 
 
 def test_fit_asks_the_schedule_for_a_rate_at_every_batch():
@@ -134,7 +134,7 @@ def test_fit_asks_the_schedule_for_a_rate_at_every_batch():
         seen.append(epoch)
         return 0.01
 
-    fit(small_net(), x, y, epochs=2, batch_size=16, schedule=recording, progress=False)
+    fit(small_net(), x, y, epochs=2, batch_size=16, schedule=recording, verbose=0)
     assert seen == [epoch + batch / 3 for epoch in (0, 1) for batch in range(3)]   # 40 samples: 3 batches
 
 
@@ -145,7 +145,7 @@ def test_fit_takes_the_steps_of_a_hand_written_loop_at_per_batch_rates():
     schedule = lambda t: 0.2 * 0.3 ** t                           # noqa: E731  (steep: steps differ)
     by_fit, by_hand = small_net(), small_net()
     fit(by_fit, x, y, epochs=2, batch_size=16, optimizer=SGD(momentum=0.9), schedule=schedule,
-        seed=7, progress=False)
+        seed=7, verbose=0)
     loss, optimizer, batches = SoftmaxCrossEntropy(), SGD(momentum=0.9), 3
     for epoch in range(2):
         order = np.random.default_rng([7, epoch]).permutation(len(x))

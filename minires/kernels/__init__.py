@@ -110,6 +110,16 @@ def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
         dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis)
 
 
+def relu(z):
+    return (_channel_last_numba([z], z.ndim - 1) or channelwise).relu(z)
+
+
+def relu_backward(dy, y):
+    if dy.shape != y.shape:                  # broadcasting is NumPy's business
+        return channelwise.relu_backward(dy, y)
+    return (_channel_last_numba([dy, y], dy.ndim - 1) or channelwise).relu_backward(dy, y)
+
+
 def add_relu_(z, bias, residual, relu):
     arrays = [z] if residual is None else [z, residual]
     return (_channel_last_numba(arrays, z.ndim - 1) or channelwise).add_relu_(z, bias, residual, relu)
@@ -132,5 +142,5 @@ def winograd_conv3x3(x, u, pads, out_size, bias, residual, relu):
 
 
 __all__ = ["im2col", "col2im", "batch_chunks", "conv2d", "max_pool_forward", "max_pool_backward",
-           "channel_moments", "normalize", "channel_sums", "batch_norm_dx", "add_relu_",
+           "channel_moments", "normalize", "channel_sums", "batch_norm_dx", "relu", "relu_backward", "add_relu_",
            "winograd_conv3x3"]

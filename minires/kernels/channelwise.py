@@ -43,6 +43,16 @@ def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
     return channel(scale) * (dy - channel(mean_dy) - xhat * channel(mean_dy_xhat))
 
 
+def relu(z):
+    """max(z, 0), a new array (NaN stays NaN, as np.maximum keeps it)."""
+    return get_array_module(z).maximum(z, 0)
+
+
+def relu_backward(dy, y):
+    """dy where the output was positive, else 0 (y = relu(z) > 0 exactly when z > 0)."""
+    return dy * (y > 0)
+
+
 def add_relu_(z, bias, residual, relu):
     """z += bias (per channel, the last axis) [+ residual], then max(z, 0) if
     ``relu``; in place, returns z. The end of a conv or residual add in the

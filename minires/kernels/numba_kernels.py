@@ -146,6 +146,18 @@ def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
     return dx
 
 
+def relu(z):
+    y = np.empty_like(z)
+    _relu(z.reshape(-1), y.reshape(-1))
+    return y
+
+
+def relu_backward(dy, y):
+    dz = np.empty_like(dy)
+    _relu_backward(dy.reshape(-1), y.reshape(-1), dz.reshape(-1))
+    return dz
+
+
 def add_relu_(z, bias, residual, relu):
     has_residual = residual is not None
     _add_relu(_rows(z), bias, _rows(residual if has_residual else z[:0]), has_residual, relu)
@@ -219,6 +231,18 @@ def _batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, dx):
 @njit(cache=True)
 def _relu_value(value):
     return 0 if value <= 0 else value     # as np.maximum: -0.0 gives +0.0, NaN stays NaN
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _relu(z, y):
+    for i in prange(z.shape[0]):
+        y[i] = _relu_value(z[i])
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _relu_backward(dy, y, dz):
+    for i in prange(dy.shape[0]):
+        dz[i] = dy[i] * (y[i] > 0)                 # a multiply, as NumPy's: NaN * 0 stays NaN
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

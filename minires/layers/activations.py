@@ -9,16 +9,12 @@ Each backward is written in terms of the OUTPUT y, which is all it needs:
            dy_i/dz_k = y_i ([i = k] - y_k), so
            dz_k = sum_i dy_i y_i ([i = k] - y_k) = y_k (dy_k - sum_i dy_i y_i)
 """
+from .. import kernels
 from ..backend import get_array_module
 from .base import Layer, check_choice
 
-
-def relu(z):
-    return get_array_module(z).maximum(z, 0)     # NaN stays NaN
-
-
-def relu_backward(dy, y):
-    return dy * (y > 0)
+# max(z, 0) and dy * (y > 0): kernels/channelwise.py, compiled by Numba where installed
+relu, relu_backward = kernels.relu, kernels.relu_backward
 
 
 def linear(z):

@@ -75,6 +75,18 @@ class KerasTensor:
     def __repr__(self):
         return f"<KerasTensor shape={self.shape} from layer {self.layer.name!r}>"
 
+    def __add__(self, other):
+        """``x + shortcut`` in a model's call(): an Add layer, as Keras records it."""
+        from .merge import Add
+        return Add()([self, other])
+
+    __radd__ = __add__
+
+    def __bool__(self):
+        raise TypeError(f"{self!r} has no values yet: minires traces a model's call() once, "
+                        "on symbolic tensors, so call() cannot branch on array values "
+                        "(an `if` or `while` on a tensor); compute both paths with layers instead")
+
 
 def is_symbolic(inputs):
     items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
@@ -85,7 +97,8 @@ class Layer:
     input_rank = None          # required rank of the input, None for any
     min_input_rank = 1         # ... or the lowest rank it accepts
 
-    def __init__(self, name=None, dtype=None, trainable=True):
+    def __init__(self, name=None, dtype=None, trainable=True, input_shape=None,
+                 batch_input_shape=None, input_dim=None, batch_size=None):
         self.name = name if name is not None else unique_name(snake_case(type(self).__name__))
         self.dtype = floatx() if dtype is None else _float_dtype_name(dtype, self.name)
         self.trainable = trainable
@@ -93,7 +106,9 @@ class Layer:
         self.grads = {}
         self.non_trainable_names = set()
         self.built = False
-        self.outputs = []          # the KerasTensors of its symbolic calls
+        self.call_outputs = []     # the KerasTensors of its symbolic calls, in call order
+        self.declared_input_shape = _declared_batch_shape(input_shape, batch_input_shape,
+                                                          input_dim, batch_size)
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"
@@ -113,7 +128,7 @@ class Layer:
             self._check_input_shape(shape, None)
         output = KerasTensor(self.compute_output_shape(shape), self.dtype, self,
                              inputs if list_input else [inputs], list_input)
-        self.outputs.append(output)
+        self.call_outputs.append(output)
         return output
 
     def compute_output_shape(self, input_shape):
@@ -123,9 +138,9 @@ class Layer:
     @property
     def output(self):
         """The output KerasTensor of this layer's (first) symbolic call."""
-        if not self.outputs:
+        if not self.call_outputs:
             raise AttributeError(f"layer {self.name!r} has not been called on a symbolic input")
-        return self.outputs[0]
+        return self.call_outputs[0]
 
     def add_grad(self, name, value):
         """grads[name] += value: a layer called at several nodes sums the gradients
@@ -138,6 +153,39 @@ class Layer:
 
     def count_params(self):
         return sum(int(p.size) for p in self.params.values())
+
+    # --- Keras's weight accessors ---------------------------------------------
+    @property
+    def weights(self):
+        """Every weight array (live, not copies), in Keras's order."""
+        return list(self.params.values())
+
+    @property
+    def trainable_weights(self):
+        return [self.params[name] for name in self.trainable_names()]
+
+    @property
+    def non_trainable_weights(self):
+        trainable = set(self.trainable_names())
+        return [value for name, value in self.params.items() if name not in trainable]
+
+    def get_weights(self):
+        """Copies of the weights, in Keras's order (as ``keras.layers.Layer``)."""
+        return [value.copy() for value in self.weights]
+
+    def set_weights(self, weights):
+        """Copy ``weights`` (in get_weights's order) in place; all are checked
+        before any is written, so a bad list changes nothing."""
+        slots = list(self.params.items())
+        if len(weights) != len(slots):
+            raise ValueError(f"layer {self.name!r} has {len(slots)} weight arrays "
+                             f"({', '.join(name for name, _ in slots) or 'none'}), got {len(weights)}")
+        for (name, param), value in zip(slots, weights):
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"layer {self.name!r}: weight {name!r} has shape "
+                                 f"{tuple(param.shape)}, got {tuple(value.shape)}")
+        for (_, param), value in zip(slots, weights):
+            param[...] = like(value, param)                   # CuPy refuses NumPy here
 
     # --- weights -------------------------------------------------------------
     def add_weight(self, name, shape, initializer, like_array, trainable=True):
@@ -208,6 +256,20 @@ class Layer:
             raise ValueError(f"layer {self.name!r}: backward got a gradient of shape "
                              f"{tuple(dy.shape)}, but its output has shape {tuple(expected_shape)}")
         return dy
+
+
+def _declared_batch_shape(input_shape, batch_input_shape, input_dim, batch_size):
+    """Keras's ways of declaring a first layer's input: input_shape=(H, W, C)
+    (without the batch), batch_input_shape=(N, H, W, C), or input_dim=D.
+    Returns the batch shape (None for the batch unless given), or None."""
+    if batch_input_shape is not None:
+        return tuple(batch_input_shape)
+    if input_dim is not None:
+        input_shape = (input_dim,)
+    if input_shape is None:
+        return None
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    return (batch_size, *shape)
 
 
 def _float_dtype_name(dtype, layer_name):

@@ -59,10 +59,11 @@ class Conv2D(KernelLayer):
         y = self.activation_forward(z)
         return y, (x, self.output_for_backward(y))
 
-    def backward(self, dy, cache):
+    def backward(self, dy, cache, through_activation=True):
         x, y = cache
         pads, out_size = self.pads(x.shape)
-        dz = self.activation_backward(self._check_grad(dy, (x.shape[0], *out_size, self.filters)), y)
+        dy = self._check_grad(dy, (x.shape[0], *out_size, self.filters))
+        dz = self.activation_backward(dy, y) if through_activation else dy
         xpad = pad_2d(x, pads)
         cols = im2col(xpad, *self.kernel_size, *self.strides)              # X, rebuilt from x
         kernel = self.params["kernel"].reshape(-1, self.filters)

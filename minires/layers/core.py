@@ -39,9 +39,10 @@ class Dense(KernelLayer):
         y = self.activation_forward(z)
         return y, (x, self.output_for_backward(y))
 
-    def backward(self, dy, cache):
+    def backward(self, dy, cache, through_activation=True):
         x, y = cache
-        dz = self.activation_backward(self._check_grad(dy, (*x.shape[:-1], self.units)), y)
+        dy = self._check_grad(dy, (*x.shape[:-1], self.units))
+        dz = self.activation_backward(dy, y) if through_activation else dy
         x_rows, dz_rows = x.reshape(-1, x.shape[-1]), dz.reshape(-1, self.units)   # (N, ...) -> rows
         self.add_grad("kernel", x_rows.T @ dz_rows)
         if self.use_bias:

@@ -12,7 +12,7 @@ class InputLayer(Layer):
     def __init__(self, batch_shape, name=None, dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.batch_shape = tuple(batch_shape)
-        self.outputs.append(KerasTensor(self.batch_shape, self.dtype, self))
+        self.call_outputs.append(KerasTensor(self.batch_shape, self.dtype, self))
         self.built = True
 
     def check(self, x, model_name):

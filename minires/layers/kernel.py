@@ -6,7 +6,12 @@ from .base import Layer
 
 class KernelLayer(Layer):
     """A kernel whose axis -2 matches the input's last axis, an optional bias,
-    and an optional activation y = act(z) applied after z = (x * kernel) + bias."""
+    and an optional activation y = act(z) applied after z = (x * kernel) + bias.
+
+    ``backward(dy, cache, through_activation=False)`` takes dy as dL/dz
+    itself: a cross-entropy on a softmax output hands over the logits'
+    gradient p - y, which is exact where the softmax's own backward would
+    divide by probabilities that underflow (minires.losses)."""
     input_name = "channels"
 
     def __init__(self, activation, use_bias, kernel_initializer, bias_initializer, name, **kwargs):

@@ -1,0 +1,365 @@
+"""Callbacks: code that fit runs at fixed points of training, as Keras's.
+
+    history = model.fit(x, y, epochs=30, validation_split=0.1, callbacks=[
+        ModelCheckpoint("run/best.npz", save_best_only=True),
+        EarlyStopping(patience=3, restore_best_weights=True),
+        LearningRateScheduler(lambda epoch, lr: lr * 0.9)])
+    history.history["val_loss"]         # one entry per epoch
+
+The training loop (minires.train.fit) calls, in this order:
+
+    on_train_begin()
+      on_epoch_begin(epoch)                    epoch counts from 0, as in Keras
+        on_train_batch_begin(batch)            (also reaches on_batch_begin)
+        on_train_batch_end(batch, logs)        logs: running means {'loss': .., 'accuracy': ..}
+      on_epoch_end(epoch, logs)                + 'val_loss', 'val_accuracy' with validation
+    on_train_end(logs)
+
+Each callback has ``model`` (the model being trained), ``optimizer`` (the one
+it trains with: Keras's ``model.optimizer``) and ``params`` ({'epochs',
+'steps', 'verbose'}). Setting ``model.stop_training = True`` ends training:
+the loop finishes the batch, closes the epoch (validation, on_epoch_end) and stops.
+
+This module also draws the progress output (Progbar, ProgbarLogger) that
+fit, evaluate and predict write with ``verbose``.
+"""
+import math
+import numbers
+import os
+import sys
+import time
+import warnings
+
+__all__ = ["Callback", "History", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler",
+           "ProgbarLogger"]
+
+
+class Callback:
+    """The base class: every hook does nothing; override the ones you need."""
+
+    model = None
+    optimizer = None
+    params = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        self.params = params
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs)          # Keras: on_batch_* is the older name
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs)
+
+
+class History(Callback):
+    """Records every epoch's logs: ``history`` {'loss': [...], 'val_loss': [...], ...}
+    and ``epoch``, the epoch numbers (from 0). ``Model.fit`` returns it."""
+
+    def __init__(self):
+        self.history = {}
+        self.epoch = []
+
+    def on_train_begin(self, logs=None):
+        self.epoch = []                           # as Keras: the history itself accumulates
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+
+# --- watching a logged value: shared by ModelCheckpoint and EarlyStopping -------------
+def monitor_mode(mode, monitor, caller):
+    """'min' or 'max'; 'auto' watches accuracies go up and everything else go down."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{caller}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        return "max" if "acc" in monitor else "min"
+    return mode
+
+
+def improved(value, reference, mode, min_delta=0.0):
+    """Is ``value`` better than ``reference`` by more than ``min_delta``? (None: yes.)"""
+    if reference is None:
+        return True
+    if mode == "min":
+        return value < reference - abs(min_delta)
+    return value > reference + abs(min_delta)
+
+
+def monitored(logs, monitor, caller):
+    """logs[monitor], or None with a warning naming the keys there are."""
+    value = (logs or {}).get(monitor)
+    if value is None:
+        warnings.warn(f"{caller} watches {monitor!r}, which is not in the logs; they hold "
+                      f"{', '.join(map(repr, logs or {})) or 'nothing'} ('val_' keys need "
+                      "validation_data or validation_split)", stacklevel=3)
+    return value
+
+
+class ModelCheckpoint(Callback):
+    """Saves the weights after every epoch, to a minires ``.npz`` checkpoint
+    (``model.save_weights``: written atomically; ``model.load_weights`` reads it).
+
+    filepath may hold Keras's placeholders: 'run/w.{epoch:02d}-{val_loss:.2f}.npz'
+    (epoch counts from 1 there, and any key of the epoch's logs can appear).
+    save_best_only: save only when ``monitor`` improves on its best so far
+    (mode 'min', 'max', or 'auto': 'max' for accuracies); with one fixed
+    filepath that keeps the best epoch's weights. initial_value_threshold: a
+    best to beat from the start.
+
+    Only weights are saved (save_weights_only must stay True, minires's
+    default; Keras's False would save the whole model, which minires cannot).
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
+                 save_weights_only=True, mode="auto", initial_value_threshold=None):
+        self.filepath = os.fspath(filepath)
+        if not self.filepath.endswith(".npz"):
+            raise ValueError(f"ModelCheckpoint: filepath must end in '.npz' (minires's "
+                             f"checkpoint format), got {self.filepath!r}")
+        if not save_weights_only:
+            raise ValueError("ModelCheckpoint: minires saves weights only (an .npz checkpoint, "
+                             "loaded by model.load_weights); pass save_weights_only=True")
+        self.monitor, self.verbose, self.save_best_only = monitor, verbose, save_best_only
+        self.mode = monitor_mode(mode, monitor, "ModelCheckpoint")
+        if initial_value_threshold is not None:
+            self.best = float(initial_value_threshold)
+        else:
+            self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        path = self.path(epoch, logs)
+        if self.save_best_only:
+            current = monitored(logs, self.monitor, "ModelCheckpoint(save_best_only=True)")
+            if current is not None and not improved(current, self.best, self.mode):
+                self.say(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                return
+            if current is not None:
+                self.say(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
+                         f"{current:.5f}, saving model to {path}")
+                self.best = current
+        else:
+            self.say(f"Epoch {epoch + 1}: saving model to {path}")
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self.model.save_weights(path)
+
+    def path(self, epoch, logs):
+        try:
+            return self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as error:
+            raise KeyError(f"ModelCheckpoint: filepath {self.filepath!r} names {error}, which is "
+                           f"not among epoch and the logs' keys {list(logs)}") from None
+
+    def say(self, message):
+        if self.verbose:
+            print(f"\n{message}", flush=True)
+
+
+class EarlyStopping(Callback):
+    """Stops training once ``monitor`` has not improved for ``patience`` epochs.
+
+    Improving means beating the best so far by more than ``min_delta`` (mode
+    'min', 'max', or 'auto': 'max' for accuracies). baseline: the wait restarts
+    only on epochs that also beat it. start_from_epoch: epochs before it are
+    not watched. restore_best_weights: at the end of training, put back the
+    weights of the best epoch. Keras's rules, step for step.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=False, start_from_epoch=0):
+        self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
+        self.verbose, self.baseline = verbose, baseline
+        self.restore_best_weights, self.start_from_epoch = restore_best_weights, start_from_epoch
+        self.mode = monitor_mode(mode, monitor, "EarlyStopping")
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0                  # epochs since the last improvement
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = monitored(logs, self.monitor, "EarlyStopping")
+        if current is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = self.model.get_weights(), epoch
+        self.wait += 1
+        if improved(current, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or improved(current, self.baseline, self.mode, self.min_delta):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping", flush=True)
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: "
+                      f"{self.best_epoch + 1}.", flush=True)
+            self.model.set_weights(self.best_weights)
+
+
+class LearningRateScheduler(Callback):
+    """Sets the optimizer's learning rate at the start of every epoch to
+    ``schedule(epoch, lr)`` (epoch from 0, lr the current rate), as Keras's;
+    logs the rate as 'learning_rate'.
+
+    (minires.train.fit's own ``schedule`` argument is finer: a rate for every
+    batch, from the fractional epoch. Use one or the other.)
+    """
+
+    def __init__(self, schedule, verbose=0):
+        if not callable(schedule):
+            raise TypeError(f"LearningRateScheduler: schedule must be a function (epoch, lr) -> lr, "
+                            f"got {type(schedule).__name__}")
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        rate = self.schedule(epoch, float(self.optimizer.learning_rate))
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 < rate < math.inf:
+            raise ValueError(f"LearningRateScheduler: schedule({epoch}, ...) must return a "
+                             f"positive float, got {rate!r}")
+        self.optimizer.learning_rate = float(rate)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {rate}.",
+                  flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.optimizer.learning_rate)
+
+
+# --- progress output ----------------------------------------------------------------
+def check_verbose(verbose, caller):
+    """Keras's verbose as 0, 1 or 2: 'auto' is 1."""
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, (bool, int)) and verbose in (0, 1, 2):
+        return int(verbose)
+    raise ValueError(f"{caller}: verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+
+
+def redraws(stream):
+    """Can a line be redrawn in place (a terminal, or a notebook)?"""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) or "ipykernel" in sys.modules
+
+
+class Progbar:
+    """Keras's progress line over ``target`` steps:
+
+        12/57 [=====>........................] - 1s 20ms/step - loss: 0.4100 - accuracy: 0.8800
+
+    verbose=1 where the line can be redrawn (a terminal): redrawn in place as
+    steps finish (at most every ``interval`` seconds), after a ``title`` line.
+    verbose=1 elsewhere (a file, a pipe, CI) and verbose=2: ONE line, written
+    by finish(), the title in front. verbose=0: nothing.
+    """
+
+    def __init__(self, target, verbose=1, title=None, width=30, interval=0.05, stream=None):
+        self.target, self.verbose, self.width, self.interval = target, verbose, width, interval
+        self.stream = stream if stream is not None else sys.stdout
+        self.live = verbose == 1 and redraws(self.stream)
+        self.prefix = "" if self.live or title is None else f"{title} - "
+        self.start = time.perf_counter()
+        self.drawn_at, self.drawn_width, self.current = -math.inf, 0, 0
+        if self.live and title is not None:
+            self.write(title + "\n")
+
+    def update(self, current, logs=None):
+        """``current`` steps done; logs: the running values to show."""
+        self.current = current
+        now = time.perf_counter()
+        if self.live and now - self.drawn_at >= self.interval:
+            self.draw(self.line(current, logs, bar=True))
+            self.drawn_at = now
+
+    def finish(self, logs=None):
+        """The final line: every step done (or where training stopped), final values."""
+        if self.live:
+            self.draw(self.line(self.current or self.target, logs, bar=True))
+            self.write("\n")
+        elif self.verbose:
+            self.write(self.prefix + self.line(self.current or self.target, logs, bar=False) + "\n")
+
+    def line(self, current, logs, bar):
+        seconds = time.perf_counter() - self.start
+        digits = len(str(self.target))
+        text = f"{current:>{digits}}/{self.target}"
+        if bar:
+            done = int(self.width * current / self.target) if self.target else self.width
+            arrow = "" if done == 0 else "=" * (done - 1) + (">" if current < self.target else "=")
+            text += f" [{arrow}{'.' * (self.width - done)}]"
+        text += f" - {seconds:.0f}s {per_step(seconds / max(current, 1))}"
+        for key, value in (logs or {}).items():
+            text += f" - {key}: {value:.4f}" if abs(value) > 1e-3 else f" - {key}: {value:.4e}"
+        return text
+
+    def draw(self, text):
+        self.write("\r" + text + " " * max(0, self.drawn_width - len(text)))
+        self.drawn_width = len(text)
+
+    def write(self, text):
+        self.stream.write(text)
+        self.stream.flush()
+
+
+def per_step(seconds):
+    """'20ms/step', as Keras writes a time per step."""
+    if seconds >= 1 or seconds == 0:
+        return f"{seconds:.0f}s/step"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.0f}ms/step"
+    return f"{seconds * 1e6:.0f}us/step"
+
+
+class ProgbarLogger(Callback):
+    """fit's progress output: one Progbar per epoch (fit adds it for verbose 1 and 2)."""
+
+    def __init__(self, verbose=1):
+        self.verbose = verbose
+        self.bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.bar = Progbar(self.params["steps"], self.verbose,
+                           title=f"Epoch {epoch + 1}/{self.params['epochs']}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(batch + 1, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.finish(logs)

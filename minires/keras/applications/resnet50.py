@@ -1,0 +1,5 @@
+"""keras.applications.resnet50: the network(s) and Caffe-style ImageNet preprocessing."""
+from ...applications import ResNet50  # noqa: F401
+from ...imagenet import decode_predictions, preprocess_input  # noqa: F401
+
+__all__ = ["ResNet50", "decode_predictions", "preprocess_input"]

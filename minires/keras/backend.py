@@ -1,0 +1,5 @@
+"""keras.backend: names reset, default float type."""
+from ..backend import floatx, set_floatx  # noqa: F401
+from ..layers.base import clear_session  # noqa: F401
+
+__all__ = ["clear_session", "floatx", "set_floatx"]

@@ -1,0 +1,24 @@
+"""keras.layers: every minires layer, the functional helpers, and ``Layer`` to subclass."""
+from ..layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,  # noqa: F401
+                      Dense, Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, Input,
+                      InputLayer, MaxPooling2D, ReLU, Softmax, ZeroPadding2D, add, concatenate)
+from ..models import Model
+
+
+class Layer(Model):
+    """``keras.layers.Layer`` to subclass: ``__init__`` creates layers (and
+    lists of them, and models), ``call(inputs, training=None)`` composes them.
+    It is traced like a subclassed ``keras.Model`` (see minires.models): one
+    node wherever it is called, weights in the order its attributes were set.
+
+    Not supported: a ``call`` that computes with arrays itself (``inputs @
+    self.w`` on weights from ``add_weight``) -- minires has no automatic
+    differentiation; write such a layer as a ``minires.layers.Layer`` with a
+    ``forward`` and ``backward`` of its own.
+    """
+
+
+__all__ = ["Activation", "Add", "AveragePooling2D", "BatchNormalization", "Concatenate", "Conv2D",
+           "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Input",
+           "InputLayer", "Layer", "MaxPooling2D", "ReLU", "Softmax", "ZeroPadding2D", "add",
+           "concatenate"]

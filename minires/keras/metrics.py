@@ -1,0 +1,3 @@
+"""keras.metrics."""
+from ..metrics import *  # noqa: F401,F403
+from ..metrics import __all__  # noqa: F401

@@ -1,0 +1,4 @@
+"""keras.optimizers (PyTorch's update conventions: see minires.optim)."""
+from ..optim import SGD, Adam  # noqa: F401
+
+__all__ = ["SGD", "Adam"]

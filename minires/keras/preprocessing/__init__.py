@@ -1,0 +1,2 @@
+"""keras.preprocessing."""
+from . import image  # noqa: F401
