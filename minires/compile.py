@@ -10,17 +10,17 @@ Model's methods of these names call the functions here with the model first.
 They hold no loop of their own: fit is minires.train.fit (read it there),
 with the optimizer, loss and metrics that compile stored in ``model.compiled``.
 Keras's signatures and defaults, except: x and y are arrays (no datasets or
-generators), and compile's default optimizer 'rmsprop' does not exist in
-minires (pass 'adam', 'sgd' or an optimizer).
+generators).
 """
 from . import losses
 from . import metrics as metrics_module
 from . import train
 from .callbacks import History, Progbar, check_verbose
-from .optim import SGD, Adam
+from .optim import SGD, Adam, RMSprop
 
 OPTIMIZERS = {"adam": lambda: Adam(learning_rate=0.001),      # Keras's defaults
-              "sgd": lambda: SGD(learning_rate=0.01)}
+              "sgd": lambda: SGD(learning_rate=0.01),
+              "rmsprop": lambda: RMSprop(learning_rate=0.001)}
 
 
 class Compiled:
@@ -40,7 +40,8 @@ class Compiled:
 def compile_model(model, optimizer="rmsprop", loss=None, metrics=None):
     """Choose the optimizer, loss and metrics of ``model.fit``; stores them in ``model.compiled``.
 
-    optimizer: 'adam' (Adam(0.001)), 'sgd' (SGD(0.01)) or an optimizer object.
+    optimizer: 'rmsprop' (RMSprop(0.001)), 'adam' (Adam(0.001)), 'sgd' (SGD(0.01))
+    or an optimizer object.
     loss: 'sparse_categorical_crossentropy', 'categorical_crossentropy' (on
     probabilities, as Keras) or a loss object. metrics: e.g. ['accuracy'].
     Everything is checked here, before any training: a loss on logits
@@ -59,9 +60,8 @@ def get_optimizer(identifier):
         return OPTIMIZERS[identifier.lower()]()
     if not isinstance(identifier, str) and callable(getattr(identifier, "step", None)):
         return identifier
-    raise ValueError(f"unknown optimizer {identifier!r}; minires has 'adam', 'sgd', or an "
-                     "optimizer object such as minires.optim.SGD(0.1, momentum=0.9) "
-                     "(Keras's default 'rmsprop' is not written here)")
+    raise ValueError(f"unknown optimizer {identifier!r}; minires has 'rmsprop', 'adam', 'sgd', "
+                     "or an optimizer object such as minires.optim.SGD(0.1, momentum=0.9)")
 
 
 def compiled(model, caller):

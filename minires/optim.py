@@ -6,8 +6,8 @@ move (``model.parameters()``): a layer with ``trainable = False`` keeps its
 weights, and BatchNormalization's moving statistics are never touched here
 (BN updates them itself in its training-mode forward).
 
-Both follow PyTorch's conventions (``torch.optim.SGD`` and ``torch.optim.Adam``),
-weight decay included: it is L2 regularisation added to the gradient,
+SGD and Adam follow PyTorch's conventions (``torch.optim.SGD`` and
+``torch.optim.Adam``), RMSprop Keras's; weight decay included: it is L2 regularisation added to the gradient,
 g <- g + weight_decay * p, before momentum or moments see it.
 
     optimizer = SGD(learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
@@ -129,6 +129,31 @@ class Adam(Optimizer):
         m_hat = m / (1 - self.beta_1 ** self.iterations)
         v_hat = v / (1 - self.beta_2 ** self.iterations)
         return m_hat / (xp.sqrt(v_hat) + self.epsilon)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton's lecture notes), Keras's form and defaults (compile's
+    default optimizer): a running mean of g^2 scales each parameter's step,
+
+        v <- rho v + (1 - rho) g^2
+        p <- p - lr * g / sqrt(v + epsilon)
+
+    (PyTorch adds epsilon outside the square root: the same but for tiny v.)
+    """
+
+    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7, weight_decay=0.0):
+        super().__init__(learning_rate, weight_decay)
+        if not 0 <= rho < 1:
+            raise ValueError(f"RMSprop: rho must be in [0, 1), got {rho}")
+        if not epsilon > 0:
+            raise ValueError(f"RMSprop: epsilon must be positive, got {epsilon}")
+        self.rho, self.epsilon = rho, epsilon
+
+    def direction(self, key, grad):
+        v = self.slot("v", key, grad)
+        v *= self.rho
+        v += (1 - self.rho) * grad * grad
+        return grad / get_array_module(grad).sqrt(v + self.epsilon)
 
 
 # --- learning-rate schedules: epoch (a float: 2.5 = halfway through the third) -> rate

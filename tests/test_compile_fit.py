@@ -199,7 +199,7 @@ def test_fit_picks_the_loss_from_the_output_and_the_labels():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(optimizer="rmsprop"), r"unknown optimizer 'rmsprop'; minires has 'adam', 'sgd'"),
+    (dict(optimizer="adagrad"), r"unknown optimizer 'adagrad'; minires has 'rmsprop', 'adam', 'sgd'"),
     (dict(optimizer="adam", loss="mse"), r"unknown loss 'mse'"),
     (dict(optimizer="adam", metrics=["f1"]), r"unknown metric 'f1'; minires has 'accuracy'"),
 ])

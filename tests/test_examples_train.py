@@ -20,3 +20,16 @@ def test_train_digits_reaches_97_percent(tmp_path):
     accuracy = float(re.search(r"test accuracy ([\d.]+)%", result.stdout).group(1))
     assert accuracy >= 97.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_keras_digits_trains_a_subclassed_softmax_resnet_through_compile_and_fit():
+    """Tutorial-style Keras code (subclassed blocks, softmax output, compile/fit):
+    97% at least, and with output not on a terminal, one line per epoch."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "keras_digits.py")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    accuracy = float(re.search(r"test accuracy ([\d.]+)%", result.stdout).group(1))
+    assert accuracy >= 97.0
+    lines = result.stdout.splitlines()
+    assert [line.split(" - ")[0] for line in lines[:-1]] == [f"Epoch {e}/15" for e in range(1, 16)]

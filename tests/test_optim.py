@@ -8,6 +8,7 @@ correction with the wrong step count. They run on ``--device``; torch.optim
 compares on the CPU.
 """
 import math
+import os
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from minires.backend import is_array, like, to_device
 from minires.layers import Activation, BatchNormalization, Conv2D, Dense, Flatten, Input
 from minires.models import Model
-from minires.optim import SGD, Adam, CosineDecay, StepDecay
+from minires.optim import SGD, Adam, CosineDecay, RMSprop, StepDecay
 
 from conftest import on_cpu, randomize_offsets
 
@@ -380,3 +381,23 @@ def test_adam_matches_torch(dtype):
                               lambda p: torch.optim.Adam(p, lr=0.1, weight_decay=1e-2), dtype)
     print(f"Adam vs torch.optim.Adam ({dtype}): max |difference| {worst:.1e}")
     assert worst <= TORCH_TOLERANCE[dtype]
+
+
+def test_rmsprop_matches_keras():
+    """compile()'s default optimizer, step for step against Keras's RMSprop
+    (epsilon inside the square root, as Keras has it; torch puts it outside)."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(7)
+    model = conv_net("float32")
+    layer, name = next(iter(model.parameters()))
+    start = layer.params[name].copy()
+    variable = keras.Variable(start.copy())
+    theirs, ours = keras.optimizers.RMSprop(learning_rate=0.01), RMSprop(learning_rate=0.01)
+    for _ in range(5):
+        grads = random_grads(model, rng)
+        set_grads(model, grads)
+        ours.step(model)
+        theirs.apply_gradients([(keras.ops.convert_to_tensor(grads[(layer.name, name)]), variable)])
+    np.testing.assert_allclose(layer.params[name], keras.ops.convert_to_numpy(variable), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(layer.params[name], start)

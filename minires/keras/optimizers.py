@@ -1,4 +1,4 @@
 """keras.optimizers (PyTorch's update conventions: see minires.optim)."""
-from ..optim import SGD, Adam  # noqa: F401
+from ..optim import SGD, Adam, RMSprop  # noqa: F401
 
-__all__ = ["SGD", "Adam"]
+__all__ = ["SGD", "Adam", "RMSprop"]
