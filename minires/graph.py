@@ -6,7 +6,7 @@ with no inbound tensors. ``minires.models.Model`` holds one such graph.
 """
 import collections
 
-from .backend import get_array_module
+from .backend import get_array_module, is_array
 from .layers.input_layer import InputLayer
 
 
@@ -91,13 +91,37 @@ def run_graph(model, inputs, steps):
 
 
 def predict_in_batches(forward, x, batch_size):
-    """forward() on slices of ``batch_size`` samples of ``x`` (an array, or a
-    list of arrays for several inputs); its outputs (one or a list) concatenated."""
+    """forward() on slices of ``batch_size`` samples of ``x``; its outputs (one
+    or a list) concatenated.
+
+    ``x`` is an array, or a list of arrays, one per model input, as Keras takes
+    them: a list is never one array, so a model with one input takes [x] too,
+    and a list of numbers is refused (np.asarray it first). An empty batch
+    gives empty outputs of the right shape: forward runs once on one sample of
+    zeros, for the shapes alone (not every layer takes a batch of none).
+    """
     arrays = as_list(x)
-    chunks = []
-    for start in range(0, arrays[0].shape[0], batch_size):
-        batch = [a[start:start + batch_size] for a in arrays]
-        chunks.append(forward(batch if isinstance(x, (list, tuple)) else batch[0]))
+    if not arrays or not all(is_array(a) and a.ndim > 0 for a in arrays):
+        def kind(a):
+            return "0-d array" if is_array(a) and a.ndim == 0 else type(a).__name__
+        several = isinstance(x, (list, tuple))
+        got = f"a {type(x).__name__} of {', '.join(sorted(set(map(kind, arrays))))}" if several else kind(x)
+        raise TypeError(f"predict takes an array with a batch axis, or a list of them, one per "
+                        f"model input; got {got if arrays else f'an empty {type(x).__name__}'} "
+                        "(a list of numbers: np.asarray it first)")
+    counts = [a.shape[0] for a in arrays]
+    if len(set(counts)) != 1:
+        raise ValueError(f"predict: the input arrays hold different numbers of samples: {counts}")
+
+    def run(batch):
+        return forward(batch if isinstance(x, (list, tuple)) else batch[0])
+
+    if counts[0] == 0:
+        xp = get_array_module(*arrays)
+        outputs = run([xp.zeros((1, *a.shape[1:]), a.dtype) for a in arrays])
+        return [y[:0].copy() for y in outputs] if isinstance(outputs, list) else outputs[:0].copy()
+    chunks = [run([a[start:start + batch_size] for a in arrays])
+              for start in range(0, counts[0], batch_size)]
     if not isinstance(chunks[0], list):
         return get_array_module(chunks[0]).concatenate(chunks)
     xp = get_array_module(*chunks[0])

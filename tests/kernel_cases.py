@@ -34,7 +34,7 @@ def case_id(case):
 def assert_same_as_slicing(kernels, case, dtype, device):
     """im2col, col2im, max-pool forward and backward of ``kernels`` on ``device``
     against the slicing kernels on NumPy: copies and maxima exactly (the first
-    maximum of a window wins ties), sums to rounding."""
+    maximum of a window wins ties, and its first NaN wins over numbers), sums to rounding."""
     shape, (kh, kw), (sh, sw) = case
     rng = np.random.default_rng(list(shape))
     tolerance = {"rtol": TOLERANCE[dtype], "atol": TOLERANCE[dtype]}
@@ -52,7 +52,8 @@ def assert_same_as_slicing(kernels, case, dtype, device):
                                slicing.col2im(g, shape, sh, sw), **tolerance)
 
     ties = rng.integers(-1, 2, shape).astype(dtype)          # three values: windows tie
-    for data in (x, ties):
+    nans = np.where(rng.random(shape) < 0.2, np.nan, x).astype(dtype)    # the first NaN wins
+    for data in (x, ties, nans):
         out, argmax = slicing.max_pool_forward(data, kh, kw, sh, sw)
         ours, our_argmax = run(kernels.max_pool_forward, data, kh, kw, sh, sw)
         np.testing.assert_array_equal(ours, out)
@@ -67,14 +68,23 @@ def assert_same_as_slicing(kernels, case, dtype, device):
 def first_maximum_reference(x, kh, kw, sh, sw):
     """Loop-by-loop max-pool argmax of padded ``x``: scanning each window row by
     row, the position of the FIRST value equal to the window's maximum (NumPy's
-    argmax and PyTorch break ties this way)."""
+    argmax and PyTorch break ties this way), or of its first NaN if it holds one
+    (np.max of such a window is NaN, and np.argmax points at that first NaN)."""
     n, height, width, channels = x.shape
     out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
     argmax = np.empty((n, out_h, out_w, channels), dtype=np.int64)
     for b, oh, ow, c in np.ndindex(n, out_h, out_w, channels):
         window = [x[b, oh * sh + i, ow * sw + j, c] for i in range(kh) for j in range(kw)]
-        argmax[b, oh, ow, c] = window.index(max(window))
+        nans = [k for k, value in enumerate(window) if np.isnan(value)]
+        argmax[b, oh, ow, c] = nans[0] if nans else window.index(max(window))
     return argmax
+
+
+def values_at(x, argmax, kw, sh, sw):
+    """x at each window's position ``argmax``: what max-pool forward outputs."""
+    rows, cols = np.divmod(argmax, kw)
+    b, oh, ow, c = np.indices(argmax.shape)
+    return x[b, oh * sh + rows, ow * sw + cols, c]
 
 
 TIE_CASES = [((2, 4, 4, 3), (2, 2), (2, 2)),      # windows side by side
@@ -86,16 +96,38 @@ def assert_ties_go_to_first_maximum(kernels, case, device):
     """Max-pool of ``kernels`` on inputs full of ties (all zeros, as after a ReLU
     on a dead region, and ReLU of a few integers): forward picks the first
     maximum of every window, backward sends each gradient there and nowhere else."""
+    rng = np.random.default_rng(list(case[0]))
+    for x in (np.zeros(case[0]), np.maximum(rng.integers(-2, 2, case[0]), 0).astype(np.float64)):
+        assert_max_pool_follows_reference(kernels, case, device, x, rng)
+
+
+def assert_nan_wins_its_window(kernels, case, device):
+    """Max-pool of ``kernels`` on inputs with NaNs (as a diverging network makes)
+    among random numbers, and among ties: a window holding a NaN gives NaN, as
+    np.max does, and its first NaN gets the gradient. The windows that a plain
+    ``value > best`` scan gets wrong, a number first and a NaN after it, are
+    checked to be there."""
     shape, (kh, kw), (sh, sw) = case
     rng = np.random.default_rng(list(shape))
-    for x in (np.zeros(shape), np.maximum(rng.integers(-2, 2, shape), 0).astype(np.float64)):
-        expected = first_maximum_reference(x, kh, kw, sh, sw)
-        out, argmax = kernels.max_pool_forward(to_device(x, device), kh, kw, sh, sw)
-        np.testing.assert_array_equal(on_cpu(argmax), expected)
-        g = rng.standard_normal(expected.shape)
-        dx = on_cpu(kernels.max_pool_backward(to_device(g, device), argmax, shape, kh, kw, sh, sw))
-        wanted = np.zeros(shape)
-        for b, oh, ow, c in np.ndindex(*expected.shape):
-            i, j = divmod(int(expected[b, oh, ow, c]), kw)
-            wanted[b, oh * sh + i, ow * sw + j, c] += g[b, oh, ow, c]
-        np.testing.assert_allclose(dx, wanted, rtol=1e-12, atol=1e-12)
+    holes = rng.random(shape) < 0.3
+    for x in (np.where(holes, np.nan, rng.standard_normal(shape)), np.where(holes, np.nan, 0.0)):
+        argmax = first_maximum_reference(x, kh, kw, sh, sw)
+        assert (np.isnan(values_at(x, argmax, kw, sh, sw)) & (argmax > 0)).any()
+        assert_max_pool_follows_reference(kernels, case, device, x, rng)
+
+
+def assert_max_pool_follows_reference(kernels, case, device, x, rng):
+    """Forward gives first_maximum_reference's argmax and the values there (NaN
+    included); backward sends each gradient to that position and nowhere else."""
+    shape, (kh, kw), (sh, sw) = case
+    expected = first_maximum_reference(x, kh, kw, sh, sw)
+    out, argmax = kernels.max_pool_forward(to_device(x, device), kh, kw, sh, sw)
+    np.testing.assert_array_equal(on_cpu(argmax), expected)
+    np.testing.assert_array_equal(on_cpu(out), values_at(x, expected, kw, sh, sw))
+    g = rng.standard_normal(expected.shape)
+    dx = on_cpu(kernels.max_pool_backward(to_device(g, device), argmax, shape, kh, kw, sh, sw))
+    wanted = np.zeros(shape)
+    for b, oh, ow, c in np.ndindex(*expected.shape):
+        i, j = divmod(int(expected[b, oh, ow, c]), kw)
+        wanted[b, oh * sh + i, ow * sw + j, c] += g[b, oh, ow, c]
+    np.testing.assert_allclose(dx, wanted, rtol=1e-12, atol=1e-12)

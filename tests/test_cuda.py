@@ -4,8 +4,8 @@ against NumPy. ``pytest --device cuda`` runs the rest of the suite on the GPU.""
 import numpy as np
 import pytest
 from conftest import on_cpu
-from kernel_cases import (TIE_CASES, assert_same_as_slicing, assert_ties_go_to_first_maximum,
-                          case_id, random_windows)
+from kernel_cases import (TIE_CASES, assert_nan_wins_its_window, assert_same_as_slicing,
+                          assert_ties_go_to_first_maximum, case_id, random_windows)
 
 from minires.applications import ResNet50
 from minires.backend import to_device
@@ -23,6 +23,11 @@ def test_cuda_kernels_equal_slicing(case, dtype):
 @pytest.mark.parametrize("case", TIE_CASES, ids=case_id)
 def test_cuda_max_pool_ties_go_to_the_first_maximum(case):
     assert_ties_go_to_first_maximum(cupy_kernels, case, "cuda")
+
+
+@pytest.mark.parametrize("case", TIE_CASES, ids=case_id)
+def test_cuda_max_pool_nan_wins_its_window(case):
+    assert_nan_wins_its_window(cupy_kernels, case, "cuda")
 
 
 def test_resnet50_on_cupy_equals_numpy():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import kernel_emulation
-from kernel_cases import (TIE_CASES, assert_same_as_slicing, assert_ties_go_to_first_maximum,
-                          case_id, random_windows)
+from kernel_cases import (TIE_CASES, assert_nan_wins_its_window, assert_same_as_slicing,
+                          assert_ties_go_to_first_maximum, case_id, random_windows)
 from minires import backend, kernels
 from minires.kernels import cupy_kernels
 
@@ -33,6 +33,13 @@ def test_cuda_kernel_source_equals_slicing(emulation, monkeypatch, case, dtype):
 def test_cuda_kernel_source_max_pool_ties_go_to_the_first_maximum(emulation, monkeypatch, case):
     monkeypatch.setattr(cupy_kernels, "_kernel", emulation.kernel)
     assert_ties_go_to_first_maximum(cupy_kernels, case, "cpu")
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", TIE_CASES, ids=case_id)
+def test_cuda_kernel_source_max_pool_nan_wins_its_window(emulation, monkeypatch, case):
+    monkeypatch.setattr(cupy_kernels, "_kernel", emulation.kernel)
+    assert_nan_wins_its_window(cupy_kernels, case, "cpu")
 
 
 def test_cupy_arrays_take_the_cuda_kernels(monkeypatch):

@@ -6,7 +6,8 @@ import keras_files
 import tutorial_code as tut
 from minires.applications import ResNet50, VGG16
 from minires.inference import AddRelu, FoldedConv, InferenceModel
-from minires.layers import Activation, Add, AveragePooling2D, BatchNormalization, Conv2D, Input, MaxPooling2D, ReLU
+from minires.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Conv2D, Dropout, Input,
+                            MaxPooling2D, ReLU)
 from minires.models import Model
 
 
@@ -92,6 +93,31 @@ def test_adds_that_no_conv_absorbs(graph, each_kernel_path):
         assert relative_difference(a, b) <= 1e-6
     relu_output = theirs[0]
     assert 0.1 < (relu_output == 0).mean() < 0.9          # the ReLU really cuts
+
+
+def inputs_added():
+    a, b = Input((4, 4, 3), name="a"), Input((4, 4, 3), name="b")
+    return Model([a, b], ReLU(name="relu")(Add(name="add")([a, b])))
+
+
+def input_handed_back_by_dropout():
+    """Dropout in inference is the identity: it returns the caller's array itself."""
+    x_in = Input((4, 4, 3), name="x")
+    dropped, bent = Dropout(0.5, name="drop")(x_in), Activation("tanh", name="tanh")(x_in)
+    return Model(x_in, Add(name="add")([dropped, bent]))
+
+
+@pytest.mark.parametrize("graph", [inputs_added, input_handed_back_by_dropout])
+def test_the_callers_arrays_are_never_written_into(graph, each_kernel_path):
+    """The unfused Add writes its sum into an input that no later step reads,
+    but never into the arrays the caller passed."""
+    model = graph()
+    rng = np.random.default_rng(6)
+    x = [rng.standard_normal((2, 4, 4, 3)).astype("float32") for _ in model.inputs]
+    before = [a.copy() for a in x]
+    ours = InferenceModel(model).forward(x)
+    assert all(np.array_equal(a, b) for a, b in zip(x, before))
+    assert relative_difference(ours, model.forward(before)) <= 1e-6
 
 
 def as_list(outputs):

@@ -106,7 +106,12 @@ KERNELS = {
         for (int a = 0; a < kh; ++a) {
             for (int b = 0; b < kw; ++b) {
                 const T value = x[corner + ((ptrdiff_t)a * width + b) * channels];
-                if (value > best) {          // strict: the first maximum wins ties
+                // Strict, so the first maximum wins ties. A NaN (the one value
+                // with v != v) beats every number, as in np.argmax: without that
+                // test, `value > best` is false for a NaN, which would be dropped.
+                // Once best is NaN nothing beats it: the first NaN wins.
+                const bool value_is_nan = value != value, best_is_nan = best != best;
+                if (value > best || (value_is_nan && !best_is_nan)) {
                     best = value;
                     where = a * kw + b;
                 }

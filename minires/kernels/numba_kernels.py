@@ -11,16 +11,24 @@ write the same element:
     window scattering into rows that other threads might be writing (a race).
 The threads are OpenMP's: backend.apply_speed_settings() tells them to sleep
 when idle, so that they leave the cores to OpenBLAS's.
+
+Numba compiles float32 and float64 loops only (its CPU float16 is not
+implemented): the sliding-window kernels hand other types to slicing.py.
 """
 import numpy as np
 from numba import njit, prange
 
+from . import slicing
 from .slicing import output_size
+
+_COMPILED_FLOATS = (np.float32, np.float64)
 from .winograd import tile_counts
 
 
 def im2col(x, kh, kw, sh, sw):
     """x: padded (N, H, W, C) -> cols (N, OH, OW, kh, kw, C); see slicing.im2col."""
+    if x.dtype not in _COMPILED_FLOATS:
+        return slicing.im2col(x, kh, kw, sh, sw)
     n, height, width, channels = x.shape
     out_h, out_w = output_size(height, width, kh, kw, sh, sw)
     cols = np.empty((n, out_h, out_w, kh, kw, channels), dtype=x.dtype)
@@ -42,6 +50,8 @@ def _im2col(x, cols, sh, sw):
 
 def col2im(cols, padded_shape, sh, sw):
     """cols (N, OH, OW, kh, kw, C) -> (N, H, W, C): see slicing.col2im."""
+    if cols.dtype not in _COMPILED_FLOATS:
+        return slicing.col2im(cols, padded_shape, sh, sw)
     dx = np.zeros(padded_shape, dtype=cols.dtype)
     _col2im(np.ascontiguousarray(cols), dx, sh, sw)
     return dx
@@ -66,6 +76,8 @@ def _col2im(cols, dx, sh, sw):
 
 def max_pool_forward(x, ph, pw, sh, sw):
     """x: padded (N, H, W, C) -> (out, argmax), as slicing.max_pool_forward."""
+    if x.dtype not in _COMPILED_FLOATS:
+        return slicing.max_pool_forward(x, ph, pw, sh, sw)
     n, height, width, channels = x.shape
     out_h, out_w = output_size(height, width, ph, pw, sh, sw)
     out = np.empty((n, out_h, out_w, channels), dtype=x.dtype)
@@ -85,13 +97,24 @@ def _max_pool_forward(x, out, argmax, ph, pw, sh, sw):
                 for i in range(ph):
                     for j in range(pw):
                         value = x[b, oh * sh + i, ow * sw + j, c]
-                        if value > best:             # strict: the first maximum wins ties
+                        if _beats(value, best):
                             best, where = value, i * pw + j
                 out[b, oh, ow, c], argmax[b, oh, ow, c] = best, where
 
 
+@njit(cache=True)
+def _beats(value, best):
+    """Whether ``value`` takes a window's maximum from ``best``, as np.argmax ranks
+    values: a larger one does, an equal one does not (the first maximum wins ties),
+    and a NaN beats every number (``value > best`` alone is False for a NaN, which
+    would drop it). Nothing beats a NaN, so the first NaN of a window wins."""
+    return value > best or (np.isnan(value) and not np.isnan(best))
+
+
 def max_pool_backward(g, argmax, padded_shape, ph, pw, sh, sw):
     """Gradient of the padded input: each g goes to its window's winner."""
+    if g.dtype not in _COMPILED_FLOATS:
+        return slicing.max_pool_backward(g, argmax, padded_shape, ph, pw, sh, sw)
     dx = np.zeros(padded_shape, dtype=g.dtype)
     _max_pool_backward(np.ascontiguousarray(g), np.ascontiguousarray(argmax), dx, ph, pw, sh, sw)
     return dx

@@ -16,7 +16,9 @@ Max-pooling is built on im2col: find each window's maximum, and route the
 gradient back to it. max y = max_k x_k has dy/dx_k = 1 for the winning k and
 0 for the others, so backward puts each output gradient on the position that
 won the forward pass (the first one on ties, as argmax does) and col2im adds
-overlapping windows.
+overlapping windows. argmax ranks NaN above every number, so a window holding
+a NaN gives NaN (as np.max does) and its first NaN wins; the Numba and CUDA
+kernels follow this rule too.
 """
 from ..backend import get_array_module
 
@@ -67,7 +69,8 @@ def col2im(cols, padded_shape, sh, sw):
 def max_pool_forward(x, ph, pw, sh, sw):
     """x: padded (N, H, W, C) -> (out (N, OH, OW, C), argmax (N, OH, OW, C)).
 
-    argmax holds the flat position i*pw + j of the maximum inside its window.
+    argmax holds the flat position i*pw + j of the maximum inside its window:
+    the first maximum on ties, the first NaN if the window holds one.
     """
     xp = get_array_module(x)
     cols = im2col(x, ph, pw, sh, sw)
