@@ -439,17 +439,28 @@ class Model(Layer):
         (print_fn or print)(summary_text(self, line_length))
 
     def load_weights(self, filepath, by_name=False, skip_mismatch=False):
-        """Read a Keras HDF5 weights file (see minires.io.keras_h5.load_weights),
-        or a minires ``.npz`` checkpoint (see minires.io.checkpoint)."""
-        if str(filepath).endswith(".npz"):
-            from .io.checkpoint import load_checkpoint
+        """Read a minires ``.npz`` checkpoint (see minires.io.checkpoint; it returns
+        the checkpoint's ``extra``) or a Keras HDF5 weights file (see
+        minires.io.keras_h5.load_weights; it returns the layers skipped).
+
+        The file's first bytes decide, whatever its name: a zip is a checkpoint,
+        HDF5 is Keras's, so whatever ``save_weights`` wrote loads back. A file
+        that is neither is reported by the checkpoint reader if its name ends in
+        '.npz' (any case), else by the HDF5 reader. by_name and skip_mismatch
+        apply to HDF5 files only: a checkpoint always pairs weights by name.
+        """
+        from .io.checkpoint import file_kind, load_checkpoint
+        kind = file_kind(filepath)
+        if kind == "npz" or (kind is None and str(filepath).lower().endswith(".npz")):
             return load_checkpoint(self, filepath)
         from .io.keras_h5 import load_weights
         return load_weights(self, filepath, by_name=by_name, skip_mismatch=skip_mismatch)
 
     def save_weights(self, filepath):
-        """Write every parameter and BN statistic to a ``.npz`` checkpoint,
-        atomically (minires never writes HDF5: Keras's files are only read)."""
+        """Write every parameter and BN statistic to a ``.npz`` checkpoint at
+        exactly ``filepath`` (no suffix is added), atomically. minires never
+        writes HDF5 (Keras's files are only read), so a name ending in '.h5',
+        '.hdf5' or '.keras' is refused with a ValueError, before any file is touched."""
         from .io.checkpoint import save_checkpoint
         save_checkpoint(self, filepath)
 

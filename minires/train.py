@@ -286,17 +286,82 @@ def send(callbacks, hook, *args):
 
 # --- checkpoints -------------------------------------------------------------------
 def save(model, optimizer, path, epochs_done, history):
-    extra = {"epoch": epochs_done}
+    """Checkpoint ``model`` with what resuming needs: the epochs done, the
+    optimiser's class, hyper-parameters and state, and the history so far."""
+    extra = {"epoch": epochs_done, "optimizer_class": type(optimizer).__name__}
+    extra.update({f"optimizer_config/{k}": v for k, v in optimizer_config(optimizer).items()})
     extra.update({f"optimizer/{k}": v for k, v in optimizer.state().items()})
     extra.update({f"history/{k}": np.array(v) for k, v in history.items()})
     save_checkpoint(model, path, extra=extra)
 
 
 def restore(model, optimizer, path):
-    """Load a checkpoint written by ``save``; returns (epochs done, history)."""
-    extra = load_checkpoint(model, path)
+    """Load a checkpoint written by ``save``; returns (epochs done, history).
+
+    ``optimizer`` must be of the class and hyper-parameters the checkpoint
+    records (momentum, betas, epsilon, rho, weight decay ...; not the learning
+    rate, which schedules change): resuming SGD's velocities with Adam would
+    silently start Adam from nothing. A mismatch, or optimiser state that does
+    not fit the model, raises ValueError naming both, and changes nothing
+    (model, optimiser, file). Checkpoints written before minires recorded the
+    optimiser are not checked for it.
+    """
+    def check(extra):                            # before load_checkpoint writes any weight
+        check_optimizer(extra, optimizer, path)
+        check_resume_state(extra, model, path)
+
+    extra = load_checkpoint(model, path, validate=check)
     optimizer.load_state({k[len("optimizer/"):]: to_model(model, v) if k != "optimizer/iterations"
                           else v for k, v in extra.items() if k.startswith("optimizer/")})
     history = {k[len("history/"):]: list(map(float, v)) for k, v in extra.items()
                if k.startswith("history/")}
-    return int(extra["epoch"]), history
+    return extra["epoch"], history
+
+
+def optimizer_config(optimizer):
+    """An optimiser's hyper-parameters that fix its update rule: its public
+    numbers and strings, but not its learning rate (schedules change it) or
+    its step count; e.g. SGD(0.1, momentum=0.9) -> {'momentum': 0.9, 'weight_decay': 0.0}."""
+    return {k: v for k, v in sorted(vars(optimizer).items())
+            if not k.startswith("_") and k not in ("learning_rate", "iterations")
+            and isinstance(v, (bool, int, float, str))}
+
+
+def check_optimizer(extra, optimizer, path):
+    """The checkpoint's optimiser (class and config, if recorded) is ``optimizer``'s."""
+    saved = extra.get("optimizer_class")
+    if saved is None:
+        return
+    config = {k[len("optimizer_config/"):]: v for k, v in extra.items()
+              if k.startswith("optimizer_config/")}
+    ours, theirs = type(optimizer).__name__, optimizer_config(optimizer)
+    if (saved, config) != (ours, theirs):
+        raise ValueError(f"{path} was written while training with {_described(saved, config)}, "
+                         f"but this run's optimizer is {_described(ours, theirs)}: resuming "
+                         "would go on with another update rule, without its state. Pass the "
+                         "same optimizer to resume, or start afresh (resume=False; "
+                         "model.load_weights(path) loads the weights alone)")
+
+
+def check_resume_state(extra, model, path):
+    """What restore reads from ``extra`` is there and fits the model."""
+    for key in ("epoch", "optimizer/iterations"):
+        if not isinstance(extra.get(key), int):
+            raise ValueError(f"{path}: {key!r} is missing or not an integer; the file was "
+                             "not written by fit(checkpoint=...)")
+    shapes = {f"{layer.name}/{name}": tuple(layer.params[name].shape)
+              for layer, name in model.parameters(trainable_only=False)}
+    for key, value in extra.items():
+        if key.startswith("optimizer/") and key != "optimizer/iterations":
+            parameter = key[len("optimizer/"):].partition("/")[2]     # <kind>/<layer>/<param>
+            if shapes.get(parameter) != np.shape(value):
+                raise ValueError(f"{path}: optimizer state {key!r} of shape {np.shape(value)} "
+                                 "fits no parameter of the model")
+        if key.startswith("history/") and (np.ndim(value) != 1 or
+                                           np.asarray(value).dtype.kind not in "iuf"):
+            raise ValueError(f"{path}: history {key!r} is not a list of numbers")
+
+
+def _described(name, config):
+    """'SGD(momentum=0.9, weight_decay=0.0)'."""
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in sorted(config.items()))})"

@@ -91,9 +91,12 @@ def test_md5_mismatch_raises_and_leaves_nothing(server, tmp_path):
     with pytest.raises(WeightsDownloadError) as info:
         get_file(url, GOOD_MD5, str(target), progress=False)
     message = str(info.value)
-    assert f"MD5 mismatch for {url}" in message
+    assert message.startswith("MD5 mismatch for w.h5") and url in message
     assert GOOD_MD5 in message and hashlib.md5(OTHER).hexdigest() in message
-    assert str(target) in message and "--weights PATH" in message     # manual instructions
+    assert str(target) in message                                       # manual instructions
+    assert message.endswith("get_file then finds it there and downloads nothing.")
+    assert "--weights" not in message                  # the command line's flag: not this API's
+    assert (info.value.url, info.value.md5, info.value.path) == (url, GOOD_MD5, str(target))
     assert isinstance(info.value, OSError)
     assert_only(tmp_path)
 
@@ -103,7 +106,7 @@ def test_connection_cut_midway_raises_and_leaves_nothing(server, tmp_path):
     with pytest.raises(WeightsDownloadError) as info:
         get_file(f"{server}/cut.h5", GOOD_MD5, str(target), progress=False)
     # caught by the Content-Length check, before the MD5 check
-    assert f"after {len(GOOD) // 2} of {len(GOOD)} bytes" in str(info.value)
+    assert f"after {len(GOOD) // 2:,} of {len(GOOD):,} bytes" in str(info.value)
     assert_only(tmp_path)
 
 
@@ -111,7 +114,8 @@ def test_404_names_the_url(server, tmp_path):
     url = f"{server}/missing.h5"
     with pytest.raises(WeightsDownloadError) as info:
         get_file(url, GOOD_MD5, str(tmp_path / "w.h5"), progress=False)
-    assert f"could not download {url}" in str(info.value) and "404" in str(info.value)
+    assert str(info.value).startswith("could not download w.h5: HTTP Error 404")
+    assert url in str(info.value)
     assert_only(tmp_path)
 
 
@@ -223,7 +227,11 @@ def test_not_found_without_download_names_path_and_url(user_cache):
     entry = download.RESNET50_WEIGHTS[("legacy", False)]
     path = user_cache / "legacy" / entry.filename
     assert str(path) in str(info.value) and entry.url in str(info.value)
-    assert "--weights PATH" in str(info.value)
+    assert "ResNet50(weights=PATH)" in str(info.value) and "--weights" not in str(info.value)
+    lines = str(info.value).splitlines()                     # a few short lines
+    assert len(lines) <= 6 and all(len(line) <= 80 for line in lines if line not in
+                                   (f"    {entry.url}", f"    {path}")), lines
+    assert (info.value.url, info.value.path) == (entry.url, str(path))
     assert isinstance(info.value, FileNotFoundError)
     assert not user_cache.exists()                   # nothing created
 

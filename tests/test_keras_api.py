@@ -192,3 +192,31 @@ def test_keras_builds_the_same_models_from_the_same_source(keras_tutorial, build
     ours.set_weights(weights)
     expected = np.asarray(theirs.predict(x, verbose=0))
     np.testing.assert_allclose(ours.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_subclassed_keras_layer_is_one_node_of_a_functional_model():
+    class MLPBlock(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.hidden = [layers.Dense(4, activation="tanh"), layers.Dense(4, activation="tanh")]
+
+        def call(self, inputs):
+            x = inputs
+            for layer in self.hidden:
+                x = layer(x)
+            return x + inputs
+
+    with floatx_scope("float64"):
+        inputs = keras.Input(shape=(4,))
+        block = MLPBlock()
+        model = keras.Model(inputs, layers.Dense(2)(block(inputs)))
+    assert [type(layer).__name__ for layer in model.layers] == ["InputLayer", "MLPBlock", "Dense"]
+    assert model.count_params() == 2 * (4 * 4 + 4) + 4 * 2 + 2
+    x = np.random.default_rng(6).standard_normal((3, 4))
+    report = gradcheck.check_model(model, x, max_entries=None)
+    assert_model_gradients_match(report, model, "keras.layers.Layer subclass", tol=1e-7)
+
+
+def test_get_file_insists_on_a_checksum(tmp_path):
+    with pytest.raises(ValueError, match="pass its MD5 as file_hash="):
+        keras.utils.get_file("data.bin", origin="http://127.0.0.1:9/data.bin", cache_dir=str(tmp_path))
