@@ -250,7 +250,7 @@ def environment(threads, device):
 def agreement(model, worker, device):
     """The two networks hold the same weights: their logits must agree."""
     from minires.backend import to_device
-    ours = to_device(model.predict(to_device(images(2), device)), "cpu")
+    ours = to_device(model.predict(to_device(images(2), device), verbose=0), "cpu")
     theirs = np.array(worker.request("logits")["logits"])
     print(f"  same weights: max |logit difference| / max |logit| = "
           f"{np.abs(ours - theirs).max() / np.abs(theirs).max():.1e}")
@@ -264,7 +264,7 @@ def inference(model, worker, batches, repeat, device):
     for batch in batches:
         x = to_device(images(batch), device)
         chunk = 4 if device == "cpu" else batch           # CPU: cache-sized chunks (InferenceModel.predict)
-        runs = {"minires": clock(lambda: model.predict(x, batch_size=batch), device),
+        runs = {"minires": clock(lambda: model.predict(x, batch_size=batch, verbose=0), device),
                 "minires fast": clock(lambda: fast.predict(x, batch_size=chunk), device)}
         if worker is not None:
             runs["pytorch"] = worker.timed("infer", batch)
