@@ -221,5 +221,5 @@ def not_an_input(y, inputs):
 
 
 def as_dtype(x, dtype):
-    """``x`` in ``dtype``, as a layer casts its input (Layer._as_float_array): a copy only when needed."""
+    """``x`` in ``dtype``, as a layer casts its input (Layer.as_float_array): a copy only when needed."""
     return x if x.dtype == dtype else x.astype(dtype)

@@ -215,7 +215,7 @@ class Layer:
     # --- input checks --------------------------------------------------------
     def _prepare(self, x):
         """Check one input, cast it to this layer's float type, build on first use."""
-        x = self._as_float_array(x)
+        x = self.as_float_array(x)
         self._check_input_shape(x.shape, x)
         return x
 
@@ -240,7 +240,7 @@ class Layer:
     def _check_built_shape(self, shape):
         """Raise when a built layer sees an input its weights do not fit."""
 
-    def _as_float_array(self, x):
+    def as_float_array(self, x):
         """Float arrays are cast to the layer dtype; integer and bool arrays too
         (like Keras, so uint8 images can go straight in); anything else is a TypeError."""
         if not is_array(x):

@@ -14,7 +14,7 @@ class _Merge(Layer):
     def _prepare_all(self, inputs):
         """Arrays of the right dtype, after the same shape checks as a symbolic call."""
         self._check_list(inputs)
-        arrays = [self._as_float_array(x) for x in inputs]
+        arrays = [self.as_float_array(x) for x in inputs]
         self.compute_output_shape([x.shape for x in arrays])
         return arrays
 
