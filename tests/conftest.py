@@ -1,4 +1,5 @@
 import functools
+import pathlib
 
 import numpy as np
 import pytest
@@ -136,3 +137,14 @@ def randomize_offsets(model, rng, scale=0.1):
             if name in layer.params:
                 param = layer.params[name]
                 param[...] = backend.like(shift + rng.standard_normal(param.shape) * scale, param)
+
+
+def with_imports(module, imports):
+    """The namespace of ``module``'s source executed with its import block (between
+    "# --- imports" and "# --- end of imports ---") replaced by ``imports``:
+    tutorial code run on Keras itself, to compare with minires."""
+    source = pathlib.Path(module.__file__).read_text()
+    start, end = source.index("# --- imports"), source.index("# --- end of imports ---")
+    namespace = {}
+    exec(source[:start] + imports + source[end:], namespace)
+    return namespace

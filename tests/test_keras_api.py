@@ -2,11 +2,10 @@
 namespace, and the classic subclassed ResNet tutorial with only its imports
 changed (subclassed_tutorial.py); Keras itself as the oracle where installed."""
 import os
-import pathlib
 
 import numpy as np
 import pytest
-from conftest import assert_model_gradients_match, randomize_offsets
+from conftest import assert_model_gradients_match, randomize_offsets, with_imports
 
 import subclassed_tutorial as tut
 from minires import gradcheck, keras, set_random_seed
@@ -161,10 +160,7 @@ def keras_tutorial():
     """The same tutorial source, executed with Keras's imports instead of minires's."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     real_keras = pytest.importorskip("keras")
-    source = pathlib.Path(tut.__file__).read_text()
-    start, end = source.index("# --- imports"), source.index("# --- end of imports ---")
-    namespace = {}
-    exec(source[:start] + "import keras\nfrom keras import layers\n" + source[end:], namespace)
+    namespace = with_imports(tut, "import keras\nfrom keras import layers\n")
     real_keras.utils.set_random_seed(0)
     return namespace
 

@@ -5,13 +5,12 @@ Param counts are Keras's (REFERENCE.md section 5); where Keras is installed the
 same source, with Keras's imports swapped back in, must build the same layers.
 """
 import os
-import pathlib
 
 import numpy as np
 import pytest
 
 import tutorial_code as tut
-from conftest import assert_model_gradients_match, randomize_offsets
+from conftest import assert_model_gradients_match, randomize_offsets, with_imports
 from minires import gradcheck
 from minires.backend import floatx_scope
 from minires.layers import clear_session
@@ -107,10 +106,7 @@ def keras_namespace():
     """The tutorial source executed with Keras's imports instead of minires's."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     keras = pytest.importorskip("keras")
-    source = pathlib.Path(tut.__file__).read_text()
-    start, end = source.index("# --- imports"), source.index("# --- end of imports ---")
-    namespace = {}
-    exec(source[:start] + KERAS_IMPORTS + source[end:], namespace)
+    namespace = with_imports(tut, KERAS_IMPORTS)
     keras.backend.clear_session()
     return namespace
 
