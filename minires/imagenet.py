@@ -165,8 +165,11 @@ def load_img(path, target_size=None, interpolation="nearest", color_mode="rgb"):
         'nearest' (Keras's default, so results match Keras's pipeline),
         'bilinear', 'bicubic', 'lanczos', 'box', 'hamming'.
 
-    Raises FileNotFoundError (no such file), ValueError (not an image, bad
-    argument) and ImportError (Pillow missing: ``pip install Pillow``).
+    Raises FileNotFoundError (no such file), IsADirectoryError (a directory),
+    ValueError (not an image; an image declaring more than twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels, Pillow's decompression-bomb limit; a
+    device or pipe rather than a file; a bad argument) and ImportError (Pillow
+    missing: ``pip install Pillow``).
     """
     if color_mode not in COLOR_MODES:
         raise ValueError(f"load_img: unknown color_mode {color_mode!r}; "
@@ -183,14 +186,20 @@ def load_img(path, target_size=None, interpolation="nearest", color_mode="rgb"):
         data, name = path.read(), getattr(path, "name", repr(path))
     else:
         name = os.fspath(path)
+        if os.path.isdir(name):
+            raise IsADirectoryError(f"load_img: {name!r} is a directory, not an image file")
+        if os.path.exists(name) and not os.path.isfile(name):   # reading /dev/zero never ends
+            raise ValueError(f"load_img: {name!r} is not a regular file (a device, a pipe ...)")
         try:
             with open(name, "rb") as f:        # read it all: no file left open
                 data = f.read()
         except FileNotFoundError:
             raise FileNotFoundError(f"load_img: no such file: {name!r}") from None
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))     # checks the declared size against the bomb limit
         img.load()                             # decode now, so a broken file fails here
+    except Image.DecompressionBombError as error:   # before decoding: nothing allocated
+        raise ValueError(f"load_img: {name!r} declares too many pixels to decode ({error})") from error
     except Image.UnidentifiedImageError as error:
         raise ValueError(f"load_img: {name!r} is not an image file Pillow can read") from error
     except (OSError, SyntaxError) as error:   # truncated or corrupt data

@@ -76,3 +76,43 @@ def write_keras3_layout(path, layers, weights):
             variables.attrs["name"] = name
             for i, array in enumerate(weights.get(name, {}).values()):
                 variables.create_dataset(str(i), data=array)
+
+
+# --- a small network and hostile edits, for tests that load many files -------------------
+SMALL_LAYERS = ["input_layer", "conv2d", "batch_normalization", "activation", "conv2d_1",
+                "global_average_pooling2d", "dense"]
+
+
+def small_model(L=None, Model=None):
+    """Input 8x8x3 -> conv2d (3x3, 4) -> batch_normalization -> relu -> conv2d_1 (3x3, 4)
+    -> global average pool -> dense (3): four layers with weights, eight arrays, named as
+    Keras names them automatically.  ``L``/``Model``: minires's (default) or Keras's."""
+    if L is None:
+        from minires import layers as L
+        from minires.models import Model
+    x_in = L.Input((8, 8, 3), name="input_layer")
+    y = L.Conv2D(4, 3, name="conv2d")(x_in)
+    y = L.BatchNormalization(name="batch_normalization")(y)
+    y = L.Activation("relu", name="activation")(y)
+    y = L.Conv2D(4, 3, name="conv2d_1")(y)
+    y = L.GlobalAveragePooling2D(name="global_average_pooling2d")(y)
+    return Model(x_in, L.Dense(3, name="dense")(y), name="small")
+
+
+def write_small_file(path, seed=0, style="keras2", as_bytes=False):
+    """small_model's layout with random weights (returned, {layer: {param: array}})."""
+    weights = random_weights(small_model(), np.random.default_rng(seed))
+    write_legacy_layout(path, SMALL_LAYERS, weights, style, as_bytes)
+    return weights
+
+
+def replace(path, key, value=None, **create_dataset):
+    """Put ``value`` at ``key`` of the file at ``path`` instead of what is there: an h5py
+    link (SoftLink, ExternalLink), or, with ``create_dataset`` arguments, a new dataset."""
+    with h5py.File(path, "r+") as f:
+        if key in f or isinstance(f.get(key, getlink=True), h5py.SoftLink):
+            del f[key]
+        if value is not None:
+            f[key] = value
+        else:
+            f.create_dataset(key, **create_dataset)

@@ -13,7 +13,7 @@ from conftest import on_cpu
 import keras_files
 import keras_resnet50_layers as golden
 from minires.applications import ResNet50
-from minires.applications.resnet import weights_generation
+from minires.applications.resnet import load_resnet50_weights, weights_generation, weights_pool1_pad
 from minires.io.keras_h5 import WeightsFileError, load_by_name
 
 SMALL = dict(input_shape=(64, 64, 3))                   # any size: the GAP head accepts it
@@ -136,13 +136,56 @@ def test_notop_files_and_old_probs_name(tmp_path, case):
 
 def test_generation_is_recognised_and_checked(tmp_path, case):
     weights, _ = case["legacy"]
-    path = tmp_path / "legacy.h5"
-    keras_files.write_legacy_layout(path, file_layer_order("legacy"), weights, "keras1")
+    path = tmp_path / "legacy.h5"                          # the original 2016 file's names
+    keras_files.write_legacy_layout(path, no_pad_order(), weights, "keras1")
     assert weights_generation(str(path)) == "legacy"
     with pytest.raises(WeightsFileError, match=r"legacy-generation .* build ResNet50\(generation='legacy'\)"):
         ResNet50(weights=str(path), generation="current", **SMALL)
     no_pad = ResNet50(weights=str(path), pool1_pad=False)   # the v0.2 architecture, 224 only
     assert "pool1_pad" not in {layer.name for layer in no_pad.layers}
+
+
+def no_pad_order():
+    return [name for name, *_ in golden.LEGACY_NO_POOL1_PAD]
+
+
+def test_pool1_pad_is_read_off_the_layer_names(tmp_path, case):
+    """A Keras 2 file names 'pool1_pad' exactly when its network had it; a
+    Keras 1 file cannot say (both networks load it, as Keras 1 and >= 2.2.3 did)."""
+    weights, _ = case["legacy"]
+    files = {}
+    for label, order, style in [("pad", file_layer_order("legacy"), "keras2"),
+                                ("no pad", no_pad_order(), "keras2"),
+                                ("keras1", no_pad_order(), "keras1")]:
+        files[label] = tmp_path / f"{label}.h5"
+        keras_files.write_legacy_layout(files[label], order, weights, style, as_bytes=True)
+    assert [weights_pool1_pad(str(files[k])) for k in ("pad", "no pad", "keras1")] == [True, False, None]
+    padded = ResNet50(generation="legacy")                 # pool1_pad=True, the default
+    before = [np.array(w) for w in padded.get_weights()]
+    with pytest.raises(WeightsFileError, match=r"no pad.h5 was saved from the legacy ResNet-50 "
+                                               r"without 'pool1_pad' .* built with it: build "
+                                               r"ResNet50\(generation='legacy', pool1_pad=False\)"):
+        load_resnet50_weights(padded, str(files["no pad"]), "legacy")
+    assert all(np.array_equal(a, b) for a, b in zip(before, padded.get_weights()))
+    with pytest.raises(WeightsFileError, match=r"with 'pool1_pad' .* pool1_pad=True"):
+        ResNet50(weights=str(files["pad"]), pool1_pad=False)
+    loaded = ResNet50(weights=str(files["no pad"]), pool1_pad=False)
+    np.testing.assert_array_equal(loaded.get_layer("fc1000").params["kernel"], weights["fc1000"]["kernel"])
+    for pad in (True, False):                              # a Keras 1 file loads into either
+        ResNet50(weights=str(files["keras1"]), pool1_pad=pad)
+
+
+def test_predictions_and_probs_together_are_ambiguous(tmp_path, case):
+    weights = {name: dict(arrays) for name, arrays in case["current"][0].items()}
+    weights["probs"] = {slot: array + 1 for slot, array in weights["predictions"].items()}
+    path = tmp_path / "both.h5"
+    keras_files.write_legacy_layout(path, file_layer_order("current") + ["probs"], weights)
+    model = ResNet50(**SMALL)
+    before = [np.array(w) for w in model.get_weights()]
+    with pytest.raises(WeightsFileError, match=r"file layers 'predictions' and 'probs' both hold "
+                                               r"weights for model layer 'predictions'"):
+        load_resnet50_weights(model, str(path), "current")
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
 # --- damaged and mismatched files ---------------------------------------------------

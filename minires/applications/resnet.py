@@ -76,27 +76,68 @@ def _is_path(weights):
 
 def weights_generation(filepath):
     """'legacy' or 'current': which ResNet-50 generation a Keras weights file
-    holds, recognised from its layer names (conv1/bn_conv1 or conv1_conv)."""
-    from ..io.keras_h5 import WeightsFileError, read_layer_weights
-    names = {name for name, _, _ in read_layer_weights(filepath)}
+    holds, recognised from its layer names (conv1/bn_conv1 or conv1_conv),
+    read from the file's metadata alone.  ``filepath``: a path or an open
+    minires.io.keras_h5.KerasWeightsFile."""
+    from ..io.keras_h5 import WeightsFileError, opened
+    with opened(filepath) as file:
+        names = {layer.name for layer in file.layers}
     if {"conv1", "bn_conv1"} <= names:
         return "legacy"
     if "conv1_conv" in names:
         return "current"
-    raise WeightsFileError(f"{filepath} holds no ResNet-50 weights of either Keras generation: "
-                           f"neither 'conv1'+'bn_conv1' nor 'conv1_conv' among its "
+    raise WeightsFileError(f"{file.filepath} holds no ResNet-50 weights of either Keras "
+                           f"generation: neither 'conv1'+'bn_conv1' nor 'conv1_conv' among its "
                            f"{len(names)} layers")
+
+
+def weights_pool1_pad(filepath):
+    """Whether the ResNet-50 that saved ``filepath`` had 'pool1_pad': True or
+    False where the file says so, None where it cannot.
+
+    A Keras 2 or 3 file lists every layer in ``layer_names``, weightless ones
+    too, so a legacy file names 'pool1_pad' exactly when its network had one
+    (Keras >= 2.2.3) and lacks it when saved from the first release's network.
+    A Keras 1 file (weights named like 'conv1_W:0', the original 2016 download)
+    cannot say: no Keras 1 network had 'pool1_pad', yet Keras >= 2.2.3 loads that
+    same file into the padded network (ImageNet top-1 error 25.30% without it,
+    25.07% with it); and a Keras 3 '.weights.h5' file keeps no names of
+    weightless layers.  Current-generation files: always True."""
+    from ..io.keras_h5 import opened
+    with opened(filepath) as file:
+        layers = {layer.name: layer for layer in file.layers}
+    if "pool1_pad" in layers or "conv1_conv" in layers:
+        return True
+    conv1 = layers.get("conv1")
+    if conv1 is None or conv1.keras3_path is not None:
+        return None
+    if all("/" not in weight_name for weight_name, _ in conv1.weights):   # Keras 1 names
+        return None
+    return False
 
 
 def load_resnet50_weights(model, filepath, generation):
     """Load a Keras ResNet-50 file into ``model`` by names, after checking that
-    it is of the model's generation (a clear error, not 40 missing layers)."""
-    from ..io.keras_h5 import WeightsFileError, load_by_name
-    found = weights_generation(filepath)
-    if found != generation:
-        raise WeightsFileError(f"{filepath} holds {found}-generation ResNet-50 weights but the "
-                               f"model is {generation}: build ResNet50(generation={found!r})")
-    load_by_name(model, filepath, renames={"probs": "predictions"})   # old keras-applications name
+    it is of the model's generation (a clear error, not 40 missing layers) and,
+    for the legacy generation, that the model has 'pool1_pad' if and only if
+    the file's network had it (where the file says, see ``weights_pool1_pad``):
+    the wrong one loads every weight and gives wrong classes."""
+    from ..io.keras_h5 import WeightsFileError, load_by_name, opened
+    with opened(filepath) as file:                  # one opening for the three steps
+        found = weights_generation(file)
+        if found != generation:
+            raise WeightsFileError(f"{file.filepath} holds {found}-generation ResNet-50 weights but "
+                                   f"the model is {generation}: build "
+                                   f"ResNet50(generation={found!r})")
+        saved_with = weights_pool1_pad(file) if generation == "legacy" else None
+        built_with = "pool1_pad" in {layer.name for layer in model.layers}
+        if saved_with is not None and saved_with != built_with:
+            raise WeightsFileError(
+                f"{file.filepath} was saved from the legacy ResNet-50 "
+                f"{'with' if saved_with else 'without'} 'pool1_pad' (its layer_names say so), "
+                f"but the model was built {'with' if built_with else 'without'} it: build "
+                f"ResNet50(generation='legacy', pool1_pad={saved_with})")
+        load_by_name(model, file, renames={"probs": "predictions"})   # old keras-applications name
 
 
 def ResNet101(**kwargs):

@@ -4,7 +4,8 @@ Two layouts exist:
   legacy (Keras 1/2 ``save_weights('w.h5')``, any Keras ``model.save('m.h5')``):
       root (or group ``model_weights``) attribute ``layer_names``; one group per
       layer with attribute ``weight_names``; each weight at ``<layer>/<weight name>``
-      (a '/' in the weight name is a subgroup).  Attributes may be bytes or str.
+      (a '/' in the weight name is a subgroup).  Attributes may be bytes or str,
+      and Keras splits a long one into ``layer_names0``, ``layer_names1``, ...
   Keras 3 ``save_weights('w.weights.h5')``:
       ``layers/<path>/vars/0, 1, ...`` where <path> is the class name in snake
       case with a counter (conv2d, conv2d_1, ...) and ``vars`` carries the layer
@@ -17,59 +18,170 @@ Weight names across Keras generations (``weight_slot`` maps them all):
            ``bn_conv1_running_std:0`` (which holds the variance, despite its name)
   Keras 2  ``conv1_conv/kernel:0``, ``conv1_bn/moving_variance:0``
   Keras 3  legacy .h5: ``conv1_conv/kernel``; .weights.h5: positions 0, 1, ... only
+
+A load happens in three steps, and the model is touched only in the last:
+  1. the file's layout: names, shapes and types, from its metadata alone, every
+     name looked up without following links (``KerasWeightsFile``, through
+     ``minires.io.h5_safety``, which lists what it refuses);
+  2. the plan: each model parameter paired with one stored array of exactly
+     its shape; every problem is found here, before any data is read;
+  3. the data: all planned arrays read (within ``max_bytes`` in total), checked
+     finite and converted, and only then copied into the model.
+So a failed load leaves the model as it was, whatever went wrong, and every
+failure is one WeightsFileError (a ValueError) naming the file and what in it;
+a missing file is a FileNotFoundError.
 """
+import contextlib
 import os
+from collections import namedtuple
 
 import h5py
 import numpy as np
 
 from ..backend import like
 from ..layers.base import snake_case
+from .h5_safety import (WeightsFileError, find, inspect, names, open_file, path_of, reading,
+                        require, text_attribute)
+
+MAX_READ_BYTES = 2 << 30      # the most one load reads, all arrays together (None: no bound;
+                              # ResNet-50 takes 0.1 GB, VGG-19 0.57 GB)
+MAX_LISTED_PROBLEMS = 20      # problems spelled out in one error message
+
+# One layer of the file: its name, [(weight name, StoredArray)], its Keras 3 path (None
+# in the legacy layout).  A StoredArray knows its shape and dtype; its data waits.
+FileLayer = namedtuple("FileLayer", "name weights keras3_path")
 
 
-class WeightsFileError(ValueError):
-    """A weights file that cannot be read, or whose contents do not fit the model."""
+class KerasWeightsFile:
+    """A Keras HDF5 weights file, opened read-only: ``layers`` (FileLayer, in file
+    order, weightless layers included) is read from its metadata at once; data
+    only through ``read_plan``.  Use as a context manager, which closes it."""
 
-
-def _text(values):
-    """An HDF5 string attribute (array of bytes or str, possibly empty) as a list of str."""
-    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()]
-
-
-def read_layer_weights(filepath):
-    """[(layer name, [(weight name, array), ...], keras3_path), ...] in file order,
-    weightless layers included; keras3_path is None in the legacy layout."""
-    if not os.path.isfile(filepath):
-        raise FileNotFoundError(f"weights file not found: {filepath}")
-    try:
-        handle = h5py.File(filepath, "r")
-    except OSError as error:
-        raise WeightsFileError(f"{filepath} is not a readable HDF5 file (empty, truncated or "
-                               f"another format): {error}") from None
-    with handle:
+    def __init__(self, filepath):
+        self.filepath = os.fspath(filepath)
+        self._handle = open_file(self.filepath)
         try:
-            return _read_layers(handle, filepath)
-        except (OSError, KeyError) as error:       # a damaged dataset or a dangling name
-            raise WeightsFileError(f"{filepath} is damaged: {error}") from None
+            self.layers = self._read_layout()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        try:
+            self._handle.close()
+        except Exception:  # noqa: BLE001 - closing a damaged file read-only loses nothing
+            pass
+
+    def _read_layout(self):
+        path = self.filepath
+        root = find(self._handle, "model_weights", path, h5py.Group) or self._handle
+        layer_names = _keras_text(root, "layer_names", path)
+        if layer_names is not None:
+            return [self._legacy_layer(root, name) for name in layer_names]
+        layers = find(root, "layers", path, h5py.Group)
+        if layers is not None:
+            return [self._keras3_layer(layers, key) for key in names(layers, path)]
+        raise WeightsFileError(f"{path} is HDF5 but holds no Keras weights: no 'layer_names' "
+                               "attribute and no 'layers' group")
+
+    def _legacy_layer(self, root, name):
+        path = self.filepath
+        group = require(root, name, path, h5py.Group, "'layer_names'")
+        weight_names = _keras_text(group, "weight_names", path) or []
+        datasets = [require(group, w, path, h5py.Dataset, "'weight_names'") for w in weight_names]
+        return FileLayer(name, [(w, inspect(d, path)) for w, d in zip(weight_names, datasets)], None)
+
+    def _keras3_layer(self, layers, key):
+        path = self.filepath
+        group = require(layers, key, path, h5py.Group, repr(path_of(layers)))
+        variables = find(group, "vars", path, h5py.Group)
+        if variables is None:
+            return FileLayer(key, [], key)
+        name = (text_attribute(variables, "name", path) or [key])[0]
+        where = repr(path_of(variables))
+        with reading(path, where):
+            count = len(variables)
+        datasets = [require(variables, str(i), path, h5py.Dataset, where) for i in range(count)]
+        return FileLayer(name, [(f"{name}/{i}", inspect(d, path)) for i, d in enumerate(datasets)],
+                         key)
+
+    def read_plan(self, plan, max_bytes=None):
+        """Read the arrays of ``plan`` ([(layer, [(param name, StoredArray), ...])],
+        shapes already checked): their total size is checked against ``max_bytes``
+        (None: ``MAX_READ_BYTES``) before anything is read; each array comes back
+        finite, in its parameter's dtype, on its parameter's device.  Nothing is
+        written into the layers here (see ``assign``)."""
+        limit = MAX_READ_BYTES if max_bytes is None else max_bytes
+        total = sum(stored.size * np.dtype(layer.params[slot].dtype).itemsize
+                    for layer, weights in plan for slot, stored in weights)
+        if limit is not None and total > limit:
+            raise WeightsFileError(f"{self.filepath}: loading it would read {total:,} bytes, more "
+                                   f"than the bound of {limit:,} bytes (max_bytes=, or "
+                                   "minires.io.keras_h5.MAX_READ_BYTES)")
+        return [(layer, {slot: like(stored.read(np.dtype(layer.params[slot].dtype)), layer.params[slot])
+                         for slot, stored in weights})
+                for layer, weights in plan]
 
 
-def _read_layers(handle, filepath):
-    root = handle["model_weights"] if "model_weights" in handle else handle
-    if "layer_names" in root.attrs:
-        return [(name, [(w, np.asarray(root[name][w])) for w in _text(root[name].attrs["weight_names"])], None)
-                for name in _text(root.attrs["layer_names"])]
-    if "layers" in root:
-        return [_read_keras3_layer(path, group) for path, group in root["layers"].items()]
-    raise WeightsFileError(f"{filepath} is HDF5 but holds no Keras weights: no 'layer_names' "
-                           "attribute and no 'layers' group")
+@contextlib.contextmanager
+def opened(filepath):
+    """``filepath`` as an open KerasWeightsFile: opened here and closed after, or
+    used as it is if it already is one (so several steps share one opening)."""
+    if isinstance(filepath, KerasWeightsFile):
+        yield filepath
+    else:
+        with KerasWeightsFile(filepath) as file:
+            yield file
 
 
-def _read_keras3_layer(path, group):
-    variables = group.get("vars")
-    if variables is None:
-        return path, [], path
-    name = _text(variables.attrs.get("name", path))[0]
-    return name, [(f"{name}/{i}", np.asarray(variables[str(i)])) for i in range(len(variables))], path
+def assign(staged):
+    """Copy arrays read by ``read_plan`` into their layers; shapes, dtypes and
+    devices already match, so this step cannot fail halfway."""
+    for layer, arrays in staged:
+        for slot, array in arrays.items():
+            layer.params[slot][...] = array
+        layer.weights_changed()               # written in place: folded inference plans are stale
+
+
+def _keras_text(group, name, filepath):
+    """A text attribute as Keras writes it: whole, or split in ``name0``, ``name1``, ...
+    when too long for an HDF5 object header; None if absent."""
+    whole = text_attribute(group, name, filepath)
+    if whole is not None:
+        return whole
+    parts = []
+    while True:
+        part = text_attribute(group, f"{name}{len(parts)}", filepath)
+        if part is None:
+            return None if not parts else [text for chunk in parts for text in chunk]
+        parts.append(part)
+
+
+def read_layer_names(filepath):
+    """The file's layer names, in order, weightless layers included (metadata only)."""
+    with opened(filepath) as file:
+        return [layer.name for layer in file.layers]
+
+
+def read_layer_weights(filepath, max_bytes=None):
+    """[(layer name, [(weight name, array), ...], keras3_path), ...] in file order,
+    weightless layers included; keras3_path is None in the legacy layout.  Every
+    array is read, in the dtype it is stored as, within ``max_bytes`` in total."""
+    with opened(filepath) as file:
+        limit = MAX_READ_BYTES if max_bytes is None else max_bytes
+        total = sum(stored.size * stored.dtype.itemsize for layer in file.layers
+                    for _, stored in layer.weights)
+        if limit is not None and total > limit:
+            raise WeightsFileError(f"{file.filepath} declares {total:,} bytes of weights, more than "
+                                   f"the bound of {limit:,} bytes (max_bytes=)")
+        return [(layer.name, [(name, stored.read(stored.dtype)) for name, stored in layer.weights],
+                 layer.keras3_path) for layer in file.layers]
 
 
 def keras3_paths(layers):
@@ -82,7 +194,7 @@ def keras3_paths(layers):
     return paths
 
 
-def load_weights(model, filepath, by_name=False, skip_mismatch=False):
+def load_weights(model, filepath, by_name=False, skip_mismatch=False, max_bytes=None):
     """Copy the weights of a Keras HDF5 file into ``model``, as Keras's load_weights.
 
     by_name=False: the file's layers that have weights are paired, in order, with
@@ -90,59 +202,73 @@ def load_weights(model, filepath, by_name=False, skip_mismatch=False):
     paths); the counts must match.
     by_name=True: each file layer goes to the model layer of the same name;
     model layers absent from the file are left as they are.
-    Any shape mismatch raises ValueError naming layer and weight, unless
+    Any shape mismatch raises WeightsFileError naming layer and weight, unless
     skip_mismatch=True (with by_name), which skips that layer and returns its name.
+    ``max_bytes``: the most this load may read (default ``MAX_READ_BYTES``).
+    Everything is checked and read before the model is changed: a failed load
+    changes nothing.  ``filepath``: a path, or an open KerasWeightsFile.
     """
-    entries = [e for e in read_layer_weights(filepath) if e[1]]
-    if by_name:
-        layers = {layer.name: layer for layer in model.layers}
-        pairs = [(layers[name], name, weights) for name, weights, _ in entries if name in layers]
-    else:
-        pairs = _pairs_by_order(model, entries, filepath)
-    skipped = []
-    for layer, file_name, weights in pairs:
-        problem = _mismatch(layer, file_name, weights)
-        if problem and by_name and skip_mismatch:
-            skipped.append(layer.name)
-        elif problem:
-            raise ValueError(f"{filepath}: {problem}")
+    with opened(filepath) as file:
+        entries = [layer for layer in file.layers if layer.weights]
+        if by_name:
+            pairs = _pairs_by_name(model, entries, file.filepath)
         else:
-            for slot, (_, array) in zip(layer.params, weights):
-                target = layer.params[slot]
-                target[...] = like(array.astype(target.dtype), target)
+            pairs = _pairs_by_order(model, entries, file.filepath)
+        plan, skipped = [], []
+        for layer, entry in pairs:
+            problem = _mismatch(layer, entry)
+            if problem and by_name and skip_mismatch:
+                skipped.append(layer.name)
+            elif problem:
+                raise WeightsFileError(f"{file.filepath}: {problem}")
+            else:
+                plan.append((layer, list(zip(layer.params, (stored for _, stored in entry.weights)))))
+        staged = file.read_plan(plan, max_bytes)
+    assign(staged)
     return skipped
+
+
+def _pairs_by_name(model, entries, filepath):
+    layers = {layer.name: layer for layer in model.layers}
+    seen = set()
+    for entry in entries:
+        if entry.name in seen:
+            raise WeightsFileError(f"{filepath} lists layer {entry.name!r} twice: which one is meant "
+                                   "is unclear")
+        seen.add(entry.name)
+    return [(layers[entry.name], entry) for entry in entries if entry.name in layers]
 
 
 def _pairs_by_order(model, entries, filepath):
     weighted = [layer for layer in model.layers if layer.params]
     if len(weighted) != len(entries):
-        raise ValueError(f"{filepath} holds weights for {len(entries)} layers but model "
-                         f"{model.name!r} has {len(weighted)} layers with weights; "
-                         "load by_name=True if the architectures differ")
-    if not entries or entries[0][2] is None:
-        return [(layer, name, weights) for layer, (name, weights, _) in zip(weighted, entries)]
-    by_path = {path: (name, weights) for name, weights, path in entries}
+        raise WeightsFileError(f"{filepath} holds weights for {len(entries)} layers but model "
+                               f"{model.name!r} has {len(weighted)} layers with weights; "
+                               "load by_name=True if the architectures differ")
+    if not entries or entries[0].keras3_path is None:
+        return list(zip(weighted, entries))
+    by_path = {entry.keras3_path: entry for entry in entries}
     pairs = []
     for layer, path in zip(model.layers, keras3_paths(model.layers)):
         if layer.params:
             if path not in by_path:
-                raise ValueError(f"{filepath}: no weights at 'layers/{path}' for layer {layer.name!r}")
-            pairs.append((layer, *by_path[path]))
+                raise WeightsFileError(f"{filepath}: no weights at 'layers/{path}' for layer "
+                                       f"{layer.name!r}")
+            pairs.append((layer, by_path[path]))
     return pairs
 
 
-def _mismatch(layer, file_name, weights):
-    """Why ``weights`` do not fit ``layer``, or None."""
-    if len(weights) != len(layer.params):
+def _mismatch(layer, entry):
+    """Why the file layer ``entry`` does not fit ``layer``, or None."""
+    if len(entry.weights) != len(layer.params):
         return (f"layer {layer.name!r} has {len(layer.params)} weights {list(layer.params)}, the "
-                f"file's layer {file_name!r} has {len(weights)}")
-    for slot, (weight_name, array) in zip(layer.params, weights):
+                f"file's layer {entry.name!r} has {len(entry.weights)}")
+    for slot, (weight_name, stored) in zip(layer.params, entry.weights):
         expected = tuple(layer.params[slot].shape)
-        if tuple(array.shape) != expected:
+        if stored.shape != expected:
             return (f"layer {layer.name!r}, weight {slot!r}: model expects shape {expected}, "
-                    f"the file's {weight_name!r} has shape {tuple(array.shape)}")
+                    f"the file's {weight_name!r} has shape {stored.shape}")
     return None
-
 
 
 KERAS1_SLOTS = {"W": "kernel", "b": "bias", "running_mean": "moving_mean",
@@ -168,58 +294,79 @@ def weight_slot(layer, file_layer_name, weight_name):
     return short if short in layer.params else None
 
 
-def load_by_name(model, filepath, renames=None, strict=True):
+def load_by_name(model, filepath, renames=None, strict=True, max_bytes=None):
     """Load by names: every weighted layer of the model gets its weights from the
     file layer of the same name, each array from the weight of the same name.
     Positions never decide anything, so files that list layers in another
     order (the two ResNet-50 generations do) load correctly.
 
     ``renames`` maps file layer names to model layer names (e.g. the old
-    'probs' to 'predictions').
+    'probs' to 'predictions'); two file layers for one model layer (both
+    'probs' and 'predictions') are a problem, never a silent choice.
     strict=True: every problem (model layers missing from the file, file layers
     not in the model, unknown or missing weights, shape mismatches with both
     shapes) is collected and raised in one WeightsFileError; the model is
     changed only when the whole file fits.
     strict=False: whatever fits is loaded; returns the list of problems skipped.
-    A missing path raises FileNotFoundError; a file that is not HDF5, is empty,
-    truncated or damaged raises WeightsFileError.
+    Either way, a file that cannot be read (see ``KerasWeightsFile``), holds
+    NaN or inf, or needs more than ``max_bytes`` (default ``MAX_READ_BYTES``)
+    raises WeightsFileError and changes nothing.  A missing path raises
+    FileNotFoundError.  ``filepath``: a path, or an open KerasWeightsFile.
     """
     renames = renames or {}
-    stored = {renames.get(name, name): (name, weights)
-              for name, weights, _ in read_layer_weights(filepath) if weights}
-    weighted = {layer.name: layer for layer in model.layers if layer.params}
-    problems = [f"model layer {name!r} is missing from the file" for name in weighted if name not in stored]
-    problems += [f"file layer {stored[name][0]!r} is not in the model" for name in stored if name not in weighted]
-    plans = []
-    for name in (n for n in weighted if n in stored):
-        arrays, layer_problems = _layer_plan(weighted[name], *stored[name])
-        problems += layer_problems
-        if not layer_problems:
-            plans.append((weighted[name], arrays))
-    if strict and problems:
-        raise WeightsFileError(f"{filepath} does not fit model {model.name!r} "
-                               f"({len(problems)} problems):\n  " + "\n  ".join(problems))
-    for layer, arrays in plans:
-        for slot, array in arrays.items():
-            layer.params[slot][...] = like(array.astype(layer.params[slot].dtype), layer.params[slot])
+    with opened(filepath) as file:
+        stored, ambiguous, problems = {}, set(), []
+        for entry in (layer for layer in file.layers if layer.weights):
+            target = renames.get(entry.name, entry.name)
+            if target in stored:
+                ambiguous.add(target)
+                problems.append(f"file layers {stored[target].name!r} and {entry.name!r} both hold "
+                                f"weights for model layer {target!r}: which one is meant is unclear")
+            else:
+                stored[target] = entry
+        weighted = {layer.name: layer for layer in model.layers if layer.params}
+        problems += [f"model layer {name!r} is missing from the file" for name in weighted
+                     if name not in stored]
+        problems += [f"file layer {stored[name].name!r} is not in the model" for name in stored
+                     if name not in weighted]
+        plan = []
+        for name in (n for n in weighted if n in stored and n not in ambiguous):
+            arrays, layer_problems = _layer_plan(weighted[name], stored[name])
+            problems += layer_problems
+            if not layer_problems:
+                plan.append((weighted[name], list(arrays.items())))
+        if strict and problems:
+            count = f"{len(problems)} problem{'s' * (len(problems) > 1)}"
+            raise WeightsFileError(f"{file.filepath} does not fit model {model.name!r} ({count}):"
+                                   "\n  " + _listed(problems))
+        staged = file.read_plan(plan, max_bytes)
+    assign(staged)
     return problems
 
 
-def _layer_plan(layer, file_name, weights):
-    """({param: array}, problems) for one layer, every name and shape checked."""
+def _listed(problems):
+    shown = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        shown += (f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more (strict=False returns "
+                  "them all)")
+    return shown
+
+
+def _layer_plan(layer, entry):
+    """({param: StoredArray}, problems) for one layer, every name and shape checked."""
     arrays, problems = {}, []
-    for weight_name, array in weights:
-        slot = weight_slot(layer, file_name, weight_name)
+    for weight_name, stored in entry.weights:
+        slot = weight_slot(layer, entry.name, weight_name)
         if slot is None or slot in arrays:
             problems.append(f"layer {layer.name!r}: the file's weight {weight_name!r} matches none "
                             f"of its weights {list(layer.params)}")
             continue
-        expected, found = tuple(layer.params[slot].shape), tuple(array.shape)
+        expected, found = tuple(layer.params[slot].shape), stored.shape
         if found != expected:
             problems.append(f"layer {layer.name!r}, weight {slot!r}: expected shape {expected}, "
                             f"found {found} ({weight_name!r}){_theano_hint(expected, found)}")
             continue
-        arrays[slot] = array
+        arrays[slot] = stored
     problems += [f"layer {layer.name!r}: weight {slot!r} is missing from the file"
                  for slot in layer.params if slot not in arrays
                  and not any(f"weight {slot!r}" in p for p in problems)]
