@@ -60,8 +60,6 @@ def plot(history, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from minires.io.atomic import atomic_write
     epochs = np.arange(1, len(history["loss"]) + 1)
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for axis, key, title in ((left, "loss", "cross-entropy loss"), (right, "accuracy", "accuracy")):
@@ -74,9 +72,15 @@ def plot(history, path):
     left.set_yscale("log")
     figure.suptitle("minires CifarResNet on scikit-learn's digits")
     figure.tight_layout()
+    save_png(figure, path)
+    plt.close(figure)
+
+
+def save_png(figure, path):
+    """Write a matplotlib figure atomically: a PNG is never left half-written."""
+    from minires.io.atomic import atomic_write
     with atomic_write(path, suffix=".png") as handle:
         figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)
 
 
 def main(argv=None):
