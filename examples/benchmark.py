@@ -1,82 +1,202 @@
-"""Time ResNet-50 in minires (and in PyTorch, where installed, with the same weights).
+"""Time ResNet-50 in minires and in PyTorch (where installed), each in processes of its own.
 
-    python examples/benchmark.py                   # everything, medians of 5 runs
-    python examples/benchmark.py --repeat 9 --batches 1 32
-    env -u OPENBLAS_CORETYPE python examples/benchmark.py   # let OpenBLAS pick AVX-512
+    python examples/benchmark.py                   # 3 pairs of processes, medians of 5 runs
+    python examples/benchmark.py --pairs 5 --repeat 9 --batches 1 32
+    env -u OPENBLAS_CORETYPE python examples/benchmark.py   # let OpenBLAS pick its best kernels
     python examples/benchmark.py --device cuda     # CuPy against PyTorch CUDA
 
-Prints: which BLAS and kernel path NumPy/minires use; inference at each batch
-size (plain Model.predict and the InferenceModel fast path) with images/s;
-a training step (forward, backward, SGD update); a per-layer-type breakdown;
-Numba against NumPy for conv backward's col2im; peak memory (RSS) of each
-configuration measured in a fresh subprocess. PyTorch runs alternately with
-minires in the same loop, same thread count, channels_last, so both see the
-same machine state; the ratio minires / PyTorch is printed (< 1: minires faster).
-PyTorch runs in a worker process of its own, started with the environment
-this script was given: minires's OMP_WAIT_POLICY=PASSIVE for Numba's
-threads, which costs PyTorch up to 2x at batch 1, does not reach it. The
-worker does apply minires's other speed setting, glibc keeping freed memory
-(backend.apply_speed_settings, see README), which makes PyTorch faster as well.
+Prints the processor (model name, vector extensions), the BLAS kernels NumPy
+runs and OPENBLAS_CORETYPE; then, for pair k = 1 .. --pairs, a fresh minires
+process measures everything (Model.predict and the InferenceModel fast path at
+each batch, a training step at each train batch: median of --repeat runs
+after one warm-up), then a fresh PyTorch process does the same, and the
+ratios minires / PyTorch of that pair are printed (< 1: minires faster),
+then each ratio's median over the pairs. Taking turns process by process,
+neither framework's threads or heap get in the other's way, and drift over
+the run shows up as scatter between pairs. Then peak memory (RSS), each
+configuration in a fresh process of its own framework (training at batch 32,
+inference at batch 64); a per-layer-type breakdown of a minires training
+step; Numba against NumPy for im2col and col2im.
+
+minires's processes call minires.apply_speed_settings() first thing, as a
+user should. PyTorch's run examples/torch_benchmark.py, which imports only
+NumPy and PyTorch, with the environment this script was given: out of the
+box, channels_last, torch.set_num_threads(--threads). The two share their
+weights through a .npz checkpoint; their logits are compared first.
 
 With ``--device cuda`` minires runs on CuPy arrays and PyTorch on CUDA in
 fp32 (cuDNN, TF32 off, as minires computes in true float32); every timed run
-ends by waiting for the GPU. The per-layer breakdown, the Numba kernels and
-the RSS figures are about the CPU and are left out.
+ends by waiting for the GPU. The RSS figures, per-layer breakdown and Numba
+kernels are about the CPU and are left out.
 """
 import argparse
 import collections
 import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-# The environment as given, for PyTorch's processes: main() adds minires's
-# OMP_WAIT_POLICY to this process's environment, not to theirs.
+from benchmark_common import images, labels, measure, median_seconds
+
+# The environment as given, for the measuring processes: the breakdown at the
+# end applies minires's speed settings (OMP_WAIT_POLICY) to this process only.
 GIVEN_ENVIRONMENT = dict(os.environ)
-HERE = os.path.dirname(os.path.abspath(__file__))
+TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_benchmark.py")
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")
+# Peak memory: (label, framework, job), each in a fresh process; the same batches for both.
+MEMORY_CONFIGS = (("minires Model.predict, batch 64", "minires", "predict:64"),
+                  ("minires InferenceModel, batch 64", "minires", "fast:64"),
+                  ("pytorch inference, batch 64", "pytorch", "infer:64"),
+                  ("minires training step, batch 32", "minires", "train:32"),
+                  ("pytorch training step, batch 32", "pytorch", "train:32"))
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--train-batches", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--pairs", type=int, default=3, help="minires/PyTorch process pairs")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per figure (median)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="for each framework")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--rss", help=argparse.SUPPRESS)       # internal: one config, print RSS
-    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)   # internal
-    return parser.parse_args(argv)
+    # internal: this process is one of minires's measuring processes
+    parser.add_argument("--measure", nargs="+", metavar="JOB", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    parser.add_argument("--logits", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    least_repeat = 0 if args.measure else 1         # 0: a process that only measures memory
+    if args.pairs < 1 or args.repeat < least_repeat or min(args.batches + args.train_batches) < 1:
+        parser.error("--pairs, --repeat and every batch must be at least 1")
+    return args
 
 
-def alternate(timers, repeat, settle=0.5):
-    """Median seconds of each timer (a function that runs once and returns its
-    seconds), run in turns so that drift hits all alike. Before each run a
-    pause of ``settle`` seconds: BLAS and OpenMP threads spin for up to a few
-    tenths of a second after their last job before they sleep, and spinning
-    threads of the previous run would take the cores from the next one."""
-    for timer in timers.values():
-        timer()
-    times = collections.defaultdict(list)
-    for _ in range(repeat):
-        for name, timer in timers.items():
-            time.sleep(settle)
-            times[name].append(timer())
-    return {name: float(np.median(t)) for name, t in times.items()}
+# --- the processor and BLAS ------------------------------------------------------------
+def processor_lines():
+    """The processor's model name and the vector extensions that set BLAS's speed."""
+    info = read_cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    flags = set(info.get("flags", "").split())
+    present = [flag for flag in VECTOR_FLAGS if flag in flags]
+    return [f"processor: {name}, {os.cpu_count()} cores",
+            f"  vector extensions: {' '.join(present) or 'none of ' + ', '.join(VECTOR_FLAGS)}"]
 
 
-def clock(function, device):
-    """A timer for ``alternate`` that runs ``function`` here, on ``device``."""
-    def timer():
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        return time.perf_counter() - start
-    return timer
+def read_cpuinfo():
+    """The first processor's /proc/cpuinfo fields; empty off Linux."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            text = cpuinfo.read().split("\n\n")[0]
+    except OSError:
+        return {}
+    return dict((key.strip(), value.strip()) for key, _, value in
+                (line.partition(":") for line in text.splitlines()))
+
+
+def blas_lines(environ):
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        lines = ["  NumPy's BLAS: unknown (pip install threadpoolctl to see which kernels it runs)"]
+    else:
+        lines = [f"  NumPy's BLAS: {pool.get('internal_api')} {pool.get('version')}, kernels for "
+                 f"{pool.get('architecture')}"
+                 for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return lines + [openblas_coretype_line(environ)]
+
+
+def openblas_coretype_line(environ):
+    coretype = environ.get("OPENBLAS_CORETYPE")
+    if coretype is None:
+        return "  OPENBLAS_CORETYPE: unset (OpenBLAS picks the kernels for this processor)"
+    return (f"  WARNING: OPENBLAS_CORETYPE={coretype} is set: it forces OpenBLAS's kernels for that "
+            f"core, slower ones than this processor's; for true figures run\n"
+            f"  WARNING:   env -u OPENBLAS_CORETYPE python {' '.join(sys.argv)}")
+
+
+def environment(args):
+    from minires import backend
+    lines = processor_lines() + blas_lines(GIVEN_ENVIRONMENT)
+    lines.append(f"python {sys.version.split()[0]}, numpy {np.__version__}, minires kernel path "
+                 f"{backend.kernel_path()}, {args.threads} threads for each framework")
+    if args.device == "cuda":
+        import cupy
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+        name = name.decode() if isinstance(name, bytes) else name
+        lines.append(f"  device: {name}, cupy {cupy.__version__}")
+    print("\n".join(lines))
+
+
+# --- the measuring processes -----------------------------------------------------------
+def rows(args):
+    """(label, batch, minires job, PyTorch job) of every figure a pair compares."""
+    return ([("Model.predict", b, f"predict:{b}", f"infer:{b}") for b in args.batches]
+            + [("InferenceModel", b, f"fast:{b}", f"infer:{b}") for b in args.batches]
+            + [("training step", b, f"train:{b}", f"train:{b}") for b in args.train_batches])
+
+
+def run_measuring(framework, jobs, weights, args, repeat, logits=False):
+    """One fresh process of ``framework`` measures ``jobs``; its JSON line, or None if it failed."""
+    options = ["--weights", weights, "--repeat", str(repeat), "--threads", str(args.threads),
+               "--device", args.device] + (["--logits"] if logits else [])
+    if framework == "pytorch":
+        command, env = [sys.executable, TORCH_SCRIPT, "--jobs", *jobs, *options], GIVEN_ENVIRONMENT
+    else:
+        threads = str(args.threads)            # what torch.set_num_threads does for PyTorch
+        command = [sys.executable, os.path.abspath(__file__), "--measure", *jobs, *options]
+        env = dict(GIVEN_ENVIRONMENT, OPENBLAS_NUM_THREADS=threads, NUMBA_NUM_THREADS=threads)
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
+    if result.returncode != 0 or not result.stdout.strip():
+        return None                            # its error went to stderr, above
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure_minires(args):
+    """This process is one of minires's measuring processes: time the jobs, print JSON."""
+    from minires import backend
+    backend.apply_speed_settings()             # first thing, as a user should
+    from minires.applications import ResNet50
+    model = ResNet50(classifier_activation=None)
+    model.load_weights(args.weights)
+    model.to(args.device)
+    extra = {}
+    if args.logits:                            # before any training step changes the weights
+        x = backend.to_device(images(2), args.device)
+        extra["logits"] = backend.to_device(model.predict(x, verbose=0), "cpu").tolist()
+    measure(args.measure, lambda op, batch: minires_run(model, op, batch, args.device), args.repeat,
+            lambda: synchronize(args.device), **extra)
+
+
+def minires_run(model, op, batch, device):
+    from minires.backend import to_device
+    from minires.inference import InferenceModel
+    from minires.losses import SoftmaxCrossEntropy
+    from minires.optim import SGD
+    x = to_device(images(batch), device)
+    if op == "predict":
+        return lambda: model.predict(x, batch_size=batch, verbose=0)
+    if op == "fast":
+        fast = InferenceModel(model)
+        # On the CPU its default chunks of 4 images stay in cache; a GPU wants the whole batch.
+        chunk = {} if device == "cpu" else {"batch_size": batch}
+        return lambda: fast.predict(x, **chunk)
+    if op == "train":
+        y, optimizer, loss = to_device(labels(batch), device), SGD(1e-4, momentum=0.9), SoftmaxCrossEntropy()
+        return lambda: train_step(model, optimizer, loss, x, y)
+    raise SystemExit(f"benchmark: unknown operation {op!r}; use predict, fast or train")
+
+
+def train_step(model, optimizer, loss, x, y):
+    """Forward, loss, backward, SGD with momentum: the step PyTorch's process times."""
+    loss.forward(model.forward(x, training=True), y)
+    model.backward(loss.backward(), input_grads=False)   # as PyTorch: no gradient for the images
+    optimizer.step(model)
 
 
 def synchronize(device):
@@ -86,214 +206,75 @@ def synchronize(device):
         cupy.cuda.Device().synchronize()
 
 
-# --- the two implementations -------------------------------------------------------
-def minires_resnet50():
-    from minires import set_random_seed
-    from minires.applications import ResNet50
-    set_random_seed(0)
-    model = ResNet50(classifier_activation=None)
-    rng = np.random.default_rng(0)
-    for layer in model.layers:                     # BN statistics that are not trivial
-        if "moving_variance" in layer.params:
-            layer.params["moving_variance"][...] = rng.uniform(0.5, 2, layer.params["moving_variance"].shape)
-            layer.params["moving_mean"][...] = rng.normal(0, 0.1, layer.params["moving_mean"].shape)
-    return model
+# --- sections ---------------------------------------------------------------------------
+def pairs(args, weights, use_torch):
+    """Pair by pair, a minires process then a PyTorch one; each pair's figures and ratios."""
+    table = rows(args)
+    minires_jobs = [row[2] for row in table]
+    torch_jobs = list(dict.fromkeys(row[3] for row in table))
+    results = []
+    for k in range(1, args.pairs + 1):
+        ours = run_measuring("minires", minires_jobs, weights, args, args.repeat, logits=k == 1)
+        theirs = (run_measuring("pytorch", torch_jobs, weights, args, args.repeat, logits=k == 1)
+                  if use_torch else None)
+        if ours is None or (use_torch and theirs is None):
+            sys.exit(f"benchmark: the {'minires' if ours is None else 'pytorch'} process of pair {k} "
+                     "failed (its error is above); --no-torch runs minires alone")
+        if k == 1 and theirs is not None:
+            agreement(ours, theirs)
+        print_pair(k, args, table, ours, theirs)
+        results.append((ours["seconds"], theirs and theirs["seconds"]))
+    summary(table, results)
 
 
-def torch_resnet50(model):
-    """The Keras ResNet-50 (stride on the first 1x1 conv, conv biases, eps
-    1.001e-5) in PyTorch, holding minires's weights."""
-    import torch
-    from torch import nn
-
-    def conv(name):
-        layer = model.get_layer(name)
-        kh, kw, cin, cout = layer.params["kernel"].shape
-        c = nn.Conv2d(cin, cout, (kh, kw), stride=layer.strides, padding=(kh // 2) if layer.padding == "same" else 0)
-        c.weight.data = torch.from_numpy(np.ascontiguousarray(layer.params["kernel"].transpose(3, 2, 0, 1)))
-        c.bias.data = torch.from_numpy(layer.params["bias"].copy())
-        return c
-
-    def bn(name):
-        p = model.get_layer(name).params
-        b = nn.BatchNorm2d(p["gamma"].shape[0], eps=1.001e-5)
-        for ours, theirs in (("gamma", "weight"), ("beta", "bias")):
-            getattr(b, theirs).data = torch.from_numpy(p[ours].copy())
-        b.running_mean.data, b.running_var.data = (torch.from_numpy(p["moving_mean"].copy()),
-                                                   torch.from_numpy(p["moving_variance"].copy()))
-        return b
-
-    class Block(nn.Module):
-        def __init__(self, prefix, projection):
-            super().__init__()
-            self.main = nn.Sequential(conv(f"{prefix}_1_conv"), bn(f"{prefix}_1_bn"), nn.ReLU(),
-                                      conv(f"{prefix}_2_conv"), bn(f"{prefix}_2_bn"), nn.ReLU(),
-                                      conv(f"{prefix}_3_conv"), bn(f"{prefix}_3_bn"))
-            self.shortcut = (nn.Sequential(conv(f"{prefix}_0_conv"), bn(f"{prefix}_0_bn"))
-                             if projection else nn.Identity())
-
-        def forward(self, x):
-            return torch.relu(self.main(x) + self.shortcut(x))
-
-    blocks = [Block(f"conv{s}_block{b}", b == 1) for s, n in zip(range(2, 6), (3, 4, 6, 3))
-              for b in range(1, n + 1)]
-    dense = model.get_layer("predictions")
-    fc = nn.Linear(*dense.params["kernel"].shape)
-    fc.weight.data = torch.from_numpy(np.ascontiguousarray(dense.params["kernel"].T))
-    fc.bias.data = torch.from_numpy(dense.params["bias"].copy())
-    net = nn.Sequential(nn.ZeroPad2d(3), conv("conv1_conv"), bn("conv1_bn"), nn.ReLU(),
-                        nn.ZeroPad2d(1), nn.MaxPool2d(3, 2), *blocks,
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
-    return net.to(memory_format=torch.channels_last)
-
-
-class TorchWorker:
-    """PyTorch in a process of its own (see the module docstring), driven one
-    JSON line at a time: each request runs once and answers with its seconds."""
-
-    def __init__(self, threads, device):
-        self.process = subprocess.Popen([sys.executable, __file__, "--torch-worker", "--threads",
-                                         str(threads), "--device", device], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=GIVEN_ENVIRONMENT, text=True)
-        self.request("ready")
-
-    def request(self, op, batch=0):
-        self.process.stdin.write(json.dumps({"op": op, "batch": batch}) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            sys.exit("benchmark: the PyTorch worker process stopped (its error is above); "
-                     "--no-torch runs minires alone")
-        return json.loads(line)
-
-    def timed(self, op, batch):
-        return lambda: self.request(op, batch)["seconds"]
-
-    def close(self):
-        self.process.stdin.close()
-        self.process.wait()
-
-
-def torch_worker(threads, device):
-    """The worker's side: the same weights as minires_resnet50(), then requests."""
-    import torch
-    torch.set_num_threads(threads)
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("benchmark: this PyTorch has no CUDA device (torch.cuda.is_available() is False); "
-                 "use --no-torch")
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False   # true fp32
-    net = torch_resnet50(minires_resnet50()).to(device)
-    inputs, optimizer = {}, torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
-    for line in sys.stdin:
-        request = json.loads(line)
-        op, batch = request["op"], request["batch"]
-        if batch not in inputs:
-            inputs[batch] = torch_images(batch).to(device)
-        start = time.perf_counter()
-        if op == "infer":
-            _torch_inference(net, inputs[batch])
-        elif op == "train":
-            torch_train_step(net.train(), optimizer, inputs[batch], torch.arange(batch, device=device) % 1000)
-        elif op == "logits":
-            with torch.no_grad():
-                logits = net.eval()(torch.from_numpy(images(2).transpose(0, 3, 1, 2).copy()).to(device))
-            print(json.dumps({"logits": logits.cpu().numpy().tolist()}), flush=True)
-            continue
-        if device == "cuda":
-            torch.cuda.synchronize()
-        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
-
-
-def torch_images(batch):
-    import torch
-    return torch.from_numpy(images(batch).transpose(0, 3, 1, 2).copy()).to(memory_format=torch.channels_last)
-
-
-def images(batch):
-    return np.random.default_rng(batch).standard_normal((batch, 224, 224, 3)).astype("float32")
-
-
-def minires_train_step(model, optimizer, loss, x, y):
-    logits = model.forward(x, training=True)
-    loss.forward(logits, y)
-    model.backward(loss.backward())
-    optimizer.step(model)
-
-
-def torch_train_step(net, optimizer, x, y):
-    import torch
-    optimizer.zero_grad()
-    torch.nn.functional.cross_entropy(net(x), y).backward()
-    optimizer.step()
-
-
-# --- sections ------------------------------------------------------------------------
-def environment(threads, device):
-    from minires import backend
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} cores, "
-          f"{threads} threads, kernel path: {backend.kernel_path()}")
-    if device == "cuda":
-        import cupy
-        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
-        print(f"  device: {name.decode() if isinstance(name, bytes) else name}, cupy {cupy.__version__}")
-    try:
-        from threadpoolctl import threadpool_info
-        for pool in threadpool_info():
-            print(f"  BLAS: {pool.get('internal_api')} {pool.get('version')}, kernels for "
-                  f"{pool.get('architecture')}, {pool.get('num_threads')} threads")
-    except ImportError:
-        print("  BLAS: (pip install threadpoolctl to see which kernels OpenBLAS picked)")
-    print(f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-
-
-def agreement(model, worker, device):
+def agreement(ours, theirs):
     """The two networks hold the same weights: their logits must agree."""
-    from minires.backend import to_device
-    ours = to_device(model.predict(to_device(images(2), device), verbose=0), "cpu")
-    theirs = np.array(worker.request("logits")["logits"])
-    print(f"  same weights: max |logit difference| / max |logit| = "
-          f"{np.abs(ours - theirs).max() / np.abs(theirs).max():.1e}")
+    ours_logits, theirs_logits = np.array(ours["logits"]), np.array(theirs["logits"])
+    difference = np.abs(ours_logits - theirs_logits).max() / np.abs(theirs_logits).max()
+    print(f"pytorch: {theirs['about']}, channels_last\n"
+          f"  same weights: max |logit difference| / max |logit| = {difference:.1e}")
 
 
-def inference(model, worker, batches, repeat, device):
-    from minires.backend import to_device
-    from minires.inference import InferenceModel
-    fast = InferenceModel(model)
-    print("\ninference (median s per batch, images/s)")
-    for batch in batches:
-        x = to_device(images(batch), device)
-        chunk = 4 if device == "cpu" else batch           # CPU: cache-sized chunks (InferenceModel.predict)
-        runs = {"minires": clock(lambda: model.predict(x, batch_size=batch, verbose=0), device),
-                "minires fast": clock(lambda: fast.predict(x, batch_size=chunk), device)}
-        if worker is not None:
-            runs["pytorch"] = worker.timed("infer", batch)
-        times = alternate(runs, repeat)
-        line = ", ".join(f"{k} {t:.3f} s ({batch / t:.1f}/s)" for k, t in times.items())
-        ratio = f"; fast / pytorch = {times['minires fast'] / times['pytorch']:.2f}" if worker else ""
-        print(f"  batch {batch:>3}: {line}{ratio}")
+def print_pair(k, args, table, ours, theirs):
+    print(f"\npair {k} of {args.pairs}: a minires process, then a pytorch one "
+          f"(median s of {args.repeat} runs, images/s)")
+    for label, batch, our_job, their_job in table:
+        line = f"  {label:<14} batch {batch:>3}: minires {figure(ours['seconds'][our_job], batch)}"
+        if theirs is not None:
+            seconds = theirs["seconds"][their_job]
+            line += (f", pytorch {figure(seconds, batch)}; "
+                     f"minires / pytorch {ours['seconds'][our_job] / seconds:.2f}")
+        print(line)
 
 
-def _torch_inference(net, tx):
-    import torch
-    with torch.no_grad():
-        net.eval()(tx)
+def figure(seconds, batch):
+    return f"{seconds:.3f} s ({batch / seconds:5.1f}/s)"
 
 
-def training(model, worker, batches, repeat, device):
-    from minires.backend import to_device
-    from minires.losses import SoftmaxCrossEntropy
-    from minires.optim import SGD
-    print("\ntraining step: forward, backward, SGD update (median s)")
-    for batch in batches:
-        x, y = to_device(images(batch), device), to_device(np.arange(batch) % 1000, device)
-        optimizer, loss = SGD(1e-4, momentum=0.9), SoftmaxCrossEntropy()
-        runs = {"minires": clock(lambda: minires_train_step(model, optimizer, loss, x, y), device)}
-        if worker is not None:
-            runs["pytorch"] = worker.timed("train", batch)
-        times = alternate(runs, repeat)
-        ratio = f"; minires / pytorch = {times['minires'] / times['pytorch']:.2f}" if worker else ""
-        print(f"  batch {batch:>3}: " + ", ".join(f"{k} {t:.3f} s" for k, t in times.items()) + ratio)
+def summary(table, results):
+    """Each figure over the pairs: minires / PyTorch pair by pair, their median, median seconds."""
+    with_torch = results[0][1] is not None
+    print(f"\nover {len(results)} pair(s): " + ("minires / pytorch pair by pair (< 1: minires faster), "
+                                               "their median; " if with_torch else "") + "median s")
+    for label, batch, our_job, their_job in table:
+        ours = [seconds[our_job] for seconds, _ in results]
+        line, timing = f"  {label:<14} batch {batch:>3}:", f" minires {np.median(ours):.3f} s"
+        if with_torch:
+            theirs = [seconds[their_job] for _, seconds in results]
+            ratios = [o / t for o, t in zip(ours, theirs)]
+            line += "".join(f" {r:5.2f}" for r in ratios) + f"  median {np.median(ratios):.2f};"
+            timing += f", pytorch {np.median(theirs):.3f} s"
+        print(line + timing)
+
+
+def peak_memory(weights, args, use_torch):
+    print("\npeak RSS, each configuration in a fresh process of its own (one run)")
+    for label, framework, job in MEMORY_CONFIGS:
+        if framework == "pytorch" and not use_torch:
+            continue
+        result = run_measuring(framework, [job], weights, args, repeat=0)
+        peak = f"{result['peak_gib']:.2f} GiB" if result else "failed (its error is above)"
+        print(f"  {label:<34} {peak}")
 
 
 def breakdown(model, batch, repeat):
@@ -308,20 +289,21 @@ def breakdown(model, batch, repeat):
             return result
         return run
 
+    x = images(batch)
+    model.backward(np.ones_like(model.forward(x, training=True)), input_grads=False)    # untimed: Numba's kernels load
     layers = [layer for layer in model.layers if hasattr(layer, "backward")]
     saved = [(layer, layer.forward, layer.backward) for layer in layers]
     for layer in layers:
         layer.forward = timed(layer.forward, type(layer).__name__)
         layer.backward = timed(layer.backward, type(layer).__name__)
-    x = images(batch)
     try:
         for _ in range(repeat):
-            model.backward(np.ones_like(model.forward(x, training=True)))
+            model.backward(np.ones_like(model.forward(x, training=True)), input_grads=False)
     finally:
         for layer, forward, backward in saved:
             layer.forward, layer.backward = forward, backward
     total = sum(totals.values())
-    print(f"\nper layer type, forward + backward at batch {batch} (mean of {repeat})")
+    print(f"\nminires per layer type, forward + backward at batch {batch} (mean of {repeat})")
     for kind, seconds in totals.most_common():
         print(f"  {kind:<24} {seconds / repeat:7.3f} s  {seconds / total:6.1%}")
 
@@ -341,99 +323,53 @@ def kernels(repeat):
         times = {}
         for path in ("numpy", "numba"):             # one path at a time: its data stays warm
             backend.set_kernel_path(path)
-            times[path] = alternate({path: clock(run, "cpu")}, repeat, settle=0)[path]
+            times[path] = median_seconds(run, repeat, synchronize=lambda: None)
         print(f"  {name:<18} numpy {times['numpy'] * 1e3:6.1f}, numba {times['numba'] * 1e3:6.1f}: "
               f"{times['numpy'] / times['numba']:.1f}x")
     backend.set_kernel_path(previous)
 
 
-def peak_memory(use_torch):
-    print("\npeak RSS, each in a fresh process")
-    configs = [("minires fast inference, batch 64", "infer-fast 64"),
-               ("minires training step, batch 32", "train 32")]
-    if use_torch:
-        configs += [("pytorch inference, batch 64", "torch-infer 64"),
-                     ("pytorch training step, batch 32", "torch-train 32")]
-    for label, config in configs:
-        env = GIVEN_ENVIRONMENT if config.startswith("torch") else None   # as the timings
-        result = subprocess.run([sys.executable, __file__, "--rss", config], capture_output=True,
-                                text=True, env=env)
-        if result.returncode != 0:
-            print(f"  {label}: failed: {result.stderr.strip().splitlines()[-1]}")
-            continue
-        print(f"  {label:<34} {json.loads(result.stdout)['peak_gib']:.2f} GiB")
-
-
-def measure_rss(config):
-    kind, batch = config.split()
-    batch = int(batch)
-    model = minires_resnet50()
-    if kind == "infer-fast":
-        from minires.inference import InferenceModel
-        InferenceModel(model).predict(images(batch), batch_size=batch)
-    elif kind == "train":
-        from minires.losses import SoftmaxCrossEntropy
-        from minires.optim import SGD
-        minires_train_step(model, SGD(1e-4, momentum=0.9), SoftmaxCrossEntropy(), images(batch),
-                           np.arange(batch) % 1000)
-    else:
-        import torch
-        net = torch_resnet50(model)
-        tx = torch.from_numpy(images(batch).transpose(0, 3, 1, 2).copy()).to(memory_format=torch.channels_last)
-        del model
-        if kind == "torch-infer":
-            _torch_inference(net, tx)
-        else:
-            torch_train_step(net.train(), torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9),
-                             tx, torch.arange(batch) % 1000)
-    print(json.dumps({"peak_gib": peak_rss_bytes() / 2 ** 30}))
-
-
-def peak_rss_bytes():
-    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss,
-    which a child started by a large parent inherits from it."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("peak RSS needs Linux's /proc/self/status")
+def minires_resnet50():
+    """The benchmark's weights: seeded, with BN statistics that are not trivial."""
+    from minires import set_random_seed
+    from minires.applications import ResNet50
+    set_random_seed(0)
+    model = ResNet50(classifier_activation=None)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if "moving_variance" in layer.params:
+            shape = layer.params["moving_variance"].shape
+            layer.params["moving_variance"][...] = rng.uniform(0.5, 2, shape)
+            layer.params["moving_mean"][...] = rng.normal(0, 0.1, shape)
+    return model
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.measure:
+        return measure_minires(args)
     from minires import backend
-    for_torch = args.torch_worker or (args.rss or "").startswith("torch")
-    backend.apply_speed_settings(passive_openmp=not for_torch)    # see the docstring
-    if args.rss:
-        return measure_rss(args.rss)
-    if args.torch_worker:
-        return torch_worker(args.threads, args.device)
     try:
         backend.check_device(args.device)
     except RuntimeError as error:
         sys.exit(f"benchmark: {error}")
-    worker = None
-    if not args.no_torch:
-        if importlib.util.find_spec("torch") is None:
-            print("PyTorch is not installed: minires alone")
-        else:
-            worker = TorchWorker(args.threads, args.device)
-    model = minires_resnet50().to(args.device)
-    try:
-        environment(args.threads, args.device)
-        if worker is not None:
-            agreement(model, worker, args.device)
-        inference(model, worker, args.batches, args.repeat, args.device)
-        training(model, worker, args.train_batches, args.repeat, args.device)
-    finally:
-        if worker is not None:
-            worker.close()
-    if args.device != "cpu":
-        print("\n(the per-layer breakdown, Numba kernels and peak RSS are CPU figures: run without --device)")
-        return
-    breakdown(model, max(args.train_batches[0], 1), max(1, args.repeat // 2))
+    use_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    environment(args)
+    if not args.no_torch and not use_torch:
+        print("PyTorch is not installed: minires alone")
+    model = minires_resnet50()
+    with tempfile.TemporaryDirectory() as folder:
+        weights = os.path.join(folder, "resnet50.npz")
+        model.save_weights(weights)
+        pairs(args, weights, use_torch)
+        if args.device != "cpu":
+            print("\n(peak RSS, the per-layer breakdown and Numba kernels are CPU figures: "
+                  "run without --device)")
+            return
+        peak_memory(weights, args, use_torch)
+    backend.apply_speed_settings()          # this process's own minires figures, from here on
+    breakdown(model, args.train_batches[0], max(1, args.repeat // 2))
     kernels(args.repeat)
-    peak_memory(worker is not None)
 
 
 if __name__ == "__main__":

@@ -47,12 +47,12 @@ the same numbers.
 What the default run showed (seed 0, widths 16/32/64, 10 epochs = 230
 iterations; the README has the table): the plain nets degrade, each depth
 fitting its training data worse than the last (final training loss 0.002,
-0.003, 0.11, 0.92 at 8, 20, 32, 44 layers), while the residual nets of 8 to
+0.004, 0.11, 1.14 at 8, 20, 32, 44 layers), while the residual nets of 8 to
 32 layers all fit it (0 training errors). The residual nets do NOT get
 better with depth here, as the paper's do: 8 to 32 layers fit equally well,
 and the 44-layer one, started at the paper's rate 0.1 without the warm-up
 the paper used for its 110-layer net, is still at 20% training error after
-230 iterations (less than plain-44's 33%). The gradients tell a different
+230 iterations (less than plain-44's 45%). The gradients tell a different
 story from "they do not reach the early layers of a plain net": with BN, at
 initialisation the plain-44's gradient norm GROWS toward the input (its
 first conv gets ~80x its last conv's), the residual net's stays within a

@@ -13,35 +13,61 @@ reading need. For inference alone four rewrites give the same outputs
    input is already computed) and the ReLU after them applied in ONE
    in-place pass over the conv's output (kernels.add_relu_), instead of
    four passes and an Add layer's new array.
-3. 3x3 stride-1 convs by Winograd's F(2x2, 3x3) (kernels/winograd.py):
-   2.25x fewer multiplications than im2col, the kernel transformed once here.
+3. 3x3 stride-1 convs by Winograd's F(4x4, 3x3) or F(2x2, 3x3)
+   (kernels/winograd.py): 4x or 2.25x fewer multiplications than im2col,
+   the kernel transformed once here; which one, or im2col, is chosen per
+   layer from its shape (winograd_tile_size).
 4. Every intermediate freed as soon as nothing reads it; convs work in
    chunks of images (``backend.im2col_limit()``), and 1x1 convs need no
    im2col at all.
 
-    fast = InferenceModel(model)         # reads the model's weights now
+    fast = InferenceModel(model)         # folds the model's weights now
     probs = fast.predict(images)
 
-The model is not changed; after changing its weights, build a new InferenceModel.
+``model.predict`` and ``model.forward(x, training=False)`` run one of these
+by themselves (``Model.inference_plan``). The model is not changed. The plan
+notes the ``weights_version`` of every layer it read (minires/layers/base.py)
+and folds again, before its next forward, when any of them changed; a
+weight written into in place needs ``layer.weights_changed()`` to be seen.
 Inputs are taken as ``Model.forward`` takes them: integer and bool arrays (uint8
 images) and other float types are cast to each layer's float type where that
 layer reads them, and the caller's arrays are never written into.
 """
+import operator
+
 from . import kernels
 from .backend import get_array_module, is_array
-from .kernels.winograd import transform_kernel
+from .kernels.winograd import tile_counts, transform_kernel
 from .layers import Activation, Add, BatchNormalization, Conv2D, ReLU
 from .layers.activations import relu
 from .graph import as_list, predict_in_batches, run_graph
-from .models import Model
+from .models import Model, call_forward
 
 
 class InferenceModel:
     """A model's inference forward pass with BN folded, bias, Add and ReLU fused."""
 
     def __init__(self, model):
+        if not plannable(model):
+            raise ValueError(f"model {model.name!r} overrides forward_with_caches, so its graph is "
+                             "not what it runs: InferenceModel cannot plan it")
         self.model = model
+        self.fold()
+
+    def fold(self):
+        """Plan the steps from the model's graph and weights as they are now."""
+        self.steps = []                   # the old folded copies go first: one plan in memory at a time
+        self.layers = layers_read(self.model)
+        versions = self.current_versions()
         self.steps = self._plan()
+        self.versions = versions
+
+    def current_versions(self):
+        return list(map(_weights_version, self.layers))     # map: ~25 us for ResNet-50's 177 layers
+
+    def is_current(self):
+        """Whether no layer it read has changed since the last fold (a few microseconds)."""
+        return self.current_versions() == self.versions
 
     # --- planning: which layer calls merge into which ------------------------
     def _plan(self):
@@ -56,7 +82,7 @@ class InferenceModel:
                 relu = self._relu_reading(tensor)
                 step = AddRelu(tensor, relu is not None, self.model.inputs)
                 chain = [tensor] + ([relu] if relu is not None else [])
-            elif isinstance(tensor.layer, Model):
+            elif isinstance(tensor.layer, Model) and plannable(tensor.layer):
                 step, chain = NestedModel(tensor), [tensor]
             else:
                 step, chain = LayerCall(tensor), [tensor]
@@ -99,9 +125,12 @@ class InferenceModel:
         return self.forward(x)
 
     def forward(self, x):
-        """Outputs for one input array (a batch), or a list of them, one per model input."""
+        """Outputs for one input array (a batch), or a list of them, one per model input;
+        folded again first if a weight changed since."""
         for tensor, array in zip(self.model.inputs, as_list(x)):
             check_numbers(array, self.model.name, tensor.layer.name)
+        if not self.is_current():
+            self.fold()
         return run_graph(self.model, x, [(step.inputs, step.output, step.run) for step in self.steps])
 
     def predict(self, x, batch_size=4):
@@ -118,13 +147,13 @@ class InferenceModel:
 
 # --- the kinds of step ---------------------------------------------------------
 class LayerCall:
-    """Any other layer, run as it is, in inference mode."""
+    """Any other layer (or a model that cannot be planned), run as it is, in inference mode."""
 
     def __init__(self, tensor):
         self.layer, self.inputs, self.list_input = tensor.layer, tensor.inbound, tensor.list_input
 
     def run(self, inputs, last_use):
-        y, _ = self.layer.forward(inputs if self.list_input else inputs[0], training=False)
+        y, _ = call_forward(self.layer, inputs if self.list_input else inputs[0], False, False)
         return not_an_input(y, inputs)
 
 
@@ -155,7 +184,10 @@ class FoldedConv:
         self.kernel, self.bias = kernel.astype(kernel.dtype), bias.astype(kernel.dtype)
         self.activation = None if self.conv.activation in (None, "linear") else self.conv.activation_forward
         winograd = self.conv.kernel_size == (3, 3) and self.conv.strides == (1, 1) and self.activation is None
-        self.winograd_kernel = transform_kernel(self.kernel) if winograd else None
+        # m of Winograd F(m x m, 3x3), or None for im2col
+        self.tile_size = winograd_tile_size(tensor.shape[1:3], *self.kernel.shape[2:], self.kernel.itemsize) \
+            if winograd else None
+        self.winograd_kernel = None if self.tile_size is None else transform_kernel(self.kernel, self.tile_size)
 
     def run(self, inputs, last_use):
         x, *residual = [as_dtype(a, self.kernel.dtype) for a in inputs]    # as Conv2D, Add cast
@@ -169,6 +201,44 @@ class FoldedConv:
             return kernels.add_relu_(z, self.bias, residual, self.relu)
         z = self.activation(kernels.add_relu_(z, self.bias, None, False))   # the conv's own
         return relu(z) if self.relu else z
+
+
+# F(4x4)'s transformed kernel, 36 C F numbers, is read once per call: up to
+# this size it stays in cache (measured on a 2-core x86-64, see winograd_tile_size).
+WINOGRAD_CACHED_KERNEL_BYTES = 4 << 20
+
+
+def winograd_tile_size(out_size, channels, filters, itemsize):
+    """How a 3x3 stride-1 conv with output (OH, OW) runs: m for Winograd
+    F(m x m, 3x3), or None for im2col.
+
+    F(m x m) does (m+2)^2 matrix products, each with one row per m x m tile
+    of each image, against a transformed kernel (m+2)^2 / 9 times the
+    kernel's size; its input and output transforms cost about C + F per
+    tile entry where the products cost C F. Hence, as measured on
+    ResNet-50's shapes at batch 1 and 4 (one thread's CPU time, on a shared
+    2-core x86-64):
+      - im2col with under 16 input channels (the transforms outweigh the
+        saved products: 1.6-2.7x slower for an RGB image) or an output under
+        4x4 (mostly spare tiles: 3x3 and 2x2 outputs 15-50% slower);
+      - F(4x4) when an image has at least 32 of its tiles (outputs from
+        21x21 up) or its transformed kernel fits in the cache: then the
+        kernel's reads cost less than the 44% of F(2x2)'s products saved
+        (56x56x64 at batch 1: 1.0 ms against 2.2 ms, at batch 4 7.9 and 9.1);
+      - else F(2x2): ResNet-50's 14x14x256 convs take 1.4 ms by F(2x2) and
+        1.9 ms by F(4x4) at batch 1 (16 rows per product, a 9 MB kernel;
+        at batch 4 F(4x4) is 10% ahead, 4.9 against 5.5 ms), and 7x7x512
+        3.2 and 4.9 ms (7.4 and 7.2 at batch 4).
+    An unknown size (a model for any image size) gets F(2x2), which was never
+    slower than im2col from 4x4 up with 16 channels or more.
+    """
+    if channels < 16 or (None not in out_size and min(out_size) < 4):
+        return None
+    if None in out_size:
+        return 2
+    tiles_h, tiles_w = tile_counts(*out_size, 4)
+    kernel_bytes = 36 * channels * filters * itemsize
+    return 4 if tiles_h * tiles_w >= 32 or kernel_bytes <= WINOGRAD_CACHED_KERNEL_BYTES else 2
 
 
 class AddRelu:
@@ -196,6 +266,24 @@ class AddRelu:
         may; else only an array that no later step reads, that is not the
         caller's (a model input), and that is no view into another array."""
         return array is not given or (last_use and not caller and array.base is None)
+
+
+def plannable(model):
+    """Whether ``model`` runs its graph (a subclass may override forward_with_caches)."""
+    return type(model).forward_with_caches is Model.forward_with_caches
+
+
+def layers_read(model):
+    """The model and every layer of its graph, nested models' opened, each once:
+    whatever a plan of it is folded from."""
+    found = {id(model): model}
+    for node in model.layer_calls():
+        inner = layers_read(node.layer) if isinstance(node.layer, Model) else [node.layer]
+        found.update((id(layer), layer) for layer in inner)
+    return list(found.values())
+
+
+_weights_version = operator.attrgetter("weights_version")
 
 
 def _is_relu(layer):

@@ -42,17 +42,22 @@ weight gradients over them.
 import difflib
 import functools
 
-from .backend import check_device, device_of, to_device
+from .backend import check_device, device_of, is_array, to_device
 from .graph import (as_list, layers_in_keras_order, predict_in_batches, reader_map, run_graph,
                     topological_order)
 from .layers.activations import Activation, Softmax
 from .layers.base import KerasTensor, Layer, is_symbolic, unique_name
 from .layers.input_layer import Input, InputLayer
+from .layers.kernel import KernelLayer
 
 
 class Model(Layer):
     """A model from ``inputs`` to ``outputs`` (KerasTensors or lists of them),
     or, without them, a subclass whose ``call`` is traced on its first call."""
+
+    # Inference (predict, forward(x, training=False)) runs the fast plan (inference_plan);
+    # model.fast_inference = False runs every layer as written instead, to compare.
+    fast_inference = True
 
     def __init__(self, inputs=None, outputs=None, name=None, **kwargs):
         if name is None and type(self) is Model:
@@ -63,6 +68,7 @@ class Model(Layer):
         self.stop_training = False       # set by callbacks (EarlyStopping) to end fit
         self._graph = False              # no graph yet: traced on the first call
         self._caches = None              # {id(node): cache} of the last forward that kept them
+        self._inference = None           # the InferenceModel of inference_plan(), made at first use
         if inputs is not None or outputs is not None:
             self._set_graph(inputs, outputs)
 
@@ -91,6 +97,7 @@ class Model(Layer):
         self._order = topological_order(self.inputs, self.outputs, self.name)
         self._readers = reader_map(self._order)
         self._graph = True
+        self.params.touch()              # a new graph: a plan of the old one is stale
         self.built = True
         self._check_unique_names()
 
@@ -205,9 +212,15 @@ class Model(Layer):
         training=None uses the model's mode (``train()`` / ``eval()``, default eval).
         keep_cache: keep what ``backward`` needs (default: when training); pass
         True for gradients in inference mode (a gradient check, a saliency map).
+        An inference forward that keeps nothing runs ``inference_plan()``, in
+        cache-sized batches (InferenceModel.predict); every other runs each layer.
         """
         training = self.training if training is None else training
         keep_cache = training if keep_cache is None else keep_cache
+        plan = None if training or keep_cache else self.inference_plan(inputs)
+        if plan is not None:
+            self._check_input_shapes(inputs)
+            return plan.predict(inputs)
         outputs, caches = self.forward_with_caches(inputs, training, keep_cache)
         if keep_cache:
             self._caches = caches
@@ -231,6 +244,33 @@ class Model(Layer):
         steps = [(node.inbound, node, functools.partial(call, node)) for node in self.layer_calls()]
         return run_graph(self, inputs, steps), caches
 
+    def _check_input_shapes(self, inputs):
+        """Each input array's shape checked whole, before the fast path splits the
+        batch, so that an error names the caller's shape (what is no array with a
+        batch axis, predict_in_batches refuses)."""
+        for tensor, array in zip(self.inputs, as_list(inputs)):
+            if is_array(array) and array.ndim > 0:
+                tensor.layer.check(array, self.name)
+
+    def inference_plan(self, like_inputs=None):
+        """The InferenceModel (minires/inference.py: BN folded, bias, Add and ReLU
+        fused, Winograd) that inference forwards and ``predict`` run, made at
+        first use; it folds again by itself whenever a weight it read changed.
+        None where every layer runs as written instead: ``fast_inference`` is
+        False, or a subclass overrides ``forward_with_caches`` (its graph is then
+        not what it runs). A model traced at its first call is traced here, for
+        inputs like ``like_inputs``."""
+        from .inference import InferenceModel, plannable
+        from .train import build_for
+        if not (self.fast_inference and plannable(self)):
+            return None
+        if like_inputs is not None:
+            build_for(self, like_inputs)
+        self._require_graph("inference plan")
+        if self._inference is None:
+            self._inference = InferenceModel(self)
+        return self._inference
+
     def check_devices(self, arrays):
         """One clear error when inputs and weights are not all on one device."""
         devices = {device_of(a) for a in arrays}
@@ -247,13 +287,17 @@ class Model(Layer):
         first = next((layer.params[name] for layer, name in self.parameters(False)), None)
         return None if first is None else device_of(first)
 
-    def backward(self, d_outputs, skip_output_softmax=False):
+    def backward(self, d_outputs, skip_output_softmax=False, input_grads=True):
         """Gradients of the inputs from gradients of the outputs, through the
         caches of the last forward that kept them; fills layer.grads (from zero).
 
         skip_output_softmax: ``d_outputs`` is the gradient of the logits that
         the output's softmax reads (a cross-entropy's stable p - y), so the
         backward starts below that softmax.
+        input_grads=False: only the weights' gradients are wanted (a training
+        step, whose inputs are images), so None is returned for the inputs and
+        no layer computes a gradient that only they would need (the first
+        convolution's dX and col2im); the weights' gradients are the same.
         """
         if self._caches is None:
             raise RuntimeError(f"model {self.name!r}: backward needs a forward pass that kept its "
@@ -261,12 +305,13 @@ class Model(Layer):
                                "(each forward's caches serve one backward)")
         caches, self._caches = self._caches, None
         self.zero_grads()
-        return self.backward_with_caches(d_outputs, caches, skip_output_softmax)
+        return self.backward_with_caches(d_outputs, caches, skip_output_softmax, input_grads)
 
-    def backward_with_caches(self, d_outputs, caches, skip_output_softmax=False):
+    def backward_with_caches(self, d_outputs, caches, skip_output_softmax=False, input_grads=True):
         """Backward through one forward's ``caches`` (used up), adding to the
         grads. Walks the forward order backwards, so a layer runs only once
-        every layer reading its output has sent back its share of the gradient."""
+        every layer reading its output has sent back its share of the gradient.
+        Only tensors in ``tensors_needing_grads(input_grads)`` receive one."""
         d_outputs = as_list(d_outputs)
         if len(d_outputs) != len(self.outputs):
             raise ValueError(f"model {self.name!r} has {len(self.outputs)} outputs, backward got "
@@ -274,19 +319,33 @@ class Model(Layer):
         if skip_output_softmax and not self.output_applies_softmax():
             raise ValueError(f"model {self.name!r}: skip_output_softmax, but its output does not "
                              "come from a softmax")
+        needed = self.tensors_needing_grads(input_grads)
         grads = {}
         for tensor, g in zip(self.outputs, d_outputs):
             _accumulate(grads, tensor, g)
         for node in reversed(self.layer_calls()):
             cache = caches.pop(id(node))
-            if id(node) not in grads:            # nothing downstream depends on it
+            if id(node) not in grads or id(node) not in needed:   # nothing depends on it
                 continue
             skip = skip_output_softmax and node is self.outputs[0]
-            d_inputs = call_backward(node.layer, grads.pop(id(node)), cache, skip)
-            for source, d in zip(node.inbound, as_list(d_inputs)):
-                _accumulate(grads, source, d)
+            wanted = [id(source) in needed for source in node.inbound]
+            d_inputs = call_backward(node.layer, grads.pop(id(node)), cache, skip, any(wanted))
+            for source, d, want in zip(node.inbound, as_list(d_inputs), wanted):
+                if want:
+                    _accumulate(grads, source, d)
         results = [grads.get(id(t)) for t in self.inputs]
         return results[0] if self._single_input else results
+
+    def tensors_needing_grads(self, input_grads=True):
+        """ids of the tensors whose gradient backward must compute: those that
+        depend on some layer's weights, or (``input_grads``) on a model input.
+        The others (an input, its zero padding) need none, nor do their readers
+        need to compute dL/d(them)."""
+        needed = {id(t) for t in self.inputs} if input_grads else set()
+        for node in self.layer_calls():
+            if has_weights(node.layer) or any(id(source) in needed for source in node.inbound):
+                needed.add(id(node))
+        return needed
 
     def output_applies_softmax(self):
         """True when the (single) output is a softmax: a Softmax or
@@ -298,7 +357,8 @@ class Model(Layer):
             and applies_softmax(node.layer)
 
     def predict_arrays(self, x, batch_size=32):
-        """Inference in batches of ``batch_size``; outputs concatenated."""
+        """Inference in batches of ``batch_size`` (each run by ``forward``, so
+        through the fast plan unless ``fast_inference`` is False); outputs concatenated."""
         return predict_in_batches(lambda batch: self.forward(batch, training=False, keep_cache=False),
                                   x, batch_size)
 
@@ -421,6 +481,15 @@ class Model(Layer):
                                  f"{tuple(layer.params[name].shape)}, got {tuple(value.shape)}")
         for (layer, name), value in zip(slots, weights):
             layer.params[name][...] = to_device(value, device_of(layer.params[name]))
+        self.weights_changed()
+
+    def weights_changed(self):
+        """Say that weights of this model's layers were written into in place:
+        every fast inference plan folded from one of them (this model's, or
+        another model's that shares the layer) folds again at its next use."""
+        for layer in self.leaf_layers():
+            layer.weights_changed()
+        super().weights_changed()
 
     def to(self, device):
         """Move every parameter to ``device`` ('cpu' or 'cuda'); returns the model.
@@ -428,7 +497,7 @@ class Model(Layer):
         check_device(device)
         for layer in self.leaf_layers():
             for name, value in layer.params.items():
-                layer.params[name] = to_device(value, device)
+                layer.params[name] = to_device(value, device)    # a new array: the plan refolds
             layer.grads.clear()
         return self
 
@@ -512,16 +581,26 @@ def call_forward(layer, inputs, training, keep_cache):
     return layer.forward(inputs, training=training)
 
 
-def call_backward(layer, dy, cache, skip_softmax=False):
+def call_backward(layer, dy, cache, skip_softmax=False, input_grad=True):
     """dL/d(inputs) of one layer call from its cache. skip_softmax: dy is the
-    gradient of the logits that the layer's softmax reads."""
+    gradient of the logits that the layer's softmax reads. input_grad=False:
+    no one needs dL/d(inputs), so the layers that can skip it (Conv2D, Dense,
+    a nested model) return None; the others compute it anyway."""
     if isinstance(layer, Model):
-        return layer.backward_with_caches(dy, cache, skip_softmax)
+        return layer.backward_with_caches(dy, cache, skip_softmax, input_grad)
+    options = {} if input_grad or not isinstance(layer, KernelLayer) else {"input_grad": False}
     if not skip_softmax:
-        return layer.backward(dy, cache)
+        return layer.backward(dy, cache, **options)
     if isinstance(layer, (Softmax, Activation)):
         return dy                                # the softmax layer itself: dy is its input's
-    return layer.backward(dy, cache, through_activation=False)
+    return layer.backward(dy, cache, through_activation=False, **options)
+
+
+def has_weights(layer):
+    """Whether backward fills gradients of ``layer`` (or of a nested model's layers)."""
+    if isinstance(layer, Model):
+        return any(leaf.params for leaf in layer.leaf_layers())
+    return bool(layer.params)
 
 
 def applies_softmax(layer):

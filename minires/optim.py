@@ -47,6 +47,7 @@ class Optimizer:
             if self.weight_decay:
                 grad = grad + self.weight_decay * param
             param -= lr * self.direction(f"{layer.name}/{name}", grad)
+            layer.weights_changed()              # in place, so say so: a folded inference plan is stale
 
     def slot(self, kind, key, like):
         """The state array ``kind`` of parameter ``key``, zeros at first use."""

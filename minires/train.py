@@ -4,7 +4,7 @@ One training step is the whole of backpropagation:
 
     outputs = model.forward(x_batch, training=True)     # BN uses batch statistics
     value = loss.forward(outputs, y_batch)
-    model.backward(loss.backward())                     # every layer's grads
+    model.backward(loss.backward(), input_grads=False)  # every layer's grads, not the images'
     optimizer.step(model, learning_rate)                # params -= ...
 
     history = fit(model, x, y, epochs=10, optimizer=SGD(0.05, momentum=0.9),
@@ -131,13 +131,14 @@ def train_step(model, x_batch, y_batch, optimizer, loss, metrics, learning_rate,
 
 
 def backpropagate(model, loss):
-    """Fill every layer's grads from the loss's last forward."""
+    """Fill every layer's grads from the loss's last forward (the gradients of
+    the input images are not wanted: input_grads=False skips their work)."""
     if getattr(loss, "from_logits", None) is False and model.output_applies_softmax():
         # dL/dp through the softmax divides by p, then multiplies by it again;
         # start below the softmax with dL/dlogits = (p - t)/N instead.
-        model.backward(loss.backward(logits_grad=True), skip_output_softmax=True)
+        model.backward(loss.backward(logits_grad=True), skip_output_softmax=True, input_grads=False)
     else:
-        model.backward(loss.backward())
+        model.backward(loss.backward(), input_grads=False)
 
 
 def rate(optimizer, schedule, epoch, batch, n_batches):

@@ -1,6 +1,10 @@
 """examples/benchmark.py, run as a user runs it, at its smallest: every section
-prints its figures, and PyTorch (where installed) holds the same weights."""
+prints its figures, PyTorch (where installed) holds the same weights, and its
+process (examples/torch_benchmark.py) imports nothing of minires and gets the
+environment the user gave."""
 import importlib.util
+import json
+import os
 import pathlib
 import re
 import subprocess
@@ -12,7 +16,10 @@ pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "benchmark.py"
+TORCH_SCRIPT = ROOT / "examples" / "torch_benchmark.py"
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed")
+FIGURE = r"\d+\.\d{3} s \( *\d+\.\d/s\)"
 
 
 def run(*args):
@@ -20,20 +27,92 @@ def run(*args):
                           timeout=600, cwd=ROOT)
 
 
+def load_benchmark(monkeypatch):
+    """examples/benchmark.py as a module (it imports its neighbour benchmark_common)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_every_section_prints_figures():
-    result = run("--batches", "1", "--train-batches", "1", "--repeat", "1",
+    result = run("--pairs", "1", "--batches", "1", "--train-batches", "1", "--repeat", "1",
                  *([] if HAVE_TORCH else ["--no-torch"]))
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert re.search(r"batch   1: minires \d+\.\d{3} s \(\d+\.\d/s\), minires fast \d+\.\d{3} s", out), out
-    assert re.search(r"training step.*\n  batch   1: minires \d+\.\d{3} s", out), out
+    assert re.search(r"^processor: \S.*, \d+ cores\n  vector extensions: \S", out, re.M), out
+    if importlib.util.find_spec("threadpoolctl") is not None:
+        assert re.search(r"NumPy's BLAS: \w+ [\d.]+, kernels for \w+", out), out
+    coretype_set = "OPENBLAS_CORETYPE" in os.environ
+    assert ("WARNING: OPENBLAS_CORETYPE=" if coretype_set else "OPENBLAS_CORETYPE: unset") in out, out
+    theirs = rf", pytorch {FIGURE}; minires / pytorch \d+\.\d\d$" if HAVE_TORCH else "$"
+    ratio = r"( +\d+\.\d\d)  median \d+\.\d\d;" if HAVE_TORCH else ""
+    for label in ("Model.predict ", "InferenceModel", "training step "):
+        pair_line = rf"^  {label} batch   1: minires {FIGURE}{theirs}"
+        summary_line = rf"^  {label} batch   1:{ratio} minires \d+\.\d{{3}} s"
+        assert re.search(pair_line, out, re.M) and re.search(summary_line, out, re.M), out
+    memory = ["minires Model.predict, batch 64", "minires InferenceModel, batch 64",
+              "minires training step, batch 32"]
+    memory += ["pytorch inference, batch 64", "pytorch training step, batch 32"] if HAVE_TORCH else []
+    for label in memory:
+        assert re.search(rf"{label} +\d+\.\d\d GiB", out), out
     assert re.search(r"  Conv2D +\d+\.\d{3} s", out), out
-    assert re.search(r"minires training step, batch 32 +\d+\.\d\d GiB", out), out
+    if importlib.util.find_spec("numba") is not None:
+        assert re.search(r"col2im \(backward\)  numpy +\d+\.\d, numba +\d+\.\d: \d+\.\dx", out), out
     if HAVE_TORCH:
+        assert re.search(r"pytorch: torch \S+, CPU kernels \w+, \d+ threads, channels_last", out), out
         difference = float(re.search(r"max \|logit difference\| / max \|logit\| = (\S+)", out).group(1))
         assert difference < 1e-5, out
-        assert re.search(r"pytorch \d+\.\d{3} s .*fast / pytorch = \d+\.\d\d", out), out
-        assert re.search(r"pytorch training step, batch 32 +\d+\.\d\d GiB", out), out
+
+
+@needs_torch
+def test_the_pytorch_process_imports_nothing_of_minires(tmp_path):
+    """Run the PyTorch side through every operation with Python's import log on."""
+    from minires.applications import ResNet50
+    weights = tmp_path / "resnet50.npz"
+    ResNet50(classifier_activation=None).save_weights(weights)
+    result = subprocess.run([sys.executable, "-X", "importtime", str(TORCH_SCRIPT), "--weights",
+                             str(weights), "--jobs", "infer:1", "train:1", "--repeat", "0", "--logits"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    imported = set(re.findall(r"^import time: +\d+ \| +\d+ \| +(\S+)$", result.stderr, re.M))
+    assert {"numpy", "torch", "benchmark_common"} <= imported, sorted(imported)
+    assert not [name for name in imported if name.split(".")[0] == "minires"], sorted(imported)
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["seconds"] == {"infer:1": None, "train:1": None}       # --repeat 0: memory only
+    assert len(report["logits"]) == 2 and len(report["logits"][0]) == 1000
+
+
+def test_pytorch_gets_the_environment_as_given(monkeypatch):
+    """minires's speed settings stay in its own processes: PyTorch's process gets the
+    environment the benchmark was started with, even after this process applied them
+    (as it does before its breakdown); minires's the same plus the thread count."""
+    given = dict(os.environ)
+    benchmark = load_benchmark(monkeypatch)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")                # what apply_speed_settings adds
+    commands = []
+
+    def fake_run(command, env, **_):
+        commands.append((command, env))
+        return subprocess.CompletedProcess(command, 0, stdout='{"seconds": {}}\n')
+
+    monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+    args = benchmark.parse_args(["--threads", "1"])
+    benchmark.run_measuring("pytorch", ["infer:1"], "w.npz", args, repeat=1)
+    benchmark.run_measuring("minires", ["fast:1"], "w.npz", args, repeat=1)
+    (torch_command, torch_env), (minires_command, minires_env) = commands
+    assert torch_command[1] == str(TORCH_SCRIPT) and torch_env == given
+    assert minires_command[1:3] == [str(SCRIPT), "--measure"]
+    assert minires_env == dict(given, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+
+
+def test_openblas_coretype_is_warned(monkeypatch):
+    benchmark = load_benchmark(monkeypatch)
+    warning = benchmark.openblas_coretype_line({"OPENBLAS_CORETYPE": "Haswell"})
+    assert "WARNING: OPENBLAS_CORETYPE=Haswell is set" in warning
+    assert "env -u OPENBLAS_CORETYPE python" in warning
+    assert "unset" in benchmark.openblas_coretype_line({})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed")

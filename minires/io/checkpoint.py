@@ -204,6 +204,7 @@ def load_checkpoint(model, path, strict=True, max_bytes=None, validate=None):
         validate(extra)
     for param, value in ready:                       # nothing below can fail: all checked
         param[...] = value
+    model.weights_changed()                          # written in place: folded inference plans are stale
     return extra
 
 

@@ -363,6 +363,7 @@ def load_torch_state_dict(model, source):
                                 + "\n  ".join(problems), problems)
     for param, value in ready:                # all checked: nothing below can fail
         param[...] = like(np.ascontiguousarray(value, dtype=param.dtype), param)
+    model.weights_changed()                   # written in place: folded inference plans are stale
 
 
 def _prefix_hint(unexpected, slots):

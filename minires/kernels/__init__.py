@@ -110,6 +110,10 @@ def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
         dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis)
 
 
+def column_sums(rows):
+    return (_channel_last_numba([rows], 1) or channelwise).column_sums(rows)
+
+
 def relu(z):
     return (_channel_last_numba([z], z.ndim - 1) or channelwise).relu(z)
 
@@ -125,22 +129,25 @@ def add_relu_(z, bias, residual, relu):
     return (_channel_last_numba(arrays, z.ndim - 1) or channelwise).add_relu_(z, bias, residual, relu)
 
 
-# --- Winograd F(2x2, 3x3): the inference fast path's 3x3 stride-1 convolutions --------------
+# --- Winograd F(m x m, 3x3), m = 2 or 4: the inference fast path's 3x3 stride-1 convolutions ---
 def winograd_conv3x3(x, u, pads, out_size, bias, residual, relu):
-    """x (N, H, W, C) unpadded, u = winograd.transform_kernel(kernel) ->
+    """x (N, H, W, C) unpadded, u = winograd.transform_kernel(kernel, m) ->
     relu?(conv(x) + bias [+ residual]) (N, OH, OW, F), a chunk of images at a
     time so that the transformed tiles stay under ``backend.im2col_limit()``."""
     xp = backend.get_array_module(x)
     transforms = (_channel_last_numba([x], x.ndim - 1) or winograd)
+    m = winograd.output_tile_size(u)
     z = xp.empty((x.shape[0], *out_size, u.shape[2]), dtype=x.dtype)
-    tiles = winograd.tile_counts(*out_size)
-    image_bytes = 16 * tiles[0] * tiles[1] * (u.shape[1] + u.shape[2]) * x.itemsize
+    tiles = winograd.tile_counts(*out_size, m)
+    image_bytes = u.shape[0] * tiles[0] * tiles[1] * (u.shape[1] + u.shape[2]) * x.itemsize
     for batch in batch_chunks(x.shape[0], image_bytes):
-        m = xp.matmul(transforms.input_tiles(x[batch], pads, out_size), u)
-        transforms.output_tiles(m, bias, None if residual is None else residual[batch], relu, z[batch])
+        products = xp.matmul(transforms.input_tiles(x[batch], pads, out_size, m), u)
+        transforms.output_tiles(products, bias, None if residual is None else residual[batch], relu,
+                                z[batch], m)
     return z
 
 
 __all__ = ["im2col", "col2im", "batch_chunks", "conv2d", "max_pool_forward", "max_pool_backward",
-           "channel_moments", "normalize", "channel_sums", "batch_norm_dx", "relu", "relu_backward", "add_relu_",
+           "channel_moments", "normalize", "channel_sums", "batch_norm_dx", "column_sums", "relu",
+           "relu_backward", "add_relu_",
            "winograd_conv3x3"]

@@ -43,6 +43,11 @@ def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
     return channel(scale) * (dy - channel(mean_dy) - xhat * channel(mean_dy_xhat))
 
 
+def column_sums(rows):
+    """rows (R, C) -> (C,): the sum of every column, a bias's gradient (b is added to every row)."""
+    return rows.sum(axis=0)
+
+
 def relu(z):
     """max(z, 0), a new array (NaN stays NaN, as np.maximum keeps it)."""
     return get_array_module(z).maximum(z, 0)

@@ -18,11 +18,10 @@ implemented): the sliding-window kernels hand other types to slicing.py.
 import numpy as np
 from numba import njit, prange
 
-from . import slicing
+from . import slicing, winograd
 from .slicing import output_size
 
 _COMPILED_FLOATS = (np.float32, np.float64)
-from .winograd import tile_counts
 
 
 def im2col(x, kh, kw, sh, sw):
@@ -278,82 +277,126 @@ def _add_relu(z, bias, residual, has_residual, relu):
             z[r, c] = _relu_value(value) if relu else value
 
 
-# --- Winograd F(2x2, 3x3) transforms (winograd.py), written out: B^T d B and A^T m A ---------
-def input_tiles(x, pads, out_size):
-    tiles_h, tiles_w = tile_counts(*out_size)
-    v = np.empty((16, x.shape[0] * tiles_h * tiles_w, x.shape[3]), dtype=x.dtype)
-    _input_tiles(np.ascontiguousarray(x), pads[0][0], pads[1][0], tiles_h, tiles_w, v)
+# --- Winograd F(m x m, 3x3) transforms (winograd.py): B^T d B and A^T M A, m = 2 or 4 --------
+# The 2-D transforms are 1-D ones down the columns, then along the rows; the
+# 1-D ones are written out (sharing sums) for a row of channels at once. Every
+# array is viewed as (rows, channels), C-ordered, and a 1-D transform reads
+# every step-th row from a start: with the channels' unit stride known, the
+# compiler vectorises the channel loop (through strided views it does not:
+# the transforms took 2-4x longer).
+def input_tiles(x, pads, out_size, m):
+    tiles_h, tiles_w = winograd.tile_counts(*out_size, winograd.checked_tile_size(m))
+    v = np.empty(((m + 2) ** 2, x.shape[0] * tiles_h * tiles_w, x.shape[3]), dtype=x.dtype)
+    _input_tiles(np.ascontiguousarray(x), pads[0][0], pads[1][0], tiles_h, tiles_w, m, _rows(v))
     return v
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _input_tiles(x, top, left, tiles_h, tiles_w, v):
-    """Copies each 4x4 tile from the unpadded x (zeros outside: no padded copy
-    of x), then per channel B^T d B, with B^T d = (d0 - d2, d1 + d2, d2 - d1,
-    d1 - d3) along each axis. The channel is the inner loop: contiguous reads
-    and writes that the compiler vectorises."""
+def _input_tiles(x, top, left, tiles_h, tiles_w, m, v):
+    """Copies each (m+2)x(m+2) tile from the unpadded x (zeros outside: no
+    padded copy of x) into d, then t = B^T d down its columns and v = t B
+    along its rows; v is V viewed as ((m+2)^2 * tiles, C)."""
     n, height, width, channels = x.shape
+    size = m + 2
+    tiles = v.shape[0] // (size * size)
     for row in prange(n * tiles_h):
         b, th = row // tiles_h, row % tiles_h
-        d = np.empty((4, 4, channels), dtype=x.dtype)     # this thread's own tile
-        t = np.empty((4, 4, channels), dtype=x.dtype)
+        d = np.empty((size * size, channels), dtype=x.dtype)    # this thread's own tile, row i*size + j
+        t = np.empty((size * size, channels), dtype=x.dtype)
         for tw in range(tiles_w):
             tile = row * tiles_w + tw
-            for i in range(4):
-                h = 2 * th + i - top
-                for j in range(4):
-                    w = 2 * tw + j - left
+            for i in range(size):
+                h = m * th + i - top
+                for j in range(size):
+                    w = m * tw + j - left
                     if 0 <= h < height and 0 <= w < width:
-                        d[i, j, :] = x[b, h, w, :]
+                        d[i * size + j, :] = x[b, h, w, :]
                     else:
-                        d[i, j, :] = 0
-            for j in range(4):                            # t = B^T d, down the columns
-                for c in range(channels):
-                    t[0, j, c] = d[0, j, c] - d[2, j, c]
-                    t[1, j, c] = d[1, j, c] + d[2, j, c]
-                    t[2, j, c] = d[2, j, c] - d[1, j, c]
-                    t[3, j, c] = d[1, j, c] - d[3, j, c]
-            for i in range(4):                            # v = t B, along the rows
-                for c in range(channels):
-                    v[4 * i + 0, tile, c] = t[i, 0, c] - t[i, 2, c]
-                    v[4 * i + 1, tile, c] = t[i, 1, c] + t[i, 2, c]
-                    v[4 * i + 2, tile, c] = t[i, 2, c] - t[i, 1, c]
-                    v[4 * i + 3, tile, c] = t[i, 1, c] - t[i, 3, c]
+                        d[i * size + j, :] = 0
+            for j in range(size):                                # column j: rows j, j + size, ...
+                _b_t_times(m, d, j, size, t, j, size)
+            for i in range(size):                                # row i of t -> V[size*i + k, tile]
+                _b_t_times(m, t, i * size, 1, v, i * size * tiles + tile, tiles)
 
 
-def output_tiles(m, bias, residual, relu, z):
+@njit(cache=True, inline="always")
+def _b_t_times(m, d, start, step, out, out_start, out_step):
+    """out[out_start + k*out_step] = sum_i B^T[k, i] d[start + i*step], every
+    channel: winograd.B_T[m] written out."""
+    if m == 2:
+        for c in range(d.shape[1]):
+            d0, d1, d2, d3 = d[start, c], d[start + step, c], d[start + 2 * step, c], d[start + 3 * step, c]
+            out[out_start, c] = d0 - d2
+            out[out_start + out_step, c] = d1 + d2
+            out[out_start + 2 * out_step, c] = d2 - d1
+            out[out_start + 3 * out_step, c] = d1 - d3
+        return
+    for c in range(d.shape[1]):
+        d0, d1, d2 = d[start, c], d[start + step, c], d[start + 2 * step, c]
+        d3, d4, d5 = d[start + 3 * step, c], d[start + 4 * step, c], d[start + 5 * step, c]
+        out[out_start, c] = 4 * d0 - 5 * d2 + d4
+        out[out_start + out_step, c] = d3 + d4 - 4 * (d1 + d2)
+        out[out_start + 2 * out_step, c] = d4 - d3 + 4 * (d1 - d2)
+        out[out_start + 3 * out_step, c] = d4 - d2 + 2 * (d3 - d1)
+        out[out_start + 4 * out_step, c] = d4 - d2 - 2 * (d3 - d1)
+        out[out_start + 5 * out_step, c] = 4 * d1 - 5 * d3 + d5
+
+
+@njit(cache=True, inline="always")
+def _a_t_times(m, p, start, step, out, out_start):
+    """out[out_start + k] = sum_a A^T[k, a] p[start + a*step], every filter:
+    winograd.A_T[m] written out."""
+    if m == 2:
+        for f in range(p.shape[1]):
+            p0, p1, p2, p3 = p[start, f], p[start + step, f], p[start + 2 * step, f], p[start + 3 * step, f]
+            out[out_start, f] = p0 + p1 + p2
+            out[out_start + 1, f] = p1 - p2 - p3
+        return
+    for f in range(p.shape[1]):
+        p0, p1, p2 = p[start, f], p[start + step, f], p[start + 2 * step, f]
+        p3, p4, p5 = p[start + 3 * step, f], p[start + 4 * step, f], p[start + 5 * step, f]
+        out[out_start, f] = p0 + (p1 + p2) + (p3 + p4)
+        out[out_start + 1, f] = (p1 - p2) + 2 * (p3 - p4)
+        out[out_start + 2, f] = (p1 + p2) + 4 * (p3 + p4)
+        out[out_start + 3, f] = (p1 - p2) + 8 * (p3 - p4) + p5
+
+
+def output_tiles(products, bias, residual, relu, z, m):
     has_residual = residual is not None
-    tiles_h, tiles_w = tile_counts(*z.shape[1:3])
-    _output_tiles(m, bias, residual if has_residual else z[:0], has_residual, relu, tiles_h, tiles_w, z)
+    tiles_h, tiles_w = winograd.tile_counts(*z.shape[1:3], winograd.checked_tile_size(m))
+    _output_tiles(_rows(np.ascontiguousarray(products)), bias, residual if has_residual else z[:0],
+                  has_residual, relu, tiles_h, tiles_w, m, z)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _output_tiles(m, bias, residual, has_residual, relu, tiles_h, tiles_w, z):
-    """Per filter A^T m A, with A^T m = (m0 + m1 + m2, m1 - m2 - m3) along each
-    axis; then + bias [+ residual] and ReLU, writing only the tile's pixels
-    that lie inside the output. The filter is the inner loop, as above."""
+def _output_tiles(products, bias, residual, has_residual, relu, tiles_h, tiles_w, m, z):
+    """Per tile t = A^T M down the columns, then y = t A row by row, + bias
+    [+ residual] and ReLU, writing only the pixels that lie inside the output
+    (not a spare tile's). products is M viewed as ((m+2)^2 * tiles, F)."""
     n, out_h, out_w, filters = z.shape
+    size = m + 2
+    tiles = products.shape[0] // (size * size)
     for row in prange(n * tiles_h):
         b, th = row // tiles_h, row % tiles_h
-        t = np.empty((2, 4, filters), dtype=m.dtype)
+        t = np.empty((m * size, filters), dtype=products.dtype)     # (A^T M)[i, k] in row k*m + i
+        y = np.empty((m, filters), dtype=products.dtype)            # one row of the output tile
         for tw in range(tiles_w):
             tile = row * tiles_w + tw
-            for j in range(4):                            # t = A^T m, down the columns
-                for f in range(filters):
-                    t[0, j, f] = m[j, tile, f] + m[4 + j, tile, f] + m[8 + j, tile, f]
-                    t[1, j, f] = m[4 + j, tile, f] - m[8 + j, tile, f] - m[12 + j, tile, f]
-            for i in range(2):                            # y = t A, along the rows
-                h, w = 2 * th + i, 2 * tw
-                if h >= out_h:
-                    continue
-                for f in range(filters):
-                    y0 = t[i, 0, f] + t[i, 1, f] + t[i, 2, f] + bias[f]
-                    y1 = t[i, 1, f] - t[i, 2, f] - t[i, 3, f] + bias[f]
-                    if has_residual:
-                        y0 += residual[b, h, w, f]
-                        y1 += residual[b, h, min(w + 1, out_w - 1), f]
-                    if relu:
-                        y0, y1 = _relu_value(y0), _relu_value(y1)
-                    z[b, h, w, f] = y0
-                    if w + 1 < out_w:
-                        z[b, h, w + 1, f] = y1
+            for k in range(size):                                    # column k: M[k, tile], M[size + k, tile], ...
+                _a_t_times(m, products, k * tiles + tile, size * tiles, t, k * m)
+            for i in range(min(m, out_h - m * th)):
+                _a_t_times(m, t, i, m, y, 0)
+                h = m * th + i
+                for j in range(min(m, out_w - m * tw)):
+                    w = m * tw + j
+                    for f in range(filters):
+                        value = y[j, f] + bias[f]
+                        if has_residual:
+                            value += residual[b, h, w, f]
+                        z[b, h, w, f] = _relu_value(value) if relu else value
+
+
+# --- a bias's gradient (channelwise.column_sums): the block sums of channel_moments ---------
+def column_sums(rows):
+    return _block_sums(rows).sum(axis=0).astype(rows.dtype)
+

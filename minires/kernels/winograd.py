@@ -1,5 +1,7 @@
-"""3x3 stride-1 convolution with Winograd's minimal filtering F(2x2, 3x3):
-2.25x fewer multiplications than im2col, used by the inference fast path.
+"""3x3 stride-1 convolution by Winograd's minimal filtering F(m x m, 3x3),
+m = 2 or 4: (m + 2)^2 multiplications per m x m output tile instead of 9 m^2,
+2.25x fewer for F(2x2, 3x3) and 4x fewer for F(4x4, 3x3). Used by the
+inference fast path, which picks m per layer (minires/inference.py).
 
 One dimension first. Two outputs of a 3-tap filter g over 4 inputs d,
     y0 = d0 g0 + d1 g1 + d2 g2,    y1 = d1 g0 + d2 g1 + d3 g2,
@@ -7,64 +9,135 @@ take 6 multiplications directly but only 4 as
     m1 = (d0 - d2) g0                 m2 = (d1 + d2) (g0 + g1 + g2) / 2
     m4 = (d1 - d3) g2                 m3 = (d2 - d1) (g0 - g1 + g2) / 2
     y0 = m1 + m2 + m3,                y1 = m2 - m3 - m4.
-In matrices: y = A^T [(G g) * (B^T d)] with the B^T, G, A^T below. In 2-D
-the same trick runs along rows and columns: a 4x4 input tile d and the 3x3
-kernel give a 2x2 output tile
-    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, 16 products).
-Summed over input channels, the 16 elementwise products become 16 matrix
-products: with V[k] (tiles, C) the transformed tiles and U[k] (C, F) the
-transformed kernel, M[k] = V[k] @ U[k], and each output tile is A^T M A.
-Tiles overlap by 2 (stride 2), so a tile is exactly im2col's 4x4 window at
-stride 2: the NumPy code below builds them that way. The kernel transform
-U is done once per model; the input and output transforms are cheap passes
-(compiled by Numba when it is installed). Rounding: about 1e-7 relative in
-float32, well inside the fast path's 1e-5.
+In matrices: y = A^T [(G g) * (B^T d)] with the B_T[2], G[2], A_T[2] below.
+
+Where such matrices come from (Toom-Cook; Lavin & Gray 2015, "Fast Algorithms
+for Convolutional Neural Networks"). The LINEAR convolution s = g * u of the
+3 taps g with m values u is the product of polynomials s(x) = g(x) u(x), of
+degree m + 1, so its values at m + 2 points p_k fix it: evaluate g and u
+there, multiply (m + 2 products), interpolate. Point "infinity" stands for
+the leading coefficient (s's top one is g2 times u's last). In matrices,
+s = C [(G g) * (E u)] with
+    E[k, i] = p_k^i                  u evaluated at p_k (infinity: u's last entry)
+    G[k]    = (1, p_k, p_k^2) / N_k  g evaluated at p_k, N_k = prod_{q != p_k} (p_k - q)
+                                     (infinity: (0, 0, 1), and N = 1)
+    C[:, k] = the coefficients of prod_{q != p_k} (x - q), Lagrange's numerator for
+              p_k (its 1 / N_k is in G); infinity: of prod_q (x - q), the finite q.
+A network's "convolution" is a correlation, y_i = sum_j d_{i+j} g_j: the
+TRANSPOSE of u -> g * u (d has m + 2 values, y has m). Transposing the
+algorithm gives y = E^T [(G g) * (C^T d)], so A^T = E^T and B^T = C^T.
+F(4, 3) takes the points 0, 1, -1, 2, -2, infinity (small points keep the
+numbers small: the largest is 2^3 = 8), and the recipe gives exactly
+B_T[4], G[4], A_T[4] below; e.g. B^T's row for p = 0 is the coefficients of
+(x - 1)(x + 1)(x - 2)(x + 2) = 4 - 5x^2 + x^4, and G's is (1, 0, 0) / 4.
+F(2, 3) takes 0, 1, -1, infinity; Lavin's matrices, kept here, flip the sign
+of the point-0 rows of B^T and G and of the infinity row of B^T and column
+of A^T, which leaves every product, and y, unchanged.
+
+In 2-D the same trick runs along rows and columns: an (m+2)x(m+2) input
+tile d and the 3x3 kernel give an m x m output tile
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, (m+2)^2 products).
+Summed over input channels, the (m+2)^2 elementwise products become as many
+matrix products: with V[k] (tiles, C) the transformed tiles and U[k] (C, F)
+the transformed kernel, M[k] = V[k] @ U[k], and each output tile is A^T M A.
+Tiles overlap by 2 (stride m), so a tile is exactly im2col's (m+2)x(m+2)
+window at stride m: the NumPy code below builds them that way. An output
+size that is not a multiple of m takes one spare row and column of tiles,
+computed on zeros and cropped. The kernel transform U is done once per
+model; the input and output transforms are cheap passes (compiled by Numba
+when it is installed).
+
+Rounding: F(4x4)'s larger entries (5 in B^T, 8 in A^T) make the transformed
+tiles larger than the outputs they add up to, so the float32 rounding of the
+matrix products, relative to those terms, comes back amplified (in float64
+products F(4x4) would round 6x less). Against float64, on a 14x14 stage with
+256 channels in and out, ReLU'd inputs and He-scaled weights, the largest
+error relative to the largest output is 4e-7 by im2col, 6e-7 by F(2x2) and
+1.3e-5 by F(4x4) (root mean square: 2.6e-7, 4.4e-7, 2.5e-6). On ResNet-50's
+logits (224x224, random weights) the fast path is 5.3e-7 from float64, with
+or without F(4x4), as the float32 layers are (5.7e-7): inside its 1e-5.
 """
+import math
+
 from ..backend import get_array_module
 from ..padding import pad_2d
 from .channelwise import add_relu_
 from .slicing import im2col
 
-B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
+# The transforms of F(m x m, 3x3), by output tile size m.
+B_T = {2: ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+       4: ((4, 0, -5, 0, 1, 0),
+           (0, -4, -4, 1, 1, 0),
+           (0, 4, -4, -1, 1, 0),
+           (0, -2, -1, 2, 1, 0),
+           (0, 2, -1, -2, 1, 0),
+           (0, 4, 0, -5, 0, 1))}
+G = {2: ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
+     4: ((1 / 4, 0, 0),
+         (-1 / 6, -1 / 6, -1 / 6),
+         (-1 / 6, 1 / 6, -1 / 6),
+         (1 / 24, 1 / 12, 1 / 6),
+         (1 / 24, -1 / 12, 1 / 6),
+         (0, 0, 1))}
+A_T = {2: ((1, 1, 1, 0), (0, 1, -1, -1)),
+       4: ((1, 1, 1, 1, 1, 0),
+           (0, 1, -1, 2, -2, 0),
+           (0, 1, 1, 4, 4, 0),
+           (0, 1, -1, 8, -8, 1))}
+TILE_SIZES = tuple(A_T)
 
 
-def transform_kernel(kernel):
-    """(3, 3, C, F) kernel -> U (16, C, F) = G g G^T for every (c, f)."""
+def checked_tile_size(m):
+    """``m``, if F(m x m, 3x3) is one of TILE_SIZES (the compiled transforms
+    would read and write past their tiles otherwise)."""
+    if m not in TILE_SIZES:
+        raise ValueError(f"Winograd output tile size m must be one of {TILE_SIZES}, got {m!r}")
+    return m
+
+
+def transform_kernel(kernel, m):
+    """(3, 3, C, F) kernel -> U ((m+2)^2, C, F) = G g G^T for every (c, f)."""
+    checked_tile_size(m)
+    if kernel.ndim != 4 or kernel.shape[:2] != (3, 3):
+        raise ValueError(f"Winograd F({m}x{m}, 3x3) needs a (3, 3, C, F) kernel, got shape {kernel.shape}")
     xp = get_array_module(kernel)
-    g = xp.asarray(G, dtype=kernel.dtype)
-    return xp.einsum("ai,ijcf,bj->abcf", g, kernel, g).reshape(16, *kernel.shape[2:])
+    g = xp.asarray(G[m], dtype=kernel.dtype)
+    return xp.einsum("ai,ijcf,bj->abcf", g, kernel, g).reshape(-1, *kernel.shape[2:])
 
 
-def tile_counts(out_h, out_w):
-    """2x2 output tiles covering an (out_h, out_w) output (odd sizes: one spare row/column)."""
-    return -(-out_h // 2), -(-out_w // 2)
+def output_tile_size(u):
+    """m of a transformed kernel U ((m+2)^2, C, F)."""
+    return checked_tile_size(math.isqrt(u.shape[0]) - 2)
 
 
-def input_tiles(x, pads, out_size):
+def tile_counts(out_h, out_w, m):
+    """m x m output tiles covering an (out_h, out_w) output (spare ones past a multiple of m)."""
+    return -(-out_h // m), -(-out_w // m)
+
+
+def input_tiles(x, pads, out_size, m):
     """x (N, H, W, C) unpadded, pads ((top, bottom), (left, right)) ->
-    V (16, N*TH*TW, C) = B^T d B of every 4x4 tile d of the padded input."""
+    V ((m+2)^2, N*TH*TW, C) = B^T d B of every (m+2)x(m+2) tile d of the padded input."""
     xp = get_array_module(x)
-    tiles_h, tiles_w = tile_counts(*out_size)
+    tiles_h, tiles_w = tile_counts(*out_size, m)
     (top, _), (left, _) = pads
-    # zeros after the padding for an odd output size's spare row and column
-    bottom = 2 * tiles_h + 2 - x.shape[1] - top
-    right = 2 * tiles_w + 2 - x.shape[2] - left
-    d = im2col(pad_2d(x, ((top, bottom), (left, right))), 4, 4, 2, 2)   # (N, TH, TW, 4, 4, C)
-    b_t = xp.asarray(B_T, dtype=x.dtype)
+    # zeros after the padding for the spare tiles past a multiple of m
+    bottom = m * tiles_h + 2 - x.shape[1] - top
+    right = m * tiles_w + 2 - x.shape[2] - left
+    d = im2col(pad_2d(x, ((top, bottom), (left, right))), m + 2, m + 2, m, m)   # (N, TH, TW, m+2, m+2, C)
+    b_t = xp.asarray(B_T[m], dtype=x.dtype)
     v = xp.einsum("ai,ntsijc,bj->abntsc", b_t, d, b_t)
-    return xp.ascontiguousarray(v).reshape(16, -1, x.shape[3])
+    return xp.ascontiguousarray(v).reshape((m + 2) ** 2, -1, x.shape[3])
 
 
-def output_tiles(m, bias, residual, relu, z):
-    """M (16, N*TH*TW, F) -> z (N, OH, OW, F), written in place: A^T M A per
+def output_tiles(products, bias, residual, relu, z, m):
+    """M ((m+2)^2, N*TH*TW, F) -> z (N, OH, OW, F), written in place: A^T M A per
     tile, + bias [+ residual], then ReLU if ``relu`` (as channelwise.add_relu_)."""
-    xp = get_array_module(m)
+    xp = get_array_module(products)
     batch, out_h, out_w, filters = z.shape
-    tiles_h, tiles_w = tile_counts(out_h, out_w)
-    a_t = xp.asarray(A_T, dtype=m.dtype)
-    m = m.reshape(4, 4, batch, tiles_h, tiles_w, filters)
-    y = xp.einsum("ia,abntsf,jb->ntisjf", a_t, m, a_t)              # (N, TH, 2, TW, 2, F)
-    z[...] = y.reshape(batch, 2 * tiles_h, 2 * tiles_w, filters)[:, :out_h, :out_w]
+    tiles_h, tiles_w = tile_counts(out_h, out_w, m)
+    a_t = xp.asarray(A_T[m], dtype=products.dtype)
+    products = products.reshape(m + 2, m + 2, batch, tiles_h, tiles_w, filters)
+    y = xp.einsum("ia,abntsf,jb->ntisjf", a_t, products, a_t)   # (N, TH, m, TW, m, F)
+    z[...] = y.reshape(batch, m * tiles_h, m * tiles_w, filters)[:, :out_h, :out_w]
     add_relu_(z, bias, residual, relu)

@@ -21,11 +21,23 @@ an inference pass between a forward and its backward changes nothing.
 Weights are created on the first forward pass, when the input's channel
 count is known (Keras calls this ``build``).
 
+Every change of a layer's weights changes its ``weights_version``, which is
+how a model's fast inference plan (``minires.inference.InferenceModel``,
+with folded copies of the weights) knows it is stale: assigning
+``params[name] = array`` (``params`` is a ``Params`` dict), ``set_weights``,
+the optimisers, BN's moving statistics, the weight loaders and flipping
+``trainable`` all do it. Code that writes INTO a weight array in place
+(``layer.params["kernel"][...] = w``, ``+=``) must say so with
+``layer.weights_changed()`` (or ``model.weights_changed()`` for all of a
+model's layers); nothing else can see such a write without a pass over
+the weights.
+
 Called on an array, a layer returns only y (eager, as in Keras). Called on a
 KerasTensor (from ``Input``), it records a node of the graph instead and
 returns a new KerasTensor of its output shape: that is Keras's functional
 API, which ``minires.models.Model`` then runs.
 """
+import itertools
 import numbers
 import re
 
@@ -36,6 +48,7 @@ from ..backend import floatx, is_array, like
 from ..padding import window_padding_2d
 
 _name_counts = {}
+_weight_clock = itertools.count(1)   # one clock for every layer: a stamp is never reused
 
 
 def clear_session():
@@ -88,6 +101,33 @@ class KerasTensor:
                         "(an `if` or `while` on a tensor); compute both paths with layers instead")
 
 
+class Params(dict):
+    """A layer's weights by name: a dict whose ``stamp`` is renewed whenever
+    it changes (an assignment, a deletion) or ``touch()`` says an array in it
+    was written into in place. ``Layer.weights_version`` is this stamp."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.touch()
+
+    def touch(self):
+        self.stamp = next(_weight_clock)
+
+
+def _touching(method):
+    def changed(self, *args, **kwargs):
+        result = method(self, *args, **kwargs)
+        self.touch()
+        return result
+    return changed
+
+
+# dict's own update, pop, setdefault, ... do not go through __setitem__: wrap each mutator.
+for _name in ("__setitem__", "__delitem__", "__ior__", "update", "pop", "popitem", "clear",
+              "setdefault"):
+    setattr(Params, _name, _touching(getattr(dict, _name)))
+
+
 def is_symbolic(inputs):
     items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
     return any(isinstance(x, KerasTensor) for x in items)
@@ -101,8 +141,8 @@ class Layer:
                  batch_input_shape=None, input_dim=None, batch_size=None):
         self.name = name if name is not None else unique_name(snake_case(type(self).__name__))
         self.dtype = floatx() if dtype is None else _float_dtype_name(dtype, self.name)
-        self.trainable = trainable
         self.params = {}
+        self.trainable = trainable
         self.grads = {}
         self.non_trainable_names = set()
         self.built = False
@@ -112,6 +152,34 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"
+
+    # --- what a fast inference plan checks to know it is stale -------------------
+    @property
+    def params(self):
+        return self._params
+
+    @params.setter
+    def params(self, weights):
+        self._params = weights if isinstance(weights, Params) else Params(weights)
+
+    @property
+    def trainable(self):
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        self._trainable = value
+        self._params.touch()        # inference never reads it today; a layer's forward may
+
+    @property
+    def weights_version(self):
+        """Changes whenever the weights do (see the module docstring); cheap to read."""
+        return self._params.stamp
+
+    def weights_changed(self):
+        """Say that a weight array was written into in place (``params[name][...] = w``):
+        the fast inference plans folded from the old values are rebuilt on their next use."""
+        self._params.touch()
 
     def __call__(self, inputs, training=False):
         if is_symbolic(inputs):
@@ -186,6 +254,7 @@ class Layer:
                                  f"{tuple(param.shape)}, got {tuple(value.shape)}")
         for (_, param), value in zip(slots, weights):
             param[...] = like(value, param)                   # CuPy refuses NumPy here
+        self.weights_changed()
 
     # --- weights -------------------------------------------------------------
     def add_weight(self, name, shape, initializer, like_array, trainable=True):

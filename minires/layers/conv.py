@@ -1,6 +1,6 @@
 """2-D convolution (cross-correlation, as in Keras): forward by im2col and one
 matrix product, backward by two matrix products and col2im."""
-from ..kernels import col2im, im2col
+from ..kernels import col2im, column_sums, im2col
 from ..padding import PADDINGS, crop_2d, pad_2d
 from .base import as_pair, check_choice, check_positive_int, window_output_shape, window_pads
 from .kernel import KernelLayer
@@ -59,7 +59,9 @@ class Conv2D(KernelLayer):
         y = self.activation_forward(z)
         return y, (x, self.output_for_backward(y))
 
-    def backward(self, dy, cache, through_activation=True):
+    def backward(self, dy, cache, through_activation=True, input_grad=True):
+        """dL/dx (None when ``input_grad`` is False: the input is an image, say,
+        and nothing needs its gradient, so dX and col2im are skipped)."""
         x, y = cache
         pads, out_size = self.pads(x.shape)
         dy = self._check_grad(dy, (x.shape[0], *out_size, self.filters))
@@ -71,6 +73,8 @@ class Conv2D(KernelLayer):
         self.add_grad("kernel", (cols.reshape(-1, kernel.shape[0]).T @ dz_rows).reshape(
             self.params["kernel"].shape))
         if self.use_bias:
-            self.add_grad("bias", dz_rows.sum(axis=0))
+            self.add_grad("bias", column_sums(dz_rows))                    # sum_rows dZ
+        if not input_grad:
+            return None
         d_cols = (dz_rows @ kernel.T).reshape(cols.shape)
         return crop_2d(col2im(d_cols, xpad.shape, *self.strides), pads)

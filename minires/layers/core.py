@@ -1,6 +1,7 @@
 """Dense, Flatten and ZeroPadding2D: the layers that only reshape or multiply."""
 import math
 
+from ..kernels import column_sums
 from ..padding import crop_2d, pad_2d
 from .base import Layer, as_pair, check_positive_int
 from .kernel import KernelLayer
@@ -39,15 +40,16 @@ class Dense(KernelLayer):
         y = self.activation_forward(z)
         return y, (x, self.output_for_backward(y))
 
-    def backward(self, dy, cache, through_activation=True):
+    def backward(self, dy, cache, through_activation=True, input_grad=True):
+        """dL/dx (None when ``input_grad`` is False: nothing needs it)."""
         x, y = cache
         dy = self._check_grad(dy, (*x.shape[:-1], self.units))
         dz = self.activation_backward(dy, y) if through_activation else dy
         x_rows, dz_rows = x.reshape(-1, x.shape[-1]), dz.reshape(-1, self.units)   # (N, ...) -> rows
         self.add_grad("kernel", x_rows.T @ dz_rows)
         if self.use_bias:
-            self.add_grad("bias", dz_rows.sum(axis=0))
-        return dz @ self.params["kernel"].T
+            self.add_grad("bias", column_sums(dz_rows))                          # dz.sum(axis=0)
+        return dz @ self.params["kernel"].T if input_grad else None
 
 
 class Flatten(Layer):

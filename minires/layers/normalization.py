@@ -83,6 +83,7 @@ class BatchNormalization(Layer):
             moving = self.params[name]
             moving *= self.momentum
             moving += (1.0 - self.momentum) * batch_value
+        self.weights_changed()               # written in place: a folded inference plan is stale
 
     def backward(self, dy, cache):
         xhat, inv_std, batch_stats = cache
