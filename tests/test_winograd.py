@@ -7,7 +7,8 @@ import pytest
 
 from minires import backend, kernels, naive
 from minires.applications import ResNet50
-from minires.inference import FoldedConv, InferenceModel, winograd_tile_size
+from minires import inference
+from minires.inference import FoldedConv, InferenceModel, winograd_pays_at, winograd_tile_size
 from minires.kernels import winograd
 from minires.layers import Conv2D, Input
 from minires.models import Model
@@ -150,7 +151,8 @@ def test_the_rule_at_its_edges(out_size, channels, filters, expected):
     assert winograd_tile_size(out_size, channels, filters, 4) == expected
 
 
-def test_each_conv_runs_as_chosen_and_gives_the_models_outputs(rng):
+def test_each_conv_runs_as_chosen_and_gives_the_models_outputs(rng, monkeypatch):
+    monkeypatch.setattr(inference, "WINOGRAD_LEAST_TILES", 1)     # small images: Winograd all the same
     x_in = Input((8, 8, 3))
     x = Conv2D(16, 3, padding="same", name="rgb")(x_in)             # 3 channels: im2col
     x = Conv2D(16, 3, padding="same", name="same_8x8")(x)           # F(4x4), one spare-free 2x2 tile grid
@@ -164,3 +166,27 @@ def test_each_conv_runs_as_chosen_and_gives_the_models_outputs(rng):
     images = rng.standard_normal((3, 8, 8, 3)).astype(np.float32)
     expected = model.forward(images, training=False, keep_cache=True)        # layer by layer
     assert np.abs(fast.forward(images) - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("batch, out_size, m, expected", [
+    (1, (7, 7), 2, False),            # ResNet-50's stage 5 at batch 1: 16 tiles, im2col
+    (2, (7, 7), 2, True),             # 32 tiles
+    (1, (14, 14), 2, True),           # 49
+    (1, (14, 14), 4, False)])         # 16
+def test_winograd_needs_enough_tiles_in_the_batch(batch, out_size, m, expected):
+    assert winograd_pays_at(batch, out_size, m) is expected
+
+
+def test_a_batch_with_few_tiles_runs_im2col_and_the_same_outputs(rng, monkeypatch):
+    x_in = Input((7, 7, 128))
+    model = Model(x_in, Conv2D(256, 3, padding="same")(x_in))        # F(2x2): 16 tiles an image
+    fast = InferenceModel(model)
+    assert [step.tile_size for step in fast.steps if isinstance(step, FoldedConv)] == [2]
+    calls = []
+    winograd_conv3x3 = kernels.winograd_conv3x3
+    monkeypatch.setattr(kernels, "winograd_conv3x3", lambda *a: calls.append(a[0].shape) or winograd_conv3x3(*a))
+    for batch in (1, 2):
+        images = rng.standard_normal((batch, 7, 7, 128)).astype(np.float32)
+        expected = model.forward(images, training=False, keep_cache=True)
+        assert np.abs(fast.forward(images) - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert calls == [(2, 7, 7, 128)]                   # batch 1 (16 tiles) ran im2col

@@ -91,14 +91,16 @@ def _max_pool_forward(x, out, argmax, ph, pw, sh, sw):
     for row in prange(n * out_h):
         b, oh = row // out_h, row % out_h
         for ow in range(out_w):
+            # the channels innermost, the window's entries in order: contiguous
+            # reads that vectorise; position 0 starts every channel's maximum
             for c in range(channels):
-                best, where = x[b, oh * sh, ow * sw, c], 0
-                for i in range(ph):
-                    for j in range(pw):
+                out[b, oh, ow, c], argmax[b, oh, ow, c] = x[b, oh * sh, ow * sw, c], 0
+            for i in range(ph):
+                for j in range(pw):
+                    for c in range(channels):
                         value = x[b, oh * sh + i, ow * sw + j, c]
-                        if _beats(value, best):
-                            best, where = value, i * pw + j
-                out[b, oh, ow, c], argmax[b, oh, ow, c] = best, where
+                        if _beats(value, out[b, oh, ow, c]):
+                            out[b, oh, ow, c], argmax[b, oh, ow, c] = value, i * pw + j
 
 
 @njit(cache=True)
