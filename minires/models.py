@@ -42,10 +42,12 @@ weight gradients over them.
 import difflib
 import functools
 
+from . import fast_training
 from .backend import check_device, device_of, is_array, to_device
 from .graph import (as_list, layers_in_keras_order, predict_in_batches, reader_map, run_graph,
                     topological_order)
 from .layers.activations import Activation, Softmax
+from .layers.conv import Conv2D
 from .layers.base import KerasTensor, Layer, is_symbolic, unique_name
 from .layers.input_layer import Input, InputLayer
 from .layers.kernel import KernelLayer
@@ -58,6 +60,9 @@ class Model(Layer):
     # Inference (predict, forward(x, training=False)) runs the fast plan (inference_plan);
     # model.fast_inference = False runs every layer as written instead, to compare.
     fast_inference = True
+    # Forwards that keep caches (training, gradients) and their backward run the
+    # Winograd twins of minires.fast_training; False runs every layer as written.
+    fast_training = True
 
     def __init__(self, inputs=None, outputs=None, name=None, **kwargs):
         if name is None and type(self) is Model:
@@ -236,7 +241,7 @@ class Model(Layer):
 
         def call(node, arrays, last_use):
             y, cache = call_forward(node.layer, arrays if node.list_input else arrays[0],
-                                    training, keep_cache)
+                                    training, keep_cache, fast=keep_cache and self.fast_training)
             if keep_cache:
                 caches[id(node)] = cache
             return y
@@ -329,7 +334,8 @@ class Model(Layer):
                 continue
             skip = skip_output_softmax and node is self.outputs[0]
             wanted = [id(source) in needed for source in node.inbound]
-            d_inputs = call_backward(node.layer, grads.pop(id(node)), cache, skip, any(wanted))
+            d_inputs = call_backward(node.layer, grads.pop(id(node)), cache, skip, any(wanted),
+                                     fast=self.fast_training)
             for source, d, want in zip(node.inbound, as_list(d_inputs), wanted):
                 if want:
                     _accumulate(grads, source, d)
@@ -574,20 +580,26 @@ class Sequential(Model):
 
 
 # --- one node: a layer's forward and backward, or a nested model's ------------------
-def call_forward(layer, inputs, training, keep_cache):
-    """(y, cache) of one layer call; a nested model's cache is its own nodes' caches."""
+def call_forward(layer, inputs, training, keep_cache, fast=False):
+    """(y, cache) of one layer call; a nested model's cache is its own nodes'
+    caches. fast: a twin in minires.fast_training may run it (the same cache)."""
     if isinstance(layer, Model):
         return layer.forward_with_caches(inputs, training, keep_cache)
+    if fast and fast_training.takes(layer, inputs):
+        return fast_training.conv_forward(layer, inputs)
     return layer.forward(inputs, training=training)
 
 
-def call_backward(layer, dy, cache, skip_softmax=False, input_grad=True):
+def call_backward(layer, dy, cache, skip_softmax=False, input_grad=True, fast=False):
     """dL/d(inputs) of one layer call from its cache. skip_softmax: dy is the
     gradient of the logits that the layer's softmax reads. input_grad=False:
     no one needs dL/d(inputs), so the layers that can skip it (Conv2D, Dense,
-    a nested model) return None; the others compute it anyway."""
+    a nested model) return None; the others compute it anyway. fast: as in
+    call_forward (a twin's backward serves either forward's cache)."""
     if isinstance(layer, Model):
         return layer.backward_with_caches(dy, cache, skip_softmax, input_grad)
+    if fast and isinstance(layer, Conv2D) and fast_training.takes(layer, cache[0]):
+        return fast_training.conv_backward(layer, dy, cache, input_grad)
     options = {} if input_grad or not isinstance(layer, KernelLayer) else {"input_grad": False}
     if not skip_softmax:
         return layer.backward(dy, cache, **options)

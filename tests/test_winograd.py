@@ -7,9 +7,9 @@ import pytest
 
 from minires import backend, kernels, naive
 from minires.applications import ResNet50
-from minires import inference
-from minires.inference import FoldedConv, InferenceModel, winograd_pays_at, winograd_tile_size
+from minires.inference import FoldedConv, InferenceModel
 from minires.kernels import winograd
+from minires.kernels.winograd import winograd_pays_at, winograd_tile_size
 from minires.layers import Conv2D, Input
 from minires.models import Model
 from minires.padding import window_padding_2d
@@ -127,7 +127,7 @@ def test_bad_kernels_and_tile_sizes_are_refused():
 # --- which algorithm each 3x3 stride-1 conv of the fast path gets ------------------------
 def test_resnet50_gets_f4x4_at_56_and_28_and_f2x2_at_14_and_7():
     """Stages 2-3: F(4x4); stages 4-5: few tiles per image and kernels too big
-    for the cache, F(2x2) (inference.winograd_tile_size)."""
+    for the cache, F(2x2) (winograd.winograd_tile_size)."""
     fast = InferenceModel(ResNet50(weights=None))
     chosen = {}
     for step in fast.steps:
@@ -152,7 +152,7 @@ def test_the_rule_at_its_edges(out_size, channels, filters, expected):
 
 
 def test_each_conv_runs_as_chosen_and_gives_the_models_outputs(rng, monkeypatch):
-    monkeypatch.setattr(inference, "WINOGRAD_LEAST_TILES", 1)     # small images: Winograd all the same
+    monkeypatch.setattr(winograd, "WINOGRAD_LEAST_TILES", 1)     # small images: Winograd all the same
     x_in = Input((8, 8, 3))
     x = Conv2D(16, 3, padding="same", name="rgb")(x_in)             # 3 channels: im2col
     x = Conv2D(16, 3, padding="same", name="same_8x8")(x)           # F(4x4), one spare-free 2x2 tile grid
@@ -180,6 +180,7 @@ def test_winograd_needs_enough_tiles_in_the_batch(batch, out_size, m, expected):
 def test_a_batch_with_few_tiles_runs_im2col_and_the_same_outputs(rng, monkeypatch):
     x_in = Input((7, 7, 128))
     model = Model(x_in, Conv2D(256, 3, padding="same")(x_in))        # F(2x2): 16 tiles an image
+    model.fast_training = False                                      # the reference: im2col
     fast = InferenceModel(model)
     assert [step.tile_size for step in fast.steps if isinstance(step, FoldedConv)] == [2]
     calls = []

@@ -102,7 +102,11 @@ def transform_kernel(kernel, m):
         raise ValueError(f"Winograd F({m}x{m}, 3x3) needs a (3, 3, C, F) kernel, got shape {kernel.shape}")
     xp = get_array_module(kernel)
     g = xp.asarray(G[m], dtype=kernel.dtype)
-    return xp.einsum("ai,ijcf,bj->abcf", g, kernel, g).reshape(-1, *kernel.shape[2:])
+    # U[a, b] = sum_ij G[a, i] g[i, j] G[b, j]: with (a, b) and (i, j) flattened, the
+    # Kronecker product G (x) G times the 9 taps, one matrix product (training
+    # transforms at every step: 1.8 ms for a 512x512 F(2x2) kernel, 55 by einsum)
+    taps = kernel.reshape(9, -1)
+    return (xp.kron(g, g) @ taps).reshape(-1, *kernel.shape[2:])
 
 
 def output_tile_size(u):
@@ -141,3 +145,57 @@ def output_tiles(products, bias, residual, relu, z, m):
     y = xp.einsum("ia,abntsf,jb->ntisjf", a_t, products, a_t)   # (N, TH, m, TW, m, F)
     z[...] = y.reshape(batch, m * tiles_h, m * tiles_w, filters)[:, :out_h, :out_w]
     add_relu_(z, bias, residual, relu)
+
+
+# --- where Winograd pays, and which m (the inference and training fast paths) ---
+# F(4x4)'s transformed kernel, 36 C F numbers, is read once per call: up to
+# this size it stays in cache (measured on a 2-core x86-64, see winograd_tile_size).
+WINOGRAD_CACHED_KERNEL_BYTES = 4 << 20
+
+
+def winograd_tile_size(out_size, channels, filters, itemsize):
+    """How a 3x3 stride-1 conv with output (OH, OW) runs: m for Winograd
+    F(m x m, 3x3), or None for im2col.
+
+    F(m x m) does (m+2)^2 matrix products, each with one row per m x m tile
+    of each image, against a transformed kernel (m+2)^2 / 9 times the
+    kernel's size; its input and output transforms cost about C + F per
+    tile entry where the products cost C F. Hence, as measured on
+    ResNet-50's shapes at batch 1 and 4 (one thread's CPU time, on a shared
+    2-core x86-64):
+      - im2col with under 16 input channels (the transforms outweigh the
+        saved products: 1.6-2.7x slower for an RGB image) or an output under
+        4x4 (mostly spare tiles: 3x3 and 2x2 outputs 15-50% slower);
+      - F(4x4) when an image has at least 32 of its tiles (outputs from
+        21x21 up) or its transformed kernel fits in the cache: then the
+        kernel's reads cost less than the 44% of F(2x2)'s products saved
+        (56x56x64 at batch 1: 1.0 ms against 2.2 ms, at batch 4 7.9 and 9.1);
+      - else F(2x2): ResNet-50's 14x14x256 convs take 1.4 ms by F(2x2) and
+        1.9 ms by F(4x4) at batch 1 (16 rows per product, a 9 MB kernel;
+        at batch 4 F(4x4) is 10% ahead, 4.9 against 5.5 ms), and 7x7x512
+        3.2 and 4.9 ms (7.4 and 7.2 at batch 4).
+    An unknown size (a model for any image size) gets F(2x2), which was never
+    slower than im2col from 4x4 up with 16 channels or more.
+    """
+    if channels < 16 or (None not in out_size and min(out_size) < 4):
+        return None
+    if None in out_size:
+        return 2
+    tiles_h, tiles_w = tile_counts(*out_size, 4)
+    kernel_bytes = 36 * channels * filters * itemsize
+    return 4 if tiles_h * tiles_w >= 32 or kernel_bytes <= WINOGRAD_CACHED_KERNEL_BYTES else 2
+
+
+# Fewer tiles than this in a batch: im2col instead (see winograd_pays_at).
+WINOGRAD_LEAST_TILES = 32
+
+
+def winograd_pays_at(batch, out_size, m):
+    """Whether F(m x m, 3x3) beats im2col for this batch: its (m+2)^2 products
+    have one row per tile of the batch, each reading a slice of a kernel
+    (m+2)^2 / 9 times im2col's, so with few rows the kernel's reads decide.
+    ResNet-50's 7x7x512 convs at batch 1 (16 tiles by F(2x2)) run 2 ms
+    faster, of a 54 ms forward, by im2col (one 49-row product, 9.4 MB of
+    kernel against 16.8 MB); at batch 4 (64 tiles) F(2x2) is faster."""
+    tiles_h, tiles_w = tile_counts(*out_size, m)
+    return batch * tiles_h * tiles_w >= WINOGRAD_LEAST_TILES

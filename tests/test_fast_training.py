@@ -1,0 +1,120 @@
+"""Training's Winograd twins (minires.fast_training) against the layer as
+written: the same outputs and gradients, either backward after either forward,
+a float64 gradient check through them, and the calls they leave alone."""
+import numpy as np
+import pytest
+
+from minires import backend, fast_training, gradcheck, kernels
+from minires.layers import Activation, Conv2D, Input
+from minires.models import Model
+
+
+@pytest.fixture
+def winograd_calls(monkeypatch):
+    """The input shapes of every Winograd convolution run (each twin's call counts)."""
+    calls, run = [], kernels.winograd_conv3x3
+    monkeypatch.setattr(kernels, "winograd_conv3x3", lambda x, *rest: calls.append(x.shape) or run(x, *rest))
+    return calls
+
+
+def conv_model(size, channels, filters, dtype, **conv_options):
+    with backend.floatx_scope(np.dtype(dtype).name):
+        x_in = Input((size, size, channels))
+        conv = Conv2D(filters, 3, bias_initializer="glorot_uniform", **conv_options)
+        return Model(x_in, Activation("relu")(conv(x_in))), conv
+
+
+def step(model, conv, x, dy, fast):
+    """Outputs, input gradient and the conv's gradients of one forward and backward."""
+    model.fast_training = fast
+    y = model.forward(x, training=True)
+    model.zero_grads()
+    dx = model.backward(dy)
+    return [y, dx] + [conv.grads[name].copy() for name in conv.trainable_names()]
+
+
+# 12x12 outputs (9 F(4x4) tiles an image), 20x20 with 128 -> 256 (F(2x2)), 'valid' 10x10
+@pytest.mark.parametrize("size, channels, filters, padding, use_bias", [
+    (12, 16, 24, "same", True), (20, 128, 256, "same", False), (12, 32, 16, "valid", True)])
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_the_twins_give_the_layers_outputs_and_gradients(rng, winograd_calls, size, channels, filters,
+                                                         padding, use_bias, dtype, tolerance):
+    model, conv = conv_model(size, channels, filters, dtype, padding=padding, use_bias=use_bias)
+    x = rng.standard_normal((4, size, size, channels)).astype(dtype)
+    dy = rng.standard_normal(model.compute_output_shape(x.shape)).astype(dtype)
+    plain = step(model, conv, x, dy, fast=False)
+    assert winograd_calls == []
+    fast = step(model, conv, x, dy, fast=True)
+    assert winograd_calls == [x.shape, dy.shape]            # the forward's z, the backward's dx
+    names = ["y", "dx"] + conv.trainable_names()
+    for name, expected, got in zip(names, plain, fast):
+        assert got.dtype == expected.dtype and got.shape == expected.shape, name
+        error = np.abs(got - expected).max() / np.abs(expected).max()
+        assert error <= tolerance, f"{name}: relative error {error:.2e}"
+
+
+def test_either_backward_follows_either_forward(rng):
+    _, conv = conv_model(12, 16, 16, np.float64, padding="same")
+    x = rng.standard_normal((4, 12, 12, 16))
+    dz = rng.standard_normal((4, 12, 12, 16))
+    forwards = {"layer": conv.forward(x, training=True), "twin": fast_training.conv_forward(conv, x)}
+    np.testing.assert_allclose(forwards["twin"][0], forwards["layer"][0], rtol=0, atol=1e-12)
+    results = []
+    for _, cache in forwards.values():
+        for backward in (lambda c: conv.backward(dz, c), lambda c: fast_training.conv_backward(conv, dz, c)):
+            conv.zero_grads()
+            results.append((backward(cache), conv.grads["kernel"].copy(), conv.grads["bias"].copy()))
+    for result in results[1:]:
+        for expected, got in zip(results[0], result):
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-11 * np.abs(expected).max())
+
+
+def test_no_input_gradient_skips_the_winograd_dx(rng, winograd_calls):
+    _, conv = conv_model(12, 16, 16, np.float64, padding="same")
+    x = rng.standard_normal((4, 12, 12, 16))
+    _, cache = fast_training.conv_forward(conv, x)
+    assert fast_training.conv_backward(conv, np.ones((4, 12, 12, 16)), cache, input_grad=False) is None
+    assert winograd_calls == [x.shape]
+
+
+def test_a_gradient_check_through_the_twins(rng, winograd_calls):
+    model, _ = conv_model(8, 16, 16, np.float64, padding="same")
+    x = rng.standard_normal((8, 8, 8, 16))              # 4 F(4x4) tiles an image, 32 in all
+    report = gradcheck.check_model(model, x, max_entries=12)
+    assert winograd_calls, "the twins did not run"
+    worst = max(report.values())
+    assert worst < 1e-6, f"largest relative error {worst:.2e}: {report}"
+
+
+class Shifted(Conv2D):
+    """A subclass computing something else: the twins must not stand in for it."""
+    def forward(self, x, training=False):
+        y, cache = super().forward(x, training)
+        return y + 1, cache
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda: Conv2D(16, 3, padding="same"), None),
+    (lambda: Conv2D(16, 3, strides=2, padding="same"), "stride 2"),
+    (lambda: Conv2D(16, 5, padding="same"), "5x5"),
+    (lambda: Conv2D(16, 3, padding="same", activation="relu"), "an activation"),
+    (lambda: Shifted(16, 3, padding="same"), "a subclass")])
+def test_the_calls_the_twins_take(rng, make, reason):
+    layer = make()
+    x = rng.standard_normal((2, 8, 8, 16)).astype(np.float32)
+    assert not fast_training.takes(layer, x), "not built yet"
+    layer.forward(x)
+    assert fast_training.takes(layer, x) is (reason is None), reason
+    if reason is None:
+        assert not fast_training.takes(layer, x.astype(np.float64)), "another dtype: the layer casts it"
+
+
+def test_few_channels_or_tiles_run_the_layer_as_written(rng, winograd_calls):
+    """8 channels in: im2col forward, but dx (16 channels in, 8 out) by Winograd;
+    batch 1: 4 tiles, im2col both ways."""
+    for channels, batch in ((8, 8), (16, 1)):
+        model, conv = conv_model(8, channels, 16, np.float32, padding="same")
+        x = rng.standard_normal((batch, 8, 8, channels)).astype(np.float32)
+        model.forward(x, training=True)
+        model.backward(np.ones((batch, 8, 8, 16), np.float32))
+    assert winograd_calls == [(8, 8, 8, 16)]
