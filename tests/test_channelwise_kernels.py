@@ -113,3 +113,13 @@ def test_batch_norm_layer_agrees_across_kernel_paths(rng):
         backend.set_kernel_path(previous)
     for got, want in zip(results["numba"], results["numpy"]):
         assert relative(got, want) <= 1e-12
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e5])
+def test_one_pass_moments_hold_when_the_mean_dwarfs_the_spread(rng, offset):
+    """The compiled moments shift by the first row and sum once (numba_kernels.channel_moments):
+    with a mean 1e5 times the standard deviation the variance keeps float32 accuracy."""
+    x = (rng.standard_normal((64, 28, 28, 16)) + offset).astype(np.float32)
+    exact_mean, exact_var = channelwise.channel_moments(x.astype(np.float64), 3)
+    mean, var = numba_kernels.channel_moments(x, 3)
+    assert relative(mean, exact_mean) <= 1e-6 and relative(var, exact_var) <= 1e-6
