@@ -13,7 +13,11 @@ Winograd pays for the shape (kernels.winograd.winograd_tile_size):
             instead of im2col and one product. The kernel is transformed at
             each call, as training changes it at every step (one
             (m+2)^2 x 9 product: 2 ms for a 512x512 kernel).
-  backward  dW and db by the layer's own backward (im2col rebuilt from x).
+  backward  dW by Winograd too: the forward computes M[k] = V[k] @ U[k] from
+            the transformed input tiles V and kernel U, so dU[k] = V[k]^T dM[k],
+            where dM is dz taken back through the output transform (its
+            adjoint, kernels.winograd.gradient_tiles), and dW is dU taken back
+            through the kernel transform (kernel_gradient). db as the layer.
             dx, for stride 1, is itself a 3x3 stride-1 correlation. Along one
             axis, z[o] = sum_k x[o + k - top] W[k] (k = 0, 1, 2), so
                 dx[h] = sum_k dz[h + top - k] W[k] = sum_k dzpad[h + k] W[2 - k],
@@ -21,8 +25,10 @@ Winograd pays for the shape (kernels.winograd.winograd_tile_size):
             the same correlation, of dz, with the kernel flipped and its
             (C, F) axes swapped (dx's channels are what it outputs). Winograd
             runs it instead of dZ @ Wm^T (9 times dz's memory) and col2im.
-Measured on ResNet-50's shapes at batch 32 (2 cores), forward and dx of all
-sixteen 3x3 convs: im2col 732 + 652 ms, F(2x2) 421 + 417, F(4x4) 340 + 335.
+Where dx does not pay (few channels out), the layer's own backward runs.
+Measured on ResNet-50's shapes at batch 32 (2 cores), forward, dx and dW of
+all sixteen 3x3 convs: im2col 732 + 652 + 708 ms, F(2x2) 421 + 417 + 631,
+F(4x4) 340 + 335 + 504.
 """
 from . import kernels
 from .backend import get_array_module
@@ -62,17 +68,23 @@ def conv_forward(layer, x):
 
 
 def conv_backward(layer, dz, cache, input_grad=True):
-    """dL/dx as ``layer.backward(dz, cache, input_grad=input_grad)``: the layer
-    fills its gradients, and dx is the correlation above, by Winograd where it pays."""
+    """dL/dx as ``layer.backward(dz, cache, input_grad=input_grad)``, filling the
+    same gradients: dW and dx by Winograd where both pay, db as the layer does."""
     x, _ = cache
+    pads, out_size = layer.pads(x.shape)
     kernel = layer.params["kernel"]
-    m = conv_tile_size(layer, x.shape, kernel.shape[3], kernel.shape[2]) if input_grad else None
-    if m is None:
-        return layer.backward(dz, cache, input_grad=input_grad)
-    layer.backward(dz, cache, input_grad=False)                 # dW, db; checks dz's shape
-    (top, bottom), (left, right) = layer.pads(x.shape)[0]
+    m = conv_tile_size(layer, (x.shape[0], *out_size), *kernel.shape[2:])
+    m_dx = conv_tile_size(layer, x.shape, kernel.shape[3], kernel.shape[2]) if input_grad else None
+    if m is None or (input_grad and m_dx is None) or dz.shape != (x.shape[0], *out_size, kernel.shape[3]):
+        return layer.backward(dz, cache, input_grad=input_grad)        # it names a wrong shape
+    layer.add_grad("kernel", kernels.winograd_kernel_gradient(x, dz, pads, m))
+    if layer.use_bias:
+        layer.add_grad("bias", kernels.column_sums(dz.reshape(-1, kernel.shape[3])))
+    if not input_grad:
+        return None
+    (top, bottom), (left, right) = pads
     flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)          # W[2 - i, 2 - j, f, c]
-    return kernels.winograd_conv3x3(dz, transform_kernel(flipped, m),
+    return kernels.winograd_conv3x3(dz, transform_kernel(flipped, m_dx),
                                     ((2 - top, 2 - bottom), (2 - left, 2 - right)), x.shape[1:3],
                                     no_bias(flipped), None, False)
 

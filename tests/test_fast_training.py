@@ -11,9 +11,14 @@ from minires.models import Model
 
 @pytest.fixture
 def winograd_calls(monkeypatch):
-    """The input shapes of every Winograd convolution run (each twin's call counts)."""
-    calls, run = [], kernels.winograd_conv3x3
-    monkeypatch.setattr(kernels, "winograd_conv3x3", lambda x, *rest: calls.append(x.shape) or run(x, *rest))
+    """(kind, input shape) of every Winograd product run: 'conv' (a forward's z or a
+    backward's dx), 'dW' (a kernel gradient)."""
+    calls = []
+    for kind, name in (("conv", "winograd_conv3x3"), ("dW", "winograd_kernel_gradient")):
+        def spy(x, *rest, kind=kind, run=getattr(kernels, name)):
+            calls.append((kind, x.shape))
+            return run(x, *rest)
+        monkeypatch.setattr(kernels, name, spy)
     return calls
 
 
@@ -45,7 +50,7 @@ def test_the_twins_give_the_layers_outputs_and_gradients(rng, winograd_calls, si
     plain = step(model, conv, x, dy, fast=False)
     assert winograd_calls == []
     fast = step(model, conv, x, dy, fast=True)
-    assert winograd_calls == [x.shape, dy.shape]            # the forward's z, the backward's dx
+    assert winograd_calls == [("conv", x.shape), ("dW", x.shape), ("conv", dy.shape)]   # z; dW, dx
     names = ["y", "dx"] + conv.trainable_names()
     for name, expected, got in zip(names, plain, fast):
         assert got.dtype == expected.dtype and got.shape == expected.shape, name
@@ -74,7 +79,7 @@ def test_no_input_gradient_skips_the_winograd_dx(rng, winograd_calls):
     x = rng.standard_normal((4, 12, 12, 16))
     _, cache = fast_training.conv_forward(conv, x)
     assert fast_training.conv_backward(conv, np.ones((4, 12, 12, 16)), cache, input_grad=False) is None
-    assert winograd_calls == [x.shape]
+    assert winograd_calls == [("conv", x.shape), ("dW", x.shape)]
 
 
 def test_a_gradient_check_through_the_twins(rng, winograd_calls):
@@ -110,11 +115,10 @@ def test_the_calls_the_twins_take(rng, make, reason):
 
 
 def test_few_channels_or_tiles_run_the_layer_as_written(rng, winograd_calls):
-    """8 channels in: im2col forward, but dx (16 channels in, 8 out) by Winograd;
-    batch 1: 4 tiles, im2col both ways."""
-    for channels, batch in ((8, 8), (16, 1)):
-        model, conv = conv_model(8, channels, 16, np.float32, padding="same")
+    """8 channels in (or, for dx, out), or a batch of 4 tiles: im2col, both ways."""
+    for channels, filters, batch in ((8, 16, 8), (16, 8, 8), (16, 16, 1)):
+        model, conv = conv_model(8, channels, filters, np.float32, padding="same")
         x = rng.standard_normal((batch, 8, 8, channels)).astype(np.float32)
         model.forward(x, training=True)
-        model.backward(np.ones((batch, 8, 8, 16), np.float32))
-    assert winograd_calls == [(8, 8, 8, 16)]
+        model.backward(np.ones((batch, 8, 8, filters), np.float32))
+    assert winograd_calls == [("conv", (8, 8, 8, 16))]     # the forward of 16 channels to 8

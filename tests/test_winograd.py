@@ -85,6 +85,36 @@ def test_numba_transforms_match_numpy(rng, dtype, tol, m):
     assert np.abs(z[numba_kernels] - z[winograd]).max() <= tol * np.abs(z[winograd]).max()
 
 
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("shape, filters, padding", CASES)
+def test_kernel_gradient_matches_the_loop_convolutions(rng, shape, filters, padding, m, each_kernel_path):
+    """dW by F(m x m) (kernels.winograd_kernel_gradient), spare tiles included,
+    against naive.conv2d_backward's."""
+    x, kernel, bias, pads, out_size, expected, _ = conv_case(rng, shape, filters, padding, np.float64)
+    dz = rng.standard_normal(expected.shape)
+    _, expected_dw, _ = naive.conv2d_backward(x, kernel, dz, padding=padding)
+    dw = kernels.winograd_kernel_gradient(x, dz, pads, m)
+    np.testing.assert_allclose(dw, expected_dw, rtol=0, atol=1e-12 * np.abs(expected_dw).max())
+
+
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_gradient_tiles_and_kernel_gradient_are_the_adjoints_of_their_transforms(rng, m):
+    """<output_tiles(M), dz> = <M, gradient_tiles(dz)> and <transform_kernel(W), dU> =
+    <W, kernel_gradient(dU)>: each backward transform is its forward's transpose."""
+    numba_kernels = pytest.importorskip("minires.kernels.numba_kernels", reason="Numba is not installed")
+    batch, out_h, out_w, filters = 2, 7, 9, 5
+    tiles = batch * np.prod(winograd.tile_counts(out_h, out_w, m))
+    products = rng.standard_normal(((m + 2) ** 2, tiles, filters))
+    dz = rng.standard_normal((batch, out_h, out_w, filters))
+    z = np.empty_like(dz)
+    winograd.output_tiles(products, np.zeros(filters), None, False, z, m)
+    for module in (winograd, numba_kernels):
+        np.testing.assert_allclose(np.vdot(products, module.gradient_tiles(dz, m)), np.vdot(z, dz), rtol=1e-12)
+    kernel, grads_u = rng.standard_normal((3, 3, 4, 5)), rng.standard_normal(((m + 2) ** 2, 4, 5))
+    np.testing.assert_allclose(np.vdot(kernel, winograd.kernel_gradient(grads_u, m)),
+                               np.vdot(winograd.transform_kernel(kernel, m), grads_u), rtol=1e-12)
+
+
 @pytest.mark.parametrize("m, bound", [(2, 2e-6), (4, 3e-5)])
 def test_float32_rounding_is_within_the_fast_paths_budget(rng, m, bound):
     """A stage-4 sized layer, 256 channels, ReLU'd inputs and He-scaled weights:

@@ -147,7 +147,24 @@ def winograd_conv3x3(x, u, pads, out_size, bias, residual, relu):
     return z
 
 
+
+def winograd_kernel_gradient(x, dz, pads, m):
+    """dL/dW (3, 3, C, F) of a 3x3 stride-1 conv of x (N, H, W, C) unpadded,
+    from dz (N, OH, OW, F), by F(m x m, 3x3): the forward's M[k] = V[k] @ U[k]
+    gives dU[k] = V[k]^T dM[k] (dM = winograd.gradient_tiles(dz)), summed
+    over chunks of images, then dW = winograd.kernel_gradient(dU)."""
+    xp = backend.get_array_module(x)
+    transforms = (_channel_last_numba([x, dz], x.ndim - 1) or winograd)
+    out_size = dz.shape[1:3]
+    tiles = winograd.tile_counts(*out_size, m)
+    image_bytes = (m + 2) ** 2 * tiles[0] * tiles[1] * (x.shape[3] + dz.shape[3]) * x.itemsize
+    grads_u = xp.zeros(((m + 2) ** 2, x.shape[3], dz.shape[3]), dtype=x.dtype)
+    for batch in batch_chunks(x.shape[0], image_bytes):
+        v = transforms.input_tiles(x[batch], pads, out_size, m)
+        grads_u += xp.matmul(v.transpose(0, 2, 1), transforms.gradient_tiles(dz[batch], m))
+    return winograd.kernel_gradient(grads_u, m)
+
 __all__ = ["im2col", "col2im", "batch_chunks", "conv2d", "max_pool_forward", "max_pool_backward",
            "channel_moments", "normalize", "channel_sums", "batch_norm_dx", "column_sums", "relu",
            "relu_backward", "add_relu_",
-           "winograd_conv3x3"]
+           "winograd_conv3x3", "winograd_kernel_gradient"]

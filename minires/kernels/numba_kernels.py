@@ -406,6 +406,41 @@ def _output_tiles(products, bias, residual, has_residual, relu, tiles_h, tiles_w
                         z[b, h, w, f] = _relu_value(value) if relu else value
 
 
+def gradient_tiles(dz, m):
+    tiles_h, tiles_w = winograd.tile_counts(*dz.shape[1:3], winograd.checked_tile_size(m))
+    grads = np.zeros(((m + 2) ** 2, dz.shape[0] * tiles_h * tiles_w, dz.shape[3]), dtype=dz.dtype)
+    _gradient_tiles(np.ascontiguousarray(dz), np.asarray(winograd.A_T[m], dz.dtype), tiles_h, tiles_w,
+                    _rows(grads))
+    return grads
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _gradient_tiles(dz, a_t, tiles_h, tiles_w, grads):
+    """Per m x m tile e of dz (zeros past its edge): t = A e down the columns,
+    then A t^T along the rows, added into grads (zeros, viewed as ((m+2)^2 * tiles, F))."""
+    n, out_h, out_w, filters = dz.shape
+    m, size = a_t.shape
+    tiles = grads.shape[0] // (size * size)
+    for row in prange(n * tiles_h):
+        b, th = row // tiles_h, row % tiles_h
+        t = np.zeros((size * m, filters), dtype=dz.dtype)            # (A e)[k, j] in row k*m + j
+        for tw in range(tiles_w):
+            tile = row * tiles_w + tw
+            t[:] = 0
+            for i in range(min(m, out_h - m * th)):
+                for j in range(min(m, out_w - m * tw)):
+                    for k in range(size):
+                        if a_t[i, k] != 0:
+                            for f in range(filters):
+                                t[k * m + j, f] += a_t[i, k] * dz[b, m * th + i, m * tw + j, f]
+            for k in range(size):
+                for j in range(m):
+                    for q in range(size):
+                        if a_t[j, q] != 0:
+                            for f in range(filters):
+                                grads[(k * size + q) * tiles + tile, f] += a_t[j, q] * t[k * m + j, f]
+
+
 # --- a bias's gradient (channelwise.column_sums): the block sums of channel_moments ---------
 def column_sums(rows):
     return _block_sums(rows).sum(axis=0).astype(rows.dtype)

@@ -147,6 +147,28 @@ def output_tiles(products, bias, residual, relu, z, m):
     add_relu_(z, bias, residual, relu)
 
 
+
+def gradient_tiles(dz, m):
+    """dz (N, OH, OW, F), the gradient of output_tiles' z -> dM ((m+2)^2, N*TH*TW, F),
+    that of the products M: the adjoint of the output transform, A dY A^T per
+    m x m tile dY (the spare tiles' part of z was cropped away: zeros there)."""
+    xp = get_array_module(dz)
+    batch, out_h, out_w, filters = dz.shape
+    tiles_h, tiles_w = tile_counts(out_h, out_w, m)
+    padded = pad_2d(dz, ((0, m * tiles_h - out_h), (0, m * tiles_w - out_w)))
+    tiles = padded.reshape(batch, tiles_h, m, tiles_w, m, filters)
+    a = xp.asarray(A_T[m], dtype=dz.dtype).T
+    grads = xp.einsum("ai,ntisjf,bj->abntsf", a, tiles, a, optimize=True)
+    return xp.ascontiguousarray(grads).reshape((m + 2) ** 2, -1, filters)
+
+
+def kernel_gradient(grads_u, m):
+    """dL/dU ((m+2)^2, C, F) -> dL/dW (3, 3, C, F): transform_kernel's adjoint,
+    U = (G (x) G) W flattened, so dW = (G (x) G)^T dU."""
+    xp = get_array_module(grads_u)
+    g = xp.asarray(G[m], dtype=grads_u.dtype)
+    return (xp.kron(g, g).T @ grads_u.reshape((m + 2) ** 2, -1)).reshape(3, 3, *grads_u.shape[1:])
+
 # --- where Winograd pays, and which m (the inference and training fast paths) ---
 # F(4x4)'s transformed kernel, 36 C F numbers, is read once per call: up to
 # this size it stays in cache (measured on a 2-core x86-64, see winograd_tile_size).
