@@ -222,6 +222,8 @@ class Model(Layer):
         """
         training = self.training if training is None else training
         keep_cache = training if keep_cache is None else keep_cache
+        if training:           # the step after goes on to change the weights: free the folded copies
+            self._inference = None
         plan = None if training or keep_cache else self.inference_plan(inputs)
         if plan is not None:
             self._check_input_shapes(inputs)

@@ -117,6 +117,22 @@ def test_the_plan_is_kept_until_the_weights_change(folds):
     assert plan.steps is not steps and len(folds) == 2
 
 
+def test_a_training_forward_frees_the_plan_and_predict_folds_a_new_one(folds):
+    """Training changes the weights at every step: the folded copies (~100 MB for
+    ResNet-50) are let go at the first training forward, not kept stale."""
+    import weakref
+    model, x = randomised(residual_net()), images()
+    model.predict(x, verbose=0)
+    plan = weakref.ref(model.inference_plan())
+    model.forward(x, training=True)
+    assert plan() is None
+    model.fast_inference = False
+    expected = model.predict(x, verbose=0)
+    model.fast_inference = True
+    assert np.abs(model.predict(x, verbose=0) - expected).max() <= TOLERANCE * np.abs(expected).max()
+    assert folds == ["residual_net", "residual_net"]
+
+
 def test_gradients_in_inference_mode_and_the_plain_switch_stay_off_the_plan(monkeypatch, folds):
     model, x = randomised(residual_net()), images()
 
