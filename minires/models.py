@@ -240,10 +240,14 @@ class Model(Layer):
             shapes = [(None, *a.shape[1:]) for a in as_list(inputs)]
             self.build(shapes if isinstance(inputs, (list, tuple)) else shapes[0])
         caches = {}
+        fast = keep_cache and self.fast_training
+        twins = fast_training.bn_relu_pairs(self) if fast else {}
 
         def call(node, arrays, last_use):
-            y, cache = call_forward(node.layer, arrays if node.list_input else arrays[0],
-                                    training, keep_cache, fast=keep_cache and self.fast_training)
+            x = arrays if node.list_input else arrays[0]
+            twin = twins.get(id(node))
+            y, cache = twin(node.layer, x, training) if twin else call_forward(
+                node.layer, x, training, keep_cache, fast=fast)
             if keep_cache:
                 caches[id(node)] = cache
             return y
@@ -600,6 +604,10 @@ def call_backward(layer, dy, cache, skip_softmax=False, input_grad=True, fast=Fa
     call_forward (a twin's backward serves either forward's cache)."""
     if isinstance(layer, Model):
         return layer.backward_with_caches(dy, cache, skip_softmax, input_grad)
+    if cache is fast_training.RELU_APPLIED:          # a BN + ReLU pair: the BN masks dy
+        return dy
+    if isinstance(cache, fast_training.BnReluCache):
+        return cache.backward(layer, dy)
     if fast and isinstance(layer, Conv2D) and fast_training.takes(layer, cache[0]):
         return fast_training.conv_backward(layer, dy, cache, input_grad)
     options = {} if input_grad or not isinstance(layer, KernelLayer) else {"input_grad": False}

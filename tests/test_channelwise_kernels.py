@@ -54,14 +54,37 @@ def test_numba_matches_reference_in_float64(rng, shape):
     calls = {"channel_moments": (x, axis), "channel_sums": (dy, x, axis),
              "normalize": (x, mean, inv_std, gamma, beta, axis),
              "batch_norm_dx": (dy, x, gamma, beta, mean, axis),
-             "relu": (x - 1,), "relu_backward": (dy, x - 1)}
+             "relu": (x - 1,), "relu_backward": (dy, x - 1),
+             # the fused ReLU after batch norm: normalize's output, the two backward passes' mask
+             "normalize relu": (x, mean, inv_std, gamma, beta, axis, True),
+             "channel_sums relu": (dy, x, axis, (gamma, beta)),
+             "batch_norm_dx relu": (dy, x, gamma, beta, mean, axis, (gamma, beta))}
     for name, args in calls.items():
-        compiled = as_tuple(getattr(numba_kernels, name)(*args))
-        reference = as_tuple(getattr(channelwise, name)(*args))
+        function = name.split()[0]
+        compiled = as_tuple(getattr(numba_kernels, function)(*args))
+        reference = as_tuple(getattr(channelwise, function)(*args))
         assert len(compiled) == len(reference), name
         for got, want in zip(compiled, reference):
             assert got.shape == want.shape and got.dtype == want.dtype, name
             assert relative(got, want) <= 1e-12, name
+
+
+def test_the_fused_relus_mask_is_the_relus_own(rng):
+    """normalize(relu=True) is relu(normalize), and the masked passes equal the
+    plain ones on relu_backward's dy: the mask recomputed from xhat is exact."""
+    x, dy = sample(rng, (4, 9, 9, 32), np.float32), sample(rng, (4, 9, 9, 32), np.float32)
+    mean, var = numba_kernels.channel_moments(x, 3)
+    inv_std, gamma, beta = 1 / np.sqrt(var + 1e-3), sample(rng, (32,), np.float32), sample(rng, (32,), np.float32)
+    for module in (numba_kernels, channelwise):
+        xhat, y = module.normalize(x, mean, inv_std, gamma, beta, 3)
+        fused_xhat, fused_y = module.normalize(x, mean, inv_std, gamma, beta, 3, relu=True)
+        np.testing.assert_array_equal(fused_xhat, xhat)
+        np.testing.assert_array_equal(fused_y, module.relu(y))
+        dz = module.relu_backward(dy, fused_y)
+        for plain, masked in zip(module.channel_sums(dz, xhat, 3), module.channel_sums(dy, xhat, 3, (gamma, beta))):
+            np.testing.assert_array_equal(masked, plain)
+        np.testing.assert_array_equal(module.batch_norm_dx(dy, xhat, gamma, beta, mean, 3, (gamma, beta)),
+                                      module.batch_norm_dx(dz, xhat, gamma, beta, mean, 3))
 
 
 def test_relu_keeps_nan_on_both_paths():

@@ -3,9 +3,11 @@ written: the same outputs and gradients, either backward after either forward,
 a float64 gradient check through them, and the calls they leave alone."""
 import numpy as np
 import pytest
+from conftest import assert_model_gradients_match
 
 from minires import backend, fast_training, gradcheck, kernels
-from minires.layers import Activation, Conv2D, Input
+from minires.layers import (Activation, Add, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D,
+                            Input, ReLU)
 from minires.models import Model
 
 
@@ -122,3 +124,65 @@ def test_few_channels_or_tiles_run_the_layer_as_written(rng, winograd_calls):
         model.forward(x, training=True)
         model.backward(np.ones((batch, 8, 8, filters), np.float32))
     assert winograd_calls == [("conv", (8, 8, 8, 16))]     # the forward of 16 channels to 8
+
+
+# --- BatchNormalization + ReLU as one node ---------------------------------------------------
+def bn_relu_net(relu_layer, bn_trainable=True, relu_dtype="float64"):
+    """conv - BN - ReLU - conv - BN, + the input, ReLU - pool - logits (float64)."""
+    with backend.floatx_scope("float64"):
+        x_in = Input((6, 6, 4))
+        y = Conv2D(4, 3, padding="same")(x_in)
+        bn = BatchNormalization(trainable=bn_trainable, name="bn_a")
+        with backend.floatx_scope(relu_dtype):
+            relu = relu_layer()
+        y = relu(bn(y))
+        y = BatchNormalization(name="bn_b")(Conv2D(4, 3, padding="same")(y))
+        y = ReLU()(Add()([y, x_in]))
+        model = Model(x_in, Dense(3)(GlobalAveragePooling2D()(y)))
+    gamma, beta, mean, variance = np.random.default_rng(7).standard_normal((4, 4))
+    bn.set_weights([gamma, beta, mean, variance ** 2 + 0.5])     # a ReLU that cuts unevenly
+    return model
+
+
+@pytest.mark.parametrize("relu_layer", [ReLU, lambda: Activation("relu")])
+@pytest.mark.parametrize("bn_trainable", [True, False])
+def test_a_bn_relu_pair_gives_the_layers_outputs_gradients_and_statistics(rng, relu_layer, bn_trainable):
+    model = bn_relu_net(relu_layer, bn_trainable)
+    paired = {id(node): node.layer.name for node in model.layer_calls()}
+    assert sorted(paired[k] for k in fast_training.bn_relu_pairs(model)) == sorted(
+        ["bn_a", model.readers(model.get_layer("bn_a").output)[0].layer.name])   # not bn_b: an Add reads it
+    x = rng.standard_normal((5, 6, 6, 4))
+    weights = model.get_weights()
+    results = []
+    for fast in (False, True):
+        model.set_weights(weights)
+        model.fast_training = fast
+        y = model.forward(x, training=True)
+        model.zero_grads()
+        dx = model.backward(np.cos(np.arange(y.size)).reshape(y.shape))
+        results.append([y, dx] + [layer.grads[name].copy() for layer, name in model.parameters()]
+                       + [w.copy() for w in model.get_weights()])      # the moving statistics too
+    for expected, got in zip(*results):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_a_gradient_check_through_a_bn_relu_pair(rng):
+    model = bn_relu_net(ReLU)
+    assert fast_training.bn_relu_pairs(model)
+    report = gradcheck.check_model(model, rng.standard_normal((4, 6, 6, 4)), max_entries=10)
+    assert_model_gradients_match(report, model, "BatchNormalization + ReLU pair")
+
+
+def test_a_relu_of_another_float_type_is_not_paired():
+    """It casts its input (float32 here): the pair would skip that rounding."""
+    assert fast_training.bn_relu_pairs(bn_relu_net(ReLU, relu_dtype="float32")) == {}
+
+
+def test_pairs_only_where_the_bn_output_is_the_relus_alone():
+    with backend.floatx_scope("float64"):
+        x_in = Input((4, 4, 2))
+        shared = BatchNormalization(name="read_twice")(x_in)
+        out = BatchNormalization(name="an_output")(x_in)
+        y = Add()([ReLU()(shared), shared])
+        model = Model(x_in, [ReLU()(out), out, y])
+    assert fast_training.bn_relu_pairs(model) == {}

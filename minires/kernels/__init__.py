@@ -95,19 +95,19 @@ def channel_moments(x, channel_axis):
     return (_channel_last_numba([x], channel_axis) or channelwise).channel_moments(x, channel_axis)
 
 
-def normalize(x, mean, inv_std, gamma, beta, channel_axis):
+def normalize(x, mean, inv_std, gamma, beta, channel_axis, relu=False):
     return (_channel_last_numba([x], channel_axis) or channelwise).normalize(
-        x, mean, inv_std, gamma, beta, channel_axis)
+        x, mean, inv_std, gamma, beta, channel_axis, relu)
 
 
-def channel_sums(dy, xhat, channel_axis):
+def channel_sums(dy, xhat, channel_axis, relu_of=None):
     return (_channel_last_numba([dy, xhat], channel_axis) or channelwise).channel_sums(
-        dy, xhat, channel_axis)
+        dy, xhat, channel_axis, relu_of)
 
 
-def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
+def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis, relu_of=None):
     return (_channel_last_numba([dy, xhat], channel_axis) or channelwise).batch_norm_dx(
-        dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis)
+        dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis, relu_of)
 
 
 def column_sums(rows):

@@ -18,28 +18,44 @@ def channel_moments(x, channel_axis):
     return mean, channel_dot(centred, centred, channel_axis) / (x.size // mean.size)
 
 
-def normalize(x, mean, inv_std, gamma, beta, channel_axis):
-    """(xhat, y): xhat = (x - mean) * inv_std,  y = gamma * xhat + beta."""
+def normalize(x, mean, inv_std, gamma, beta, channel_axis, relu=False):
+    """(xhat, y): xhat = (x - mean) * inv_std,  y = gamma * xhat + beta, or
+    max(that, 0) if ``relu`` (a ReLU fused in: minires.fast_training)."""
     def channel(v):
         return per_channel(v, x.ndim, channel_axis)
     xhat = x - channel(mean)
     xhat *= channel(inv_std)              # in place: no second temporary
     y = xhat * channel(gamma)
     y += channel(beta)
+    if relu:
+        get_array_module(y).maximum(y, 0, out=y)
     return xhat, y
 
 
-def channel_sums(dy, xhat, channel_axis):
-    """(sum dy, sum dy * xhat): batch norm's dbeta and dgamma."""
+def relu_mask(dy, xhat, relu_of, channel_axis):
+    """dy, or, with relu_of = (gamma, beta), dy where gamma * xhat + beta > 0 (else 0):
+    the gradient through a ReLU fused after batch norm, its input recomputed from
+    xhat with normalize's own operations (so the same values, to the bit)."""
+    if relu_of is None:
+        return dy
+    gamma, beta = (per_channel(v, dy.ndim, channel_axis) for v in relu_of)
+    return dy * (xhat * gamma + beta > 0)
+
+
+def channel_sums(dy, xhat, channel_axis, relu_of=None):
+    """(sum dy, sum dy * xhat): batch norm's dbeta and dgamma (dy through relu_mask)."""
+    dy = relu_mask(dy, xhat, relu_of, channel_axis)
     return dy.sum(axis=_other_axes(dy, channel_axis)), channel_dot(dy, xhat, channel_axis)
 
 
-def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
+def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis, relu_of=None):
     """Batch norm's input gradient in training mode, the last line of its derivation
     (layers/normalization.py): dx = gamma s * (dy - dbeta / m - xhat * dgamma / m),
-    with scale = gamma s, mean_dy = dbeta / m, mean_dy_xhat = dgamma / m per channel."""
+    with scale = gamma s, mean_dy = dbeta / m, mean_dy_xhat = dgamma / m per channel
+    (dy through relu_mask)."""
     def channel(v):
         return per_channel(v, dy.ndim, channel_axis)
+    dy = relu_mask(dy, xhat, relu_of, channel_axis)
     return channel(scale) * (dy - channel(mean_dy) - xhat * channel(mean_dy_xhat))
 
 

@@ -159,21 +159,30 @@ def channel_moments(x, channel_axis):
     return (shift + s1).astype(x.dtype), variance.astype(x.dtype)
 
 
-def normalize(x, mean, inv_std, gamma, beta, channel_axis):
+def normalize(x, mean, inv_std, gamma, beta, channel_axis, relu=False):
     xhat, y = np.empty_like(x), np.empty_like(x)
-    _normalize(_rows(x), mean, inv_std, gamma, beta, _rows(xhat), _rows(y))
+    _normalize(_rows(x), mean, inv_std, gamma, beta, relu, _rows(xhat), _rows(y))
     return xhat, y
 
 
-def channel_sums(dy, xhat, channel_axis):
-    sums = _block_dy_sums(_rows(dy), _rows(xhat)).sum(axis=0)
+def channel_sums(dy, xhat, channel_axis, relu_of=None):
+    sums = _block_dy_sums(_rows(dy), _rows(xhat), *_mask_arguments(relu_of, dy)).sum(axis=0)
     return sums[0].astype(dy.dtype), sums[1].astype(dy.dtype)
 
 
-def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis):
+def batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, channel_axis, relu_of=None):
     dx = np.empty_like(dy)
-    _batch_norm_dx(_rows(dy), _rows(xhat), scale, mean_dy, mean_dy_xhat, _rows(dx))
+    _batch_norm_dx(_rows(dy), _rows(xhat), scale, mean_dy, mean_dy_xhat, *_mask_arguments(relu_of, dy),
+                   _rows(dx))
     return dx
+
+
+def _mask_arguments(relu_of, dy):
+    """(masked, gamma, beta) for the loops below: relu_of, or no mask (zeros, unread)."""
+    if relu_of is None:
+        unread = np.zeros(dy.shape[-1], dy.dtype)
+        return False, unread, unread
+    return True, *relu_of
 
 
 def relu(z):
@@ -233,31 +242,41 @@ def _block_shifted_sums(rows, shift):
     return partial
 
 
+@njit(cache=True, inline="always")
+def _masked(dy, xhat, masked, gamma, beta):
+    """dy, or 0 where a fused ReLU's input gamma * xhat + beta was not positive
+    (channelwise.relu_mask: normalize's own operations, so the same values)."""
+    return dy if not masked or xhat * gamma + beta > 0 else dy * 0     # * 0: NaN stays NaN
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def _block_dy_sums(dy, xhat):
+def _block_dy_sums(dy, xhat, masked, gamma, beta):
     partial = np.zeros((_block_count(dy.shape[0]), 2, dy.shape[1]))
     for block in prange(partial.shape[0]):
         for r in _block_rows(block, dy.shape[0]):
             for c in range(dy.shape[1]):
-                partial[block, 0, c] += dy[r, c]
-                partial[block, 1, c] += dy[r, c] * xhat[r, c]
+                g = _masked(dy[r, c], xhat[r, c], masked, gamma[c], beta[c])
+                partial[block, 0, c] += g
+                partial[block, 1, c] += g * xhat[r, c]
     return partial
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _normalize(x, mean, inv_std, gamma, beta, xhat, y):
+def _normalize(x, mean, inv_std, gamma, beta, relu, xhat, y):
     for r in prange(x.shape[0]):
         for c in range(x.shape[1]):
             value = (x[r, c] - mean[c]) * inv_std[c]
             xhat[r, c] = value
-            y[r, c] = value * gamma[c] + beta[c]
+            value = value * gamma[c] + beta[c]
+            y[r, c] = _relu_value(value) if relu else value
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, dx):
+def _batch_norm_dx(dy, xhat, scale, mean_dy, mean_dy_xhat, masked, gamma, beta, dx):
     for r in prange(dy.shape[0]):
         for c in range(dy.shape[1]):
-            dx[r, c] = scale[c] * (dy[r, c] - mean_dy[c] - xhat[r, c] * mean_dy_xhat[c])
+            g = _masked(dy[r, c], xhat[r, c], masked, gamma[c], beta[c])
+            dx[r, c] = scale[c] * (g - mean_dy[c] - xhat[r, c] * mean_dy_xhat[c])
 
 
 @njit(cache=True)

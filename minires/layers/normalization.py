@@ -65,7 +65,14 @@ class BatchNormalization(Layer):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        xp = get_array_module(x)
+        mean, inv_std, batch_stats = self.statistics(x, training)
+        xhat, y = kernels.normalize(x, mean, inv_std, self.params["gamma"], self.params["beta"],
+                                    self.channel_axis)      # xhat = (x - mean) s, y = gamma xhat + beta
+        return y, (xhat, inv_std, batch_stats)
+
+    def statistics(self, x, training):
+        """(mean, s, whether they are the batch's) for normalising x; taking the
+        batch's moves the moving statistics."""
         # A frozen BN layer runs on its moving statistics even while training (Keras 2.1.3+).
         batch_stats = training and self.trainable
         if batch_stats:
@@ -73,10 +80,7 @@ class BatchNormalization(Layer):
             self._update_moving_statistics(mean, var)
         else:
             mean, var = self.params["moving_mean"], self.params["moving_variance"]
-        inv_std = 1.0 / xp.sqrt(var + self.epsilon)
-        xhat, y = kernels.normalize(x, mean, inv_std, self.params["gamma"], self.params["beta"],
-                                    self.channel_axis)      # xhat = (x - mean) s, y = gamma xhat + beta
-        return y, (xhat, inv_std, batch_stats)
+        return mean, 1.0 / get_array_module(x).sqrt(var + self.epsilon), batch_stats
 
     def _update_moving_statistics(self, mean, var):
         for name, batch_value in (("moving_mean", mean), ("moving_variance", var)):
