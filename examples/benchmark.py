@@ -278,30 +278,34 @@ def peak_memory(weights, args, use_torch):
 
 
 def breakdown(model, batch, repeat):
-    """Forward + backward time per layer type, by wrapping each layer's methods."""
+    """Forward + backward time per layer type, by wrapping the graph's calls of
+    layers (minires.models) and the training twins' (minires.fast_training):
+    a BN paired with its ReLU counts the ReLU's work as its own."""
+    from minires import fast_training, models
     totals = collections.Counter()
 
-    def timed(function, kind):
-        def run(*args, **kwargs):
+    def timed(function):
+        def run(layer, *args, **kwargs):
             start = time.perf_counter()
-            result = function(*args, **kwargs)
-            totals[kind] += time.perf_counter() - start
+            result = function(layer, *args, **kwargs)
+            if not isinstance(layer, models.Model):         # a nested model's layers count themselves
+                totals[type(layer).__name__] += time.perf_counter() - start
             return result
         return run
 
     x = images(batch)
     model.backward(np.ones_like(model.forward(x, training=True)), input_grads=False)    # untimed: Numba's kernels load
-    layers = [layer for layer in model.layers if hasattr(layer, "backward")]
-    saved = [(layer, layer.forward, layer.backward) for layer in layers]
-    for layer in layers:
-        layer.forward = timed(layer.forward, type(layer).__name__)
-        layer.backward = timed(layer.backward, type(layer).__name__)
+    wrapped = [(module, name, getattr(module, name)) for module, name in (
+        (models, "call_forward"), (models, "call_backward"),
+        (fast_training, "bn_relu_forward"), (fast_training, "relu_applied"))]
+    for module, name, function in wrapped:
+        setattr(module, name, timed(function))
     try:
         for _ in range(repeat):
             model.backward(np.ones_like(model.forward(x, training=True)), input_grads=False)
     finally:
-        for layer, forward, backward in saved:
-            layer.forward, layer.backward = forward, backward
+        for module, name, function in wrapped:
+            setattr(module, name, function)
     total = sum(totals.values())
     print(f"\nminires per layer type, forward + backward at batch {batch} (mean of {repeat})")
     for kind, seconds in totals.most_common():

@@ -129,7 +129,7 @@ def add_relu_(z, bias, residual, relu):
     return (_channel_last_numba(arrays, z.ndim - 1) or channelwise).add_relu_(z, bias, residual, relu)
 
 
-# --- Winograd F(m x m, 3x3), m = 2 or 4: the inference fast path's 3x3 stride-1 convolutions ---
+# --- Winograd F(m x m, 3x3), m = 2 or 4: the fast paths' 3x3 stride-1 convolutions ---
 def winograd_conv3x3(x, u, pads, out_size, bias, residual, relu):
     """x (N, H, W, C) unpadded, u = winograd.transform_kernel(kernel, m) ->
     relu?(conv(x) + bias [+ residual]) (N, OH, OW, F), a chunk of images at a
