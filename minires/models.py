@@ -101,6 +101,7 @@ class Model(Layer):
             raise ValueError(f"model {self.name!r}: inputs must come from Input(...)")
         self._order = topological_order(self.inputs, self.outputs, self.name)
         self._readers = reader_map(self._order)
+        self._graph_layers = layers_in_keras_order(self._order, self.outputs)   # read at every forward
         self._graph = True
         self.params.touch()              # a new graph: a plan of the old one is stale
         self.built = True
@@ -140,10 +141,10 @@ class Model(Layer):
         order (InputLayers included), a subclassed model's in the order its
         attributes were set, then any its ``call`` created."""
         if not self.traced:
-            return layers_in_keras_order(self._order, self.outputs)
+            return list(self._graph_layers)
         tracked = list(self.__dict__.get("_tracked", ()))
         if self._graph:
-            tracked += [layer for layer in layers_in_keras_order(self._order, self.outputs)
+            tracked += [layer for layer in self._graph_layers
                         if not isinstance(layer, InputLayer) and all(layer is not t for t in tracked)]
         return tracked
 
