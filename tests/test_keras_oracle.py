@@ -51,3 +51,5 @@ def test_minires_matches_keras_resnet50(keras_resnet50, file):
     assert prob_error <= 1e-4
     assert logit_error <= 1e-4
     assert keras_probs.max() < 0.5           # not saturated: the comparison says something
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    np.testing.assert_array_equal(top5, np.argsort(-keras_probs, axis=1)[:, :5])
