@@ -1,8 +1,9 @@
 """Fast inference: the same network, fewer passes over memory.
 
-``Model.forward`` runs every layer as written, which is what training and
-reading need. For inference alone four rewrites give the same outputs
-(to float rounding) with less work:
+A forward that keeps caches for a backward runs every layer as written (or
+its twin in minires.fast_training, with the same cache), which is what
+training and reading need. For inference alone four rewrites give the same
+outputs (to float rounding) with less work:
 
 1. Batch norm folded into the conv before it. In inference BN is an affine
    map per channel, y = s * z + t with s = gamma / sqrt(var + eps) and

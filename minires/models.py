@@ -61,7 +61,8 @@ class Model(Layer):
     # model.fast_inference = False runs every layer as written instead, to compare.
     fast_inference = True
     # Forwards that keep caches (training, gradients) and their backward run the
-    # Winograd twins of minires.fast_training; False runs every layer as written.
+    # twins of minires.fast_training (Winograd convs, BN + ReLU pairs) where they
+    # pay; model.fast_training = False runs every layer as written.
     fast_training = True
 
     def __init__(self, inputs=None, outputs=None, name=None, **kwargs):
@@ -219,7 +220,8 @@ class Model(Layer):
         keep_cache: keep what ``backward`` needs (default: when training); pass
         True for gradients in inference mode (a gradient check, a saliency map).
         An inference forward that keeps nothing runs ``inference_plan()``, in
-        cache-sized batches (InferenceModel.predict); every other runs each layer.
+        cache-sized batches (InferenceModel.predict); every other runs each layer
+        (or its twin in minires.fast_training, unless ``fast_training`` is False).
         """
         training = self.training if training is None else training
         keep_cache = training if keep_cache is None else keep_cache
