@@ -9,10 +9,11 @@ as written.
 
 Conv2D, 3x3, stride 1, no activation (every 3x3 conv of ResNet-50), where
 Winograd pays for the shape (kernels.winograd.winograd_tile_size):
-  forward   z = x * W + b by Winograd F(m x m, 3x3) (kernels.winograd_conv3x3)
-            instead of im2col and one product. The kernel is transformed at
-            each call, as training changes it at every step (one
-            (m+2)^2 x 9 product: 2 ms for a 512x512 kernel).
+  forward   z = x * W + b by Winograd F(2x2, 3x3) (kernels.winograd_conv3x3;
+            FORWARD_TILE_SIZE says why not F(4x4) here) instead of im2col and
+            one product. The kernel is transformed at each call, as training
+            changes it at every step (one (m+2)^2 x 9 product: 2 ms for a
+            512x512 kernel).
   backward  dW by Winograd too: the forward computes M[k] = V[k] @ U[k] from
             the transformed input tiles V and kernel U, so dU[k] = V[k]^T dM[k],
             where dM is dz taken back through the output transform (its
@@ -64,6 +65,15 @@ def takes(layer, x):
             and x.shape[3] == layer.params["kernel"].shape[2])
 
 
+# The forward takes F(2x2) at most: its output feeds the loss and every BN's
+# batch statistics, and F(4x4)'s float32 rounding (kernels/winograd.py) made a
+# training forward's ResNet-50 logits 2.7e-5 (relative) from the plain path's,
+# F(2x2) 9.8e-6 (plain float32 itself is 1.4e-5 from float64). dW and dx, which
+# no later value is computed from, take F(4x4) where it pays (80 ms of a 5.4 s
+# step is what the forward gives up).
+FORWARD_TILE_SIZE = 2
+
+
 def conv_forward(layer, x):
     """(y, cache) as ``layer.forward(x)``, z by Winograd where it pays."""
     pads, out_size = layer.pads(x.shape)
@@ -71,6 +81,7 @@ def conv_forward(layer, x):
     m = conv_tile_size(layer, (x.shape[0], *out_size), *kernel.shape[2:])
     if m is None:
         return layer.forward(x, training=True)
+    m = min(m, FORWARD_TILE_SIZE)
     bias = layer.params["bias"] if layer.use_bias else no_bias(kernel)
     z = kernels.winograd_conv3x3(x, transform_kernel(kernel, m), pads, out_size, bias, None, False)
     return z, (x, None)                      # the layer's cache: no activation, y not kept

@@ -60,6 +60,22 @@ def test_the_twins_give_the_layers_outputs_and_gradients(rng, winograd_calls, si
         assert error <= tolerance, f"{name}: relative error {error:.2e}"
 
 
+def test_the_forward_takes_f2x2_and_the_gradients_f4x4(rng, monkeypatch):
+    """12x12 outputs with 16 channels get F(4x4) by the rule; the forward keeps to
+    F(2x2) (fast_training.FORWARD_TILE_SIZE), dx and dW take F(4x4)."""
+    tiles = []
+    for name, tile_of in (("winograd_conv3x3", lambda args: args[1].shape[0]),    # U: (m+2)^2 rows
+                          ("winograd_kernel_gradient", lambda args: (args[3] + 2) ** 2)):
+        def spy(*args, run=getattr(kernels, name), tile_of=tile_of):
+            tiles.append(tile_of(args))
+            return run(*args)
+        monkeypatch.setattr(kernels, name, spy)
+    model, conv = conv_model(12, 16, 16, np.float32, padding="same")
+    x = rng.standard_normal((4, 12, 12, 16)).astype(np.float32)
+    model.backward(np.ones_like(model.forward(x, training=True)))
+    assert tiles == [16, 36, 36]                          # forward z; dW, dx
+
+
 def test_either_backward_follows_either_forward(rng):
     _, conv = conv_model(12, 16, 16, np.float64, padding="same")
     x = rng.standard_normal((4, 12, 12, 16))
