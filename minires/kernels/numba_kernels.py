@@ -132,10 +132,10 @@ def _max_pool_backward(g, argmax, dx, ph, pw, sh, sw):
                 continue
             oh = (h - i) // sh
             for ow in range(out_w):
-                for c in range(channels):
-                    winner = argmax[b, oh, ow, c]
-                    if winner // pw == i:
-                        dx[b, h, ow * sw + winner % pw, c] += g[b, oh, ow, c]
+                for j in range(pw):              # the channels innermost: contiguous, vectorised
+                    for c in range(channels):
+                        if argmax[b, oh, ow, c] == i * pw + j:
+                            dx[b, h, ow * sw + j, c] += g[b, oh, ow, c]
 
 
 # --- whole-activation passes (channelwise.py): channel last, viewed as (rows, C) ---------
