@@ -147,7 +147,6 @@ def winograd_conv3x3(x, u, pads, out_size, bias, residual, relu):
     return z
 
 
-
 def winograd_kernel_gradient(x, dz, pads, m):
     """dL/dW (3, 3, C, F) of a 3x3 stride-1 conv of x (N, H, W, C) unpadded,
     from dz (N, OH, OW, F), by F(m x m, 3x3): the forward's M[k] = V[k] @ U[k]
@@ -163,6 +162,7 @@ def winograd_kernel_gradient(x, dz, pads, m):
         v = transforms.input_tiles(x[batch], pads, out_size, m)
         grads_u += xp.matmul(v.transpose(0, 2, 1), transforms.gradient_tiles(dz[batch], m))
     return winograd.kernel_gradient(grads_u, m)
+
 
 __all__ = ["im2col", "col2im", "batch_chunks", "conv2d", "max_pool_forward", "max_pool_backward",
            "channel_moments", "normalize", "channel_sums", "batch_norm_dx", "column_sums", "relu",

@@ -219,17 +219,6 @@ def _block_rows(block, n_rows):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _block_sums(rows):
-    """Partial sums of rows, one line per block of rows."""
-    partial = np.zeros((_block_count(rows.shape[0]), rows.shape[1]))
-    for block in prange(partial.shape[0]):
-        for r in _block_rows(block, rows.shape[0]):
-            for c in range(rows.shape[1]):
-                partial[block, c] += rows[r, c]
-    return partial
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
 def _block_shifted_sums(rows, shift):
     """Partial sums of d = rows - shift and of d^2, one pair of lines per block of rows."""
     partial = np.zeros((_block_count(rows.shape[0]), 2, rows.shape[1]))
@@ -460,7 +449,18 @@ def _gradient_tiles(dz, a_t, tiles_h, tiles_w, grads):
                                 grads[(k * size + q) * tiles + tile, f] += a_t[j, q] * t[k * m + j, f]
 
 
-# --- a bias's gradient (channelwise.column_sums): the block sums of channel_moments ---------
+# --- a bias's gradient (channelwise.column_sums): float64 block sums, as channel_sums's ---------
 def column_sums(rows):
     return _block_sums(rows).sum(axis=0).astype(rows.dtype)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _block_sums(rows):
+    """Partial sums of rows, one line per block of rows."""
+    partial = np.zeros((_block_count(rows.shape[0]), rows.shape[1]))
+    for block in prange(partial.shape[0]):
+        for r in _block_rows(block, rows.shape[0]):
+            for c in range(rows.shape[1]):
+                partial[block, c] += rows[r, c]
+    return partial
 

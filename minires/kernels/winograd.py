@@ -45,8 +45,8 @@ Tiles overlap by 2 (stride m), so a tile is exactly im2col's (m+2)x(m+2)
 window at stride m: the NumPy code below builds them that way. An output
 size that is not a multiple of m takes one spare row and column of tiles,
 computed on zeros and cropped. The kernel transform U is done once per
-model; the input and output transforms are cheap passes (compiled by Numba
-when it is installed).
+fold in inference (at every step in training); the input and output
+transforms are cheap passes (compiled by Numba when it is installed).
 
 Gradients. Each step is linear, so its gradient is its transpose (adjoint):
     Y = A^T M A       ->  dM = A dY A^T            (gradient_tiles)
@@ -156,7 +156,6 @@ def output_tiles(products, bias, residual, relu, z, m):
     add_relu_(z, bias, residual, relu)
 
 
-
 def gradient_tiles(dz, m):
     """dz (N, OH, OW, F), the gradient of output_tiles' z -> dM ((m+2)^2, N*TH*TW, F),
     that of the products M: the adjoint of the output transform, A dY A^T per
@@ -177,6 +176,7 @@ def kernel_gradient(grads_u, m):
     xp = get_array_module(grads_u)
     g = xp.asarray(G[m], dtype=grads_u.dtype)
     return (xp.kron(g, g).T @ grads_u.reshape((m + 2) ** 2, -1)).reshape(3, 3, *grads_u.shape[1:])
+
 
 # --- where Winograd pays, and which m (the inference and training fast paths) ---
 # F(4x4)'s transformed kernel, 36 C F numbers, is read once per call: up to
