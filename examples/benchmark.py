@@ -3,6 +3,8 @@
     python examples/benchmark.py                   # 3 pairs of processes, medians of 5 runs
     python examples/benchmark.py --pairs 5 --repeat 9 --batches 1 32
     env -u OPENBLAS_CORETYPE python examples/benchmark.py   # let OpenBLAS pick its best kernels
+    python examples/benchmark.py --settings default opt-in off   # what each speed setting does
+    python examples/benchmark.py --load 1          # both sides beside one busy process
     python examples/benchmark.py --device cuda     # CuPy against PyTorch CUDA
 
 Prints the processor (model name, vector extensions), the BLAS kernels NumPy
@@ -18,10 +20,16 @@ configuration in a fresh process of its own framework (training at batch 32,
 inference at batch 64); a per-layer-type breakdown of a minires training
 step; Numba against NumPy for im2col and col2im.
 
-minires's processes call minires.apply_speed_settings() first thing, as a
-user should. PyTorch's run examples/torch_benchmark.py, which imports only
-NumPy and PyTorch, with the environment this script was given: out of the
-box, channels_last, torch.set_num_threads(--threads). The two share their
+minires's processes run what a user gets with no extra call: the default
+path, which applies its speed settings itself at first use (README: Speed).
+--settings adds rows for minires processes that call
+minires.apply_speed_settings() first thing ("opt-in") or run with
+MINIRES_SPEED_SETTINGS=0 ("off"), each against the same pair's PyTorch.
+--load N keeps N busy processes (Python spinning) running while the pairs
+are timed, so that both sides meet the same competition for the cores.
+PyTorch's run examples/torch_benchmark.py, which imports only NumPy and
+PyTorch, with the environment this script was given: out of the box,
+channels_last, torch.set_num_threads(--threads). The two share their
 weights through a .npz checkpoint; their logits are compared first.
 
 With ``--device cuda`` minires runs on CuPy arrays and PyTorch on CUDA in
@@ -31,6 +39,7 @@ kernels are about the CPU and are left out.
 """
 import argparse
 import collections
+import contextlib
 import importlib.util
 import json
 import os
@@ -44,8 +53,7 @@ import numpy as np
 
 from benchmark_common import images, labels, measure, median_seconds
 
-# The environment as given, for the measuring processes: the breakdown at the
-# end applies minires's speed settings (OMP_WAIT_POLICY) to this process only.
+# The environment as given, for the measuring processes.
 GIVEN_ENVIRONMENT = dict(os.environ)
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_benchmark.py")
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")
@@ -55,6 +63,9 @@ MEMORY_CONFIGS = (("minires Model.predict, batch 64", "minires", "predict:64"),
                   ("pytorch inference, batch 64", "pytorch", "infer:64"),
                   ("minires training step, batch 32", "minires", "train:32"),
                   ("pytorch training step, batch 32", "pytorch", "train:32"))
+# minires's speed settings, as a measuring process meets them: the environment it
+# adds and whether it calls apply_speed_settings() first thing.
+SETTINGS = {"default": ({}, False), "opt-in": ({}, True), "off": ({"MINIRES_SPEED_SETTINGS": "0"}, False)}
 
 
 def parse_args(argv):
@@ -66,14 +77,20 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="for each framework")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=["default"],
+                        help="minires's speed settings to time (default: as a user gets them)")
+    parser.add_argument("--load", type=int, default=0, help="busy processes running meanwhile")
     # internal: this process is one of minires's measuring processes
     parser.add_argument("--measure", nargs="+", metavar="JOB", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--logits", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--apply-speed-settings", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     least_repeat = 0 if args.measure else 1         # 0: a process that only measures memory
     if args.pairs < 1 or args.repeat < least_repeat or min(args.batches + args.train_batches) < 1:
         parser.error("--pairs, --repeat and every batch must be at least 1")
+    if args.load < 0:
+        parser.error("--load is a number of processes, 0 or more")
     return args
 
 
@@ -135,13 +152,17 @@ def environment(args):
 
 # --- the measuring processes -----------------------------------------------------------
 def rows(args):
-    """(label, batch, minires job, PyTorch job) of every figure a pair compares."""
-    return ([("Model.predict", b, f"predict:{b}", f"infer:{b}") for b in args.batches]
-            + [("InferenceModel", b, f"fast:{b}", f"infer:{b}") for b in args.batches]
-            + [("training step", b, f"train:{b}", f"train:{b}") for b in args.train_batches])
+    """(label, batch, minires setting, minires job, PyTorch job) of every figure a
+    pair compares: the default path's, then each other setting's predict and training."""
+    default = ([("Model.predict", b, "default", f"predict:{b}", f"infer:{b}") for b in args.batches]
+               + [("InferenceModel", b, "default", f"fast:{b}", f"infer:{b}") for b in args.batches]
+               + [("training step", b, "default", f"train:{b}", f"train:{b}") for b in args.train_batches])
+    return default + [(f"{label}, {setting}", batch, setting, ours, theirs)
+                      for setting in args.settings if setting != "default"
+                      for label, batch, _, ours, theirs in default if label != "InferenceModel"]
 
 
-def run_measuring(framework, jobs, weights, args, repeat, logits=False):
+def run_measuring(framework, jobs, weights, args, repeat, logits=False, setting="default"):
     """One fresh process of ``framework`` measures ``jobs``; its JSON line, or None if it failed."""
     options = ["--weights", weights, "--repeat", str(repeat), "--threads", str(args.threads),
                "--device", args.device] + (["--logits"] if logits else [])
@@ -149,8 +170,10 @@ def run_measuring(framework, jobs, weights, args, repeat, logits=False):
         command, env = [sys.executable, TORCH_SCRIPT, "--jobs", *jobs, *options], GIVEN_ENVIRONMENT
     else:
         threads = str(args.threads)            # what torch.set_num_threads does for PyTorch
-        command = [sys.executable, os.path.abspath(__file__), "--measure", *jobs, *options]
-        env = dict(GIVEN_ENVIRONMENT, OPENBLAS_NUM_THREADS=threads, NUMBA_NUM_THREADS=threads)
+        added, opt_in = SETTINGS[setting]
+        command = [sys.executable, os.path.abspath(__file__), "--measure", *jobs, *options,
+                   *(["--apply-speed-settings"] if opt_in else [])]
+        env = dict(GIVEN_ENVIRONMENT, OPENBLAS_NUM_THREADS=threads, NUMBA_NUM_THREADS=threads, **added)
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     if result.returncode != 0 or not result.stdout.strip():
         return None                            # its error went to stderr, above
@@ -160,7 +183,8 @@ def run_measuring(framework, jobs, weights, args, repeat, logits=False):
 def measure_minires(args):
     """This process is one of minires's measuring processes: time the jobs, print JSON."""
     from minires import backend
-    backend.apply_speed_settings()             # first thing, as a user should
+    if args.apply_speed_settings:              # first thing: the "opt-in" setting
+        backend.apply_speed_settings()
     from minires.applications import ResNet50
     model = ResNet50(classifier_activation=None)
     model.load_weights(args.weights)
@@ -208,22 +232,29 @@ def synchronize(device):
 
 # --- sections ---------------------------------------------------------------------------
 def pairs(args, weights, use_torch):
-    """Pair by pair, a minires process then a PyTorch one; each pair's figures and ratios."""
+    """Pair by pair, a minires process for each setting, then a PyTorch one;
+    each pair's figures and ratios."""
     table = rows(args)
-    minires_jobs = [row[2] for row in table]
-    torch_jobs = list(dict.fromkeys(row[3] for row in table))
+    settings = list(dict.fromkeys(["default", *args.settings]))
+    torch_jobs = list(dict.fromkeys(row[4] for row in table))
     results = []
     for k in range(1, args.pairs + 1):
-        ours = run_measuring("minires", minires_jobs, weights, args, args.repeat, logits=k == 1)
+        ours = {}
+        for setting in settings:
+            jobs = [row[3] for row in table if row[2] == setting]
+            ours[setting] = run_measuring("minires", jobs, weights, args, args.repeat,
+                                          logits=k == 1 and setting == "default", setting=setting)
         theirs = (run_measuring("pytorch", torch_jobs, weights, args, args.repeat, logits=k == 1)
                   if use_torch else None)
-        if ours is None or (use_torch and theirs is None):
-            sys.exit(f"benchmark: the {'minires' if ours is None else 'pytorch'} process of pair {k} "
+        failed = [f"minires ({s})" for s, result in ours.items() if result is None]
+        if failed or (use_torch and theirs is None):
+            sys.exit(f"benchmark: the {(failed or ['pytorch'])[0]} process of pair {k} "
                      "failed (its error is above); --no-torch runs minires alone")
         if k == 1 and theirs is not None:
-            agreement(ours, theirs)
-        print_pair(k, args, table, ours, theirs)
-        results.append((ours["seconds"], theirs and theirs["seconds"]))
+            agreement(ours["default"], theirs)
+        seconds = ({s: result["seconds"] for s, result in ours.items()}, theirs and theirs["seconds"])
+        print_pair(k, args, table, *seconds)
+        results.append(seconds)
     summary(table, results)
 
 
@@ -236,14 +267,17 @@ def agreement(ours, theirs):
 
 
 def print_pair(k, args, table, ours, theirs):
-    print(f"\npair {k} of {args.pairs}: a minires process, then a pytorch one "
+    """ours: {setting: {job: seconds}}; theirs: {job: seconds} or None."""
+    processes = "a minires process" if len(ours) == 1 else f"{len(ours)} minires processes"
+    print(f"\npair {k} of {args.pairs}: {processes}, then a pytorch one "
           f"(median s of {args.repeat} runs, images/s)")
-    for label, batch, our_job, their_job in table:
-        line = f"  {label:<14} batch {batch:>3}: minires {figure(ours['seconds'][our_job], batch)}"
+    width = max(len(row[0]) for row in table)
+    for label, batch, setting, our_job, their_job in table:
+        mine = ours[setting][our_job]
+        line = f"  {label:<{width}} batch {batch:>3}: minires {figure(mine, batch)}"
         if theirs is not None:
-            seconds = theirs["seconds"][their_job]
-            line += (f", pytorch {figure(seconds, batch)}; "
-                     f"minires / pytorch {ours['seconds'][our_job] / seconds:.2f}")
+            line += (f", pytorch {figure(theirs[their_job], batch)}; "
+                     f"minires / pytorch {mine / theirs[their_job]:.2f}")
         print(line)
 
 
@@ -256,15 +290,30 @@ def summary(table, results):
     with_torch = results[0][1] is not None
     print(f"\nover {len(results)} pair(s): " + ("minires / pytorch pair by pair (< 1: minires faster), "
                                                "their median; " if with_torch else "") + "median s")
-    for label, batch, our_job, their_job in table:
-        ours = [seconds[our_job] for seconds, _ in results]
-        line, timing = f"  {label:<14} batch {batch:>3}:", f" minires {np.median(ours):.3f} s"
+    width = max(len(row[0]) for row in table)
+    for label, batch, setting, our_job, their_job in table:
+        ours = [seconds[setting][our_job] for seconds, _ in results]
+        line, timing = f"  {label:<{width}} batch {batch:>3}:", f" minires {np.median(ours):.3f} s"
         if with_torch:
             theirs = [seconds[their_job] for _, seconds in results]
             ratios = [o / t for o, t in zip(ours, theirs)]
             line += "".join(f" {r:5.2f}" for r in ratios) + f"  median {np.median(ratios):.2f};"
             timing += f", pytorch {np.median(theirs):.3f} s"
         print(line + timing)
+
+
+@contextlib.contextmanager
+def busy_processes(count):
+    """``count`` Python processes spinning on a core each, for as long as the block runs."""
+    if count:
+        print(f"\nunder load: {count} busy process(es) (python -c 'while True: pass') while the pairs run")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
 
 
 def peak_memory(weights, args, use_torch):
@@ -365,13 +414,13 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         weights = os.path.join(folder, "resnet50.npz")
         model.save_weights(weights)
-        pairs(args, weights, use_torch)
+        with busy_processes(args.load):
+            pairs(args, weights, use_torch)
         if args.device != "cpu":
             print("\n(peak RSS, the per-layer breakdown and Numba kernels are CPU figures: "
                   "run without --device)")
             return
         peak_memory(weights, args, use_torch)
-    backend.apply_speed_settings()          # this process's own minires figures, from here on
     breakdown(model, args.train_batches[0], max(1, args.repeat // 2))
     kernels(args.repeat)
 

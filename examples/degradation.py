@@ -408,8 +408,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    from minires import apply_speed_settings, set_random_seed
-    apply_speed_settings()                     # before any Numba kernel runs (README: Speed)
+    from minires import set_random_seed
     data = load_data(args.seed, args.train_size)
     batches = int(np.ceil(len(data[0]) / args.batch_size))
     gradient_step = min(args.gradient_step, args.epochs * batches - 1)

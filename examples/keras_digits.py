@@ -81,8 +81,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from minires import apply_speed_settings, set_random_seed
-    apply_speed_settings()                     # before any Numba kernel runs (README: Speed)
+    from minires import set_random_seed
     x_train, y_train, x_test, y_test = load_data(args.seed)
     set_random_seed(args.seed)
     model = DigitsResNet(width=args.width)

@@ -81,7 +81,6 @@ def main(argv=None):
     from minires.imagenet import decode_predictions
     from minires.inference import InferenceModel
 
-    backend.apply_speed_settings()              # before any Numba kernel runs (README: Speed)
     backend.check_device(args.device)
     batch = load_batch(args.images)
     path = weights_file(args)

@@ -90,7 +90,6 @@ def main(argv=None):
     from minires.optim import SGD, CosineDecay
     from minires.train import evaluate, fit
 
-    backend.apply_speed_settings()              # before any Numba kernel runs (README: Speed)
     backend.check_device(args.device)
     x_train, y_train, x_test, y_test = load_data(args.seed)
     set_random_seed(args.seed)

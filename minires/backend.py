@@ -4,8 +4,8 @@ Every op asks ``get_array_module(x)`` for ``xp`` and then writes ``xp.zeros``,
 ``xp.maximum`` ... so the same source runs on both devices.  Nothing else in
 minires imports CuPy, except the CUDA kernels (kernels/cupy_kernels.py),
 which only CuPy arrays reach.  This module also holds the default float type
-(``floatx``), as ``keras.backend`` does, and the process-wide speed settings
-(``apply_speed_settings``), which importing minires never applies.
+(``floatx``), as ``keras.backend`` does, and the CPU speed settings, which
+minires applies itself when its work first needs them (never at import).
 """
 import contextlib
 import ctypes
@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import os
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -25,9 +26,20 @@ KERNEL_PATHS = ("auto", "numba", "numpy")
 _kernel_choice = None      # None: read MINIRES_KERNELS (default 'auto') at first use
 
 
+@functools.lru_cache(maxsize=None)
 def numba_available():
-    """True when Numba can be imported (``pip install 'minires[numba]'``)."""
-    return importlib.util.find_spec("numba") is not None
+    """True when Numba imports: ``pip install minires`` brings it where Numba has
+    wheels. One that is installed but fails to import (a Numba older than this
+    NumPy, say) warns once and counts as absent: the NumPy kernels run."""
+    if importlib.util.find_spec("numba") is None:
+        return False
+    try:
+        import numba  # noqa: F401
+    except ImportError as error:
+        warnings.warn(f"minires: Numba is installed but does not import ({error}); "
+                      "running the NumPy kernels", RuntimeWarning, stacklevel=2)
+        return False
+    return True
 
 
 def set_kernel_path(path):
@@ -37,7 +49,7 @@ def set_kernel_path(path):
     if path not in KERNEL_PATHS:
         raise ValueError(f"unknown kernel path {path!r}; use one of {KERNEL_PATHS}")
     if path == "numba" and not numba_available():
-        raise RuntimeError("kernel path 'numba' needs Numba: pip install 'minires[numba]'")
+        raise RuntimeError("kernel path 'numba' needs Numba, which does not import here: pip install numba")
     _kernel_choice = path
 
 
@@ -70,33 +82,120 @@ def set_im2col_limit(megabytes):
     _im2col_limit = int(megabytes * (1 << 20))
 
 
-def apply_speed_settings(keep_memory=True, passive_openmp=True):
-    """Process-wide settings that make minires faster on the CPU. Importing
-    minires never applies them: call this first thing (the examples do), or
-    not at all. Each part is turned off by its argument.
+# --- the CPU speed settings, which minires applies itself at first use --------------------
+# Two things decide a CPU run's speed beyond the kernels, and importing minires
+# touches neither. minires applies each when its own work first needs it:
+#   - OpenMP's idle threads sleep instead of spinning: Numba's threads spin for a
+#     while after each kernel, as OpenBLAS's do after each matrix product; on a
+#     few cores the two pools then fight over them (ResNet-50 at batch 1 measured
+#     0.42 s against 0.043 s). Applied before the first Numba kernel, leaving no
+#     trace in os.environ (start_numba_threads).
+#   - glibc keeps freed memory (keep_freed_memory): applied at the first
+#     training forward, where it saves a third of a step; process-wide, for good.
+# MINIRES_SPEED_SETTINGS=0 or set_speed_settings(False) turns both off; your own
+# OMP_WAIT_POLICY / GOMP_SPINCOUNT and MALLOC_* / GLIBC_TUNABLES always win.
+_speed_settings = None          # None: read MINIRES_SPEED_SETTINGS (default on) at first use
+_applied = set()                # the settings already applied (or declined) in this process
+_settings_lock = threading.Lock()
+_USER_OPENMP_WAITING = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+_USER_MALLOC = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 
-    keep_memory: keep_freed_memory(): glibc keeps freed memory for the next
-        large array instead of faulting it in afresh (a quarter of a training
-        step's time); the process's resident memory stays near its peak.
-    passive_openmp: OMP_WAIT_POLICY=PASSIVE in os.environ, unless it is set
-        already (your own value wins). OpenMP reads it once, when Numba's
-        threads first start (the first parallel kernel), so call this before
-        any Numba kernel runs; called later, it warns and sets nothing. Child
-        processes inherit the variable.
+
+def set_speed_settings(enabled):
+    """Whether minires applies its CPU speed settings at first use (default True;
+    also MINIRES_SPEED_SETTINGS=0|1). Turning them off after they were applied
+    undoes nothing: call it before minires's first kernel runs."""
+    global _speed_settings
+    _speed_settings = bool(enabled)
+
+
+def speed_settings_enabled():
+    if _speed_settings is None:
+        set_speed_settings(os.environ.get("MINIRES_SPEED_SETTINGS", "1").strip().lower()
+                           not in ("0", "false", "no", "off"))
+    return _speed_settings
+
+
+def start_numba_threads():
+    """Start Numba's threads, as its first parallel kernel would, but with
+    OpenMP's idle threads sleeping (OMP_WAIT_POLICY=PASSIVE for the moment the
+    OpenMP library loads and reads its settings, then removed again). The
+    kernel dispatcher calls it before every Numba kernel: it acts once.
+
+    Nothing happens where the speed settings are off, where you set
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT yourself, or where Numba's threads run
+    already (then they keep what they were started with). Numba's other
+    threading layers (TBB, workqueue) ignore the variable and never spin long.
     """
-    # Why passive: Numba's OpenMP threads spin for a while after each kernel, as
-    # OpenBLAS's do after each matrix product; on a few cores the two pools then
-    # fight over them (a ResNet-50 step measured up to 2x slower). Sleeping
-    # threads avoid that.
-    if keep_memory:
+    if "openmp" not in _applied:
+        with _settings_lock:
+            if "openmp" not in _applied and speed_settings_enabled():
+                _start_sleeping_openmp_threads()
+            _applied.add("openmp")
+
+
+def keep_memory_for_training():
+    """keep_freed_memory(), once, before the first training forward (Model calls
+    it), unless the speed settings are off or you tuned glibc's malloc yourself
+    (MALLOC_*_ variables, GLIBC_TUNABLES)."""
+    if "memory" not in _applied:
+        with _settings_lock:
+            if "memory" not in _applied and speed_settings_enabled():
+                _keep_memory_unless_user_tuned()
+            _applied.add("memory")
+
+
+def apply_speed_settings(keep_memory=True, passive_openmp=True):
+    """Apply the speed settings now instead of at first use (optional: minires
+    applies them itself, see the comment above). Each part is turned off by its
+    argument; an explicit call applies them even where MINIRES_SPEED_SETTINGS=0,
+    but never over your own OMP_*/GOMP_*/MALLOC_* variables.
+
+    passive_openmp must come before any Numba kernel runs: called after Numba's
+    threads started without it, it warns and changes nothing.
+    """
+    with _settings_lock:
+        if keep_memory:
+            _keep_memory_unless_user_tuned()
+            _applied.add("memory")
+        if passive_openmp and numba_available():
+            if (_numba_threads_started() and "sleeping" not in _applied
+                    and not _user_set(_USER_OPENMP_WAITING)):
+                warnings.warn("apply_speed_settings: Numba's threads have started already and keep "
+                              "their OpenMP wait policy. Call it before the first Numba kernel runs.",
+                              stacklevel=3)
+            _start_sleeping_openmp_threads()
+            _applied.add("openmp")
+
+
+def _start_sleeping_openmp_threads():
+    """(Under _settings_lock.) Numba's threads started with OMP_WAIT_POLICY=PASSIVE,
+    unless they run already or the user chose OpenMP's waiting."""
+    if _numba_threads_started() or _user_set(_USER_OPENMP_WAITING):
+        return
+    import numba
+    with _environment_variable("OMP_WAIT_POLICY", "PASSIVE"):
+        numba.get_num_threads()           # loads the threading layer: OpenMP reads its settings now
+    _applied.add("sleeping")
+
+
+def _keep_memory_unless_user_tuned():
+    if not _user_set(_USER_MALLOC):
         keep_freed_memory()
-    if passive_openmp and "OMP_WAIT_POLICY" not in os.environ:
-        if _numba_threads_started():
-            warnings.warn("apply_speed_settings: Numba's threads have started already and keep "
-                          "their OpenMP wait policy; OMP_WAIT_POLICY left unset. Call it before "
-                          "the first Numba kernel runs.", stacklevel=2)
-        else:
-            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def _user_set(names):
+    return any(name in os.environ for name in names)
+
+
+@contextlib.contextmanager
+def _environment_variable(name, value):
+    """``name=value`` in the process environment inside the block only (unset before)."""
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        del os.environ[name]
 
 
 def _numba_threads_started():

@@ -43,7 +43,7 @@ import difflib
 import functools
 
 from . import fast_training
-from .backend import check_device, device_of, is_array, to_device
+from .backend import check_device, device_of, is_array, keep_memory_for_training, to_device
 from .graph import (as_list, layers_in_keras_order, predict_in_batches, reader_map, run_graph,
                     topological_order)
 from .layers.activations import Activation, Softmax
@@ -239,6 +239,8 @@ class Model(Layer):
     def forward_with_caches(self, inputs, training, keep_cache):
         """(outputs, {id(node): cache}) of one forward pass; the caches are
         empty unless ``keep_cache``. The layer contract, for a model as a node."""
+        if keep_cache:
+            keep_memory_for_training()     # once: backend's speed settings
         if not self._graph:
             shapes = [(None, *a.shape[1:]) for a in as_list(inputs)]
             self.build(shapes if isinstance(inputs, (list, tuple)) else shapes[0])

@@ -38,7 +38,7 @@ def load_benchmark(monkeypatch):
 
 def test_every_section_prints_figures():
     result = run("--pairs", "1", "--batches", "1", "--train-batches", "1", "--repeat", "1",
-                 *([] if HAVE_TORCH else ["--no-torch"]))
+                 "--settings", "default", "off", *([] if HAVE_TORCH else ["--no-torch"]))
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"^processor: \S.*, \d+ cores\n  vector extensions: \S", out, re.M), out
@@ -48,7 +48,8 @@ def test_every_section_prints_figures():
     assert ("WARNING: OPENBLAS_CORETYPE=" if coretype_set else "OPENBLAS_CORETYPE: unset") in out, out
     theirs = rf", pytorch {FIGURE}; minires / pytorch \d+\.\d\d$" if HAVE_TORCH else "$"
     ratio = r"( +\d+\.\d\d)  median \d+\.\d\d;" if HAVE_TORCH else ""
-    for label in ("Model.predict ", "InferenceModel", "training step "):
+    labels = ("Model.predict", "InferenceModel", "training step", "Model.predict, off", "training step, off")
+    for label in (label.ljust(len("training step, off")) for label in labels):
         pair_line = rf"^  {label} batch   1: minires {FIGURE}{theirs}"
         summary_line = rf"^  {label} batch   1:{ratio} minires \d+\.\d{{3}} s"
         assert re.search(pair_line, out, re.M) and re.search(summary_line, out, re.M), out
@@ -86,11 +87,11 @@ def test_the_pytorch_process_imports_nothing_of_minires(tmp_path):
 
 def test_pytorch_gets_the_environment_as_given(monkeypatch):
     """minires's speed settings stay in its own processes: PyTorch's process gets the
-    environment the benchmark was started with, even after this process applied them
-    (as it does before its breakdown); minires's the same plus the thread count."""
+    environment the benchmark was started with; minires's the same plus the thread
+    count, and for the "off" setting MINIRES_SPEED_SETTINGS=0, for "opt-in" a flag
+    that calls apply_speed_settings() first."""
     given = dict(os.environ)
     benchmark = load_benchmark(monkeypatch)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")                # what apply_speed_settings adds
     commands = []
 
     def fake_run(command, env, **_):
@@ -100,11 +101,27 @@ def test_pytorch_gets_the_environment_as_given(monkeypatch):
     monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
     args = benchmark.parse_args(["--threads", "1"])
     benchmark.run_measuring("pytorch", ["infer:1"], "w.npz", args, repeat=1)
-    benchmark.run_measuring("minires", ["fast:1"], "w.npz", args, repeat=1)
-    (torch_command, torch_env), (minires_command, minires_env) = commands
+    for setting in ("default", "off", "opt-in"):
+        benchmark.run_measuring("minires", ["fast:1"], "w.npz", args, repeat=1, setting=setting)
+    (torch_command, torch_env), *minires = commands
     assert torch_command[1] == str(TORCH_SCRIPT) and torch_env == given
-    assert minires_command[1:3] == [str(SCRIPT), "--measure"]
-    assert minires_env == dict(given, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    threads = dict(OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    assert [command[1:3] for command, _ in minires] == [[str(SCRIPT), "--measure"]] * 3
+    assert [env for _, env in minires] == [dict(given, **threads),
+                                           dict(given, **threads, MINIRES_SPEED_SETTINGS="0"), dict(given, **threads)]
+    assert ["--apply-speed-settings" in command for command, _ in minires] == [False, False, True]
+
+
+def test_busy_processes_run_for_the_block_only(monkeypatch):
+    benchmark = load_benchmark(monkeypatch)
+    with benchmark.busy_processes(2):
+        busy = [line.split() for line in subprocess.run(["ps", "-eo", "pid,args"], capture_output=True,
+                                                        text=True).stdout.splitlines()]
+        pids = [int(fields[0]) for fields in busy if "while True: pass" in " ".join(fields)]
+        assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_openblas_coretype_is_warned(monkeypatch):

@@ -1,7 +1,8 @@
 """`import minires` changes nothing outside minires: the process environment
 and glibc's malloc behaviour stay as they were, even once a Numba kernel has
-run. minires's process-wide speed settings apply only when
-minires.apply_speed_settings() is called (test_memory.py, test_backend.py)."""
+been run directly. minires applies its speed settings only when its own work
+first needs them (test_speed_settings.py) or when
+minires.apply_speed_settings() is called (test_memory.py)."""
 import json
 import os
 import subprocess

@@ -20,6 +20,7 @@ def _numba_for(array):
     """numba_kernels when it should handle ``array``, else None."""
     if backend.kernel_path() == "numba" and backend.get_array_module(array) is np:
         from . import numba_kernels
+        backend.start_numba_threads()       # once: with OpenMP's idle threads asleep
         return numba_kernels
     return None
 

@@ -9,8 +9,8 @@ write the same element:
   - col2im and max-pool backward are split by INPUT row (n, h): the thread
     that owns row h adds in every window entry that read it, instead of each
     window scattering into rows that other threads might be writing (a race).
-The threads are OpenMP's: backend.apply_speed_settings() tells them to sleep
-when idle, so that they leave the cores to OpenBLAS's.
+The threads are OpenMP's: the dispatcher starts them (backend.start_numba_threads) so that
+they sleep when idle and leave the cores to OpenBLAS's.
 
 Numba compiles float32 and float64 loops only (its CPU float16 is not
 implemented): the sliding-window kernels hand other types to slicing.py.
