@@ -304,12 +304,13 @@ def summary(table, results):
 
 @contextlib.contextmanager
 def busy_processes(count):
-    """``count`` Python processes spinning on a core each, for as long as the block runs."""
+    """``count`` Python processes spinning on a core each, for as long as the block
+    runs (the block gets their Popen objects)."""
     if count:
         print(f"\nunder load: {count} busy process(es) (python -c 'while True: pass') while the pairs run")
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
     try:
-        yield
+        yield busy
     finally:
         for process in busy:
             process.kill()

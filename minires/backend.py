@@ -127,22 +127,24 @@ def start_numba_threads():
     already (then they keep what they were started with). Numba's other
     threading layers (TBB, workqueue) ignore the variable and never spin long.
     """
-    if "openmp" not in _applied:
-        with _settings_lock:
-            if "openmp" not in _applied and speed_settings_enabled():
-                _start_sleeping_openmp_threads()
-            _applied.add("openmp")
+    _apply_once("openmp", _start_sleeping_openmp_threads)
 
 
 def keep_memory_for_training():
     """keep_freed_memory(), once, before the first training forward (Model calls
     it), unless the speed settings are off or you tuned glibc's malloc yourself
     (MALLOC_*_ variables, GLIBC_TUNABLES)."""
-    if "memory" not in _applied:
+    _apply_once("memory", _keep_memory_unless_user_tuned)
+
+
+def _apply_once(setting, apply):
+    """apply() the first time ``setting`` is asked for, where the speed settings are
+    on; later calls cost one set lookup (the kernel dispatcher asks at every kernel)."""
+    if setting not in _applied:
         with _settings_lock:
-            if "memory" not in _applied and speed_settings_enabled():
-                _keep_memory_unless_user_tuned()
-            _applied.add("memory")
+            if setting not in _applied and speed_settings_enabled():
+                apply()
+            _applied.add(setting)
 
 
 def apply_speed_settings(keep_memory=True, passive_openmp=True):

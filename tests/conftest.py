@@ -57,6 +57,20 @@ def on_cpu(x):
     return np.array(backend.to_device(x, "cpu"))
 
 
+def relative_difference(a, b):
+    """Largest difference over the largest value of the reference ``b``."""
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def plain_predict(model, x, **kwargs):
+    """The model's outputs with every layer run as written (no inference plan)."""
+    model.fast_inference = False
+    try:
+        return model.predict(x, verbose=0, **kwargs)
+    finally:
+        model.fast_inference = True
+
+
 @pytest.fixture(autouse=True)
 def fresh_names():
     """Every test starts with Keras's automatic layer names reset and the

@@ -12,6 +12,7 @@
 import numpy as np
 import pytest
 
+from conftest import relative_difference
 from minires import backend
 from minires.inference import InferenceModel
 from minires.kernels import slicing
@@ -64,10 +65,6 @@ def images(dtype, shape=(3, 6, 6, 3), seed=1):
     if np.dtype(dtype).kind in "iu":
         return rng.integers(0, 120 if dtype == "int8" else 256, shape).astype(dtype)
     return (4 * rng.standard_normal(shape)).astype(dtype)
-
-
-def relative_difference(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 # --- dtypes ------------------------------------------------------------------------

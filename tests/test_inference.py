@@ -4,6 +4,7 @@ itself runs an InferenceModel)."""
 import numpy as np
 import pytest
 
+from conftest import relative_difference
 import keras_files
 import tutorial_code as tut
 from minires.applications import ResNet50, VGG16
@@ -27,10 +28,6 @@ def plain_outputs(model, x):
         return model.predict_arrays(x)
     finally:
         model.fast_inference = True
-
-
-def relative_difference(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.mark.parametrize("size, kwargs", [(64, {}), (64, {"generation": "legacy"}),

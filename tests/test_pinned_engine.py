@@ -10,6 +10,7 @@ rounding."""
 import numpy as np
 import pytest
 
+from conftest import plain_predict, relative_difference
 from minires import backend, fast_training
 from minires.layers import (Activation, Add, BatchNormalization, Conv2D, Dense, Flatten,
                             GlobalAveragePooling2D, Input, ReLU)
@@ -29,10 +30,6 @@ def randomised(model, seed=0):
                        else rng.standard_normal(w.shape)
                        for w, (_, name) in zip(model.weights, model.parameters(False))])
     return model
-
-
-def relative_difference(a, b):
-    return np.abs(a - b).max() / np.abs(b).max()
 
 
 def training_step(model, x, dy, fast):
@@ -226,14 +223,6 @@ def params_update(models, x, tmp_path):
 CHANGES = [outer_optimizer_step, outer_training_forward, outer_set_weights, layer_set_weights,
            outer_load_weights, assign_a_param, params_update]
 SAME_VALUES = [outer_to_the_cpu, flip_trainable]       # a stale plan would give the right answer here
-
-
-def plain_predict(model, x):
-    model.fast_inference = False
-    try:
-        return model.predict(x, verbose=0)
-    finally:
-        del model.fast_inference
 
 
 @pytest.mark.parametrize("change", CHANGES + SAME_VALUES, ids=lambda change: change.__name__)

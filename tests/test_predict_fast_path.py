@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import plain_predict, relative_difference
 import keras_files
 import keras_resnet50_layers as golden
 import subclassed_tutorial as tut
@@ -55,19 +56,6 @@ def images(n=6, size=8, seed=1):
 
 
 LABELS = np.array([0, 1, 2, 3, 4, 0])
-
-
-def plain_predict(model, x, **kwargs):
-    """The model's outputs with every layer run as written."""
-    model.fast_inference = False
-    try:
-        return model.predict(x, verbose=0, **kwargs)
-    finally:
-        model.fast_inference = True
-
-
-def relative_difference(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 def assert_matches_plain(model, x, **kwargs):
