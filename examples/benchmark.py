@@ -9,8 +9,8 @@
 
 Prints the processor (model name, vector extensions), the BLAS kernels NumPy
 runs and OPENBLAS_CORETYPE; then, for pair k = 1 .. --pairs, a fresh minires
-process measures everything (Model.predict and the InferenceModel fast path at
-each batch, a training step at each train batch: median of --repeat runs
+process measures everything (Model.predict at each batch, a training step
+at each train batch: median of --repeat runs
 after one warm-up), then a fresh PyTorch process does the same, and the
 ratios minires / PyTorch of that pair are printed (< 1: minires faster),
 then each ratio's median over the pairs. Taking turns process by process,
@@ -18,7 +18,7 @@ neither framework's threads or heap get in the other's way, and drift over
 the run shows up as scatter between pairs. Then peak memory (RSS), each
 configuration in a fresh process of its own framework (training at batch 32,
 inference at batch 64); a per-layer-type breakdown of a minires training
-step; Numba against NumPy for im2col and col2im.
+step's ops; Numba against NumPy for im2col and col2im.
 
 minires's processes run what a user gets with no extra call: the default
 path, which applies its speed settings itself at first use (README: Speed).
@@ -59,7 +59,6 @@ TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_b
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")
 # Peak memory: (label, framework, job), each in a fresh process; the same batches for both.
 MEMORY_CONFIGS = (("minires Model.predict, batch 64", "minires", "predict:64"),
-                  ("minires InferenceModel, batch 64", "minires", "fast:64"),
                   ("pytorch inference, batch 64", "pytorch", "infer:64"),
                   ("minires training step, batch 32", "minires", "train:32"),
                   ("pytorch training step, batch 32", "pytorch", "train:32"))
@@ -155,11 +154,10 @@ def rows(args):
     """(label, batch, minires setting, minires job, PyTorch job) of every figure a
     pair compares: the default path's, then each other setting's predict and training."""
     default = ([("Model.predict", b, "default", f"predict:{b}", f"infer:{b}") for b in args.batches]
-               + [("InferenceModel", b, "default", f"fast:{b}", f"infer:{b}") for b in args.batches]
                + [("training step", b, "default", f"train:{b}", f"train:{b}") for b in args.train_batches])
     return default + [(f"{label}, {setting}", batch, setting, ours, theirs)
                       for setting in args.settings if setting != "default"
-                      for label, batch, _, ours, theirs in default if label != "InferenceModel"]
+                      for label, batch, _, ours, theirs in default]
 
 
 def run_measuring(framework, jobs, weights, args, repeat, logits=False, setting="default"):
@@ -199,21 +197,15 @@ def measure_minires(args):
 
 def minires_run(model, op, batch, device):
     from minires.backend import to_device
-    from minires.inference import InferenceModel
     from minires.losses import SoftmaxCrossEntropy
     from minires.optim import SGD
     x = to_device(images(batch), device)
     if op == "predict":
         return lambda: model.predict(x, batch_size=batch, verbose=0)
-    if op == "fast":
-        fast = InferenceModel(model)
-        # On the CPU its default chunks of 4 images stay in cache; a GPU wants the whole batch.
-        chunk = {} if device == "cpu" else {"batch_size": batch}
-        return lambda: fast.predict(x, **chunk)
     if op == "train":
         y, optimizer, loss = to_device(labels(batch), device), SGD(1e-4, momentum=0.9), SoftmaxCrossEntropy()
         return lambda: train_step(model, optimizer, loss, x, y)
-    raise SystemExit(f"benchmark: unknown operation {op!r}; use predict, fast or train")
+    raise SystemExit(f"benchmark: unknown operation {op!r}; use predict or train")
 
 
 def train_step(model, optimizer, loss, x, y):
@@ -328,38 +320,43 @@ def peak_memory(weights, args, use_torch):
 
 
 def breakdown(model, batch, repeat):
-    """Forward + backward time per layer type, by wrapping the graph's calls of
-    layers (minires.models) and the training twins' (minires.fast_training):
-    a BN paired with its ReLU counts the ReLU's work as its own."""
-    from minires import fast_training, models
+    """Forward + backward time per op of the training step's plan (minires/planner.py),
+    by the layer it runs (or the fast op's name: WinogradConv, BatchNormReLU, which
+    does a ReLU's work too), timed by wrapping each step's op."""
     totals = collections.Counter()
 
-    def timed(function):
-        def run(layer, *args, **kwargs):
+    def timed(op, name):
+        function, kind = getattr(op, name), op_kind(op)
+
+        def run(*args, **kwargs):
             start = time.perf_counter()
-            result = function(layer, *args, **kwargs)
-            if not isinstance(layer, models.Model):         # a nested model's layers count themselves
-                totals[type(layer).__name__] += time.perf_counter() - start
+            result = function(*args, **kwargs)
+            totals[kind] += time.perf_counter() - start
             return result
-        return run
+        setattr(op, name, run)                   # this op object only, until deleted below
 
     x = images(batch)
     model.backward(np.ones_like(model.forward(x, training=True)), input_grads=False)    # untimed: Numba's kernels load
-    wrapped = [(module, name, getattr(module, name)) for module, name in (
-        (models, "call_forward"), (models, "call_backward"),
-        (fast_training, "bn_relu_forward"), (fast_training, "relu_applied"))]
-    for module, name, function in wrapped:
-        setattr(module, name, timed(function))
+    ops = [step.op for step in model.plan("gradient").steps]
+    for op in ops:
+        timed(op, "forward")
+        timed(op, "backward")
     try:
         for _ in range(repeat):
             model.backward(np.ones_like(model.forward(x, training=True)), input_grads=False)
     finally:
-        for module, name, function in wrapped:
-            setattr(module, name, function)
+        for op in ops:
+            del op.forward, op.backward
     total = sum(totals.values())
-    print(f"\nminires per layer type, forward + backward at batch {batch} (mean of {repeat})")
+    print(f"\nminires per op, forward + backward at batch {batch} (mean of {repeat})")
     for kind, seconds in totals.most_common():
         print(f"  {kind:<24} {seconds / repeat:7.3f} s  {seconds / total:6.1%}")
+
+
+def op_kind(op):
+    """A plain layer call by its layer's type, any other op by its own."""
+    from minires.ops import LayerCall
+    return type(op.layer).__name__ if type(op) is LayerCall else type(op).__name__
 
 
 def kernels(repeat):

@@ -64,13 +64,13 @@ def weights_file(args):
     return args.weights or resnet50_weights_path(args.generation, include_top=True)
 
 
-def pool1_pad(args, path):
+def pool1_pad(args, file):
     """The user's --no-pool1-pad, else what the file says, else True (Keras >= 2.2.3).
     A choice the file contradicts is refused when the weights load."""
     from minires.applications.resnet import weights_pool1_pad
     if args.pool1_pad is not None:
         return args.pool1_pad
-    saved_with = weights_pool1_pad(path)
+    saved_with = weights_pool1_pad(file)
     return True if saved_with is None else saved_with
 
 
@@ -79,15 +79,14 @@ def main(argv=None):
     from minires import backend
     from minires.applications import ResNet50
     from minires.imagenet import decode_predictions
-    from minires.inference import InferenceModel
+    from minires.io.keras_h5 import opened
 
     backend.check_device(args.device)
     batch = load_batch(args.images)
-    path = weights_file(args)
-    model = ResNet50(weights=path, pool1_pad=pool1_pad(args, path)).to(args.device)
-    fast = InferenceModel(model)                # BN folded into the convs, ReLU fused
+    with opened(weights_file(args)) as file:     # one opening: generation, pool1_pad, weights
+        model = ResNet50(weights=file, pool1_pad=pool1_pad(args, file)).to(args.device)
     start = time.perf_counter()
-    probs = backend.to_device(fast.predict(backend.to_device(batch, args.device)), "cpu")
+    probs = backend.to_device(model.predict(backend.to_device(batch, args.device), verbose=0), "cpu")
     elapsed = time.perf_counter() - start
     for path, classes in zip(args.images, decode_predictions(probs, top=args.top)):
         print(path)

@@ -1,11 +1,17 @@
-"""The one place that knows whether an array lives in NumPy (CPU) or CuPy (GPU).
+"""Where arrays live and how the CPU runs: the settings every other module reads.
 
-Every op asks ``get_array_module(x)`` for ``xp`` and then writes ``xp.zeros``,
-``xp.maximum`` ... so the same source runs on both devices.  Nothing else in
-minires imports CuPy, except the CUDA kernels (kernels/cupy_kernels.py),
-which only CuPy arrays reach.  This module also holds the default float type
-(``floatx``), as ``keras.backend`` does, and the CPU speed settings, which
-minires applies itself when its work first needs them (never at import).
+1. Devices: the one place that knows whether an array lives in NumPy (CPU) or
+   CuPy (GPU). Every op asks ``get_array_module(x)`` for ``xp`` and then writes
+   ``xp.zeros``, ``xp.maximum`` ... so the same source runs on both;
+   ``to_device``, ``device_of``, ``like`` move and match arrays. Nothing else
+   imports CuPy, except the CUDA kernels (kernels/cupy_kernels.py).
+2. The default float type (``floatx``, ``floatx_scope``), as ``keras.backend``.
+3. Which CPU kernels run (``kernel_path``: Numba's or NumPy's, see
+   minires/kernels) and how much memory one im2col may take (``im2col_limit``).
+4. The CPU speed settings (Numba's OpenMP threads asleep when idle, freed
+   memory kept for the next training step), which minires applies itself when
+   its work first needs them, never at import; ``set_speed_settings(False)``
+   or MINIRES_SPEED_SETTINGS=0 switch them off.
 """
 import contextlib
 import ctypes

@@ -6,8 +6,8 @@
     loss, accuracy = model.evaluate(x_test, y_test)
     probabilities = model.predict(x_test)
 
-Model's methods of these names call the functions here with the model first.
-They hold no loop of their own: fit is minires.train.fit (read it there),
+minires.models.Model takes these methods from TrainingAPI here. They hold no
+loop of their own: fit is minires.train.fit (read it there),
 with the optimizer, loss and metrics that compile stored in ``model.compiled``.
 Keras's signatures and defaults, except: x and y are arrays (no datasets or
 generators).
@@ -37,22 +37,77 @@ class Compiled:
                 f"metrics={list(self.metrics)})")
 
 
-def compile_model(model, optimizer="rmsprop", loss=None, metrics=None):
-    """Choose the optimizer, loss and metrics of ``model.fit``; stores them in ``model.compiled``.
+class TrainingAPI:
+    """Keras's training methods of minires.models.Model."""
 
-    optimizer: 'rmsprop' (RMSprop(0.001)), 'adam' (Adam(0.001)), 'sgd' (SGD(0.01))
-    or an optimizer object.
-    loss: 'sparse_categorical_crossentropy', 'categorical_crossentropy' (on
-    probabilities, as Keras) or a loss object. metrics: e.g. ['accuracy'].
-    Everything is checked here, before any training: a loss on logits
-    (from_logits=True) for a model ending with a softmax is a ValueError.
-    """
-    optimizer = get_optimizer(optimizer)
-    loss = losses.get(loss) if loss is not None else None
-    metrics = metrics_module.get(metrics)
-    if loss is not None and model.built:            # else traced at its first call: fit checks
-        train.choose_loss(model, loss, None)        # the softmax-twice check
-    model.compiled = Compiled(optimizer, loss, metrics)
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+        """Choose the optimizer, loss and metrics of ``fit``; stored in ``model.compiled``.
+
+        optimizer: 'rmsprop' (RMSprop(0.001)), 'adam' (Adam(0.001)), 'sgd' (SGD(0.01))
+        or an optimizer object.
+        loss: 'sparse_categorical_crossentropy', 'categorical_crossentropy' (on
+        probabilities, as Keras) or a loss object. metrics: e.g. ['accuracy'].
+        Everything is checked here, before any training: a loss on logits
+        (from_logits=True) for a model ending with a softmax is a ValueError.
+        """
+        optimizer = get_optimizer(optimizer)
+        loss = losses.get(loss) if loss is not None else None
+        metrics = metrics_module.get(metrics)
+        if loss is not None and self.built:            # else traced at its first call: fit checks
+            train.choose_loss(self, loss, None)        # the softmax-twice check
+        self.compiled = Compiled(optimizer, loss, metrics)
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+        """Keras's Model.fit on arrays: minires.train.fit with the compiled choices.
+        Returns the History (its ``history`` dict: loss, metrics, val_ ...)."""
+        state = compiled(self, "fit")
+        check_arrays(x, y, "fit")
+        history = History()
+        train.fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=state.optimizer,
+                  loss=state.loss, metrics=state.metrics, validation_data=validation_data,
+                  validation_split=validation_split, shuffle=shuffle, initial_epoch=initial_epoch,
+                  callbacks=[*(callbacks or []), history], verbose=verbose)
+        return history
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto"):
+        """The loss on (x, y) in inference mode, then each metric: [loss, accuracy],
+        or the loss alone (a float) without metrics, as Keras."""
+        state = compiled(self, "evaluate")
+        check_arrays(x, y, "evaluate")
+        values = train.evaluate(self, x, y, batch_size=32 if batch_size is None else batch_size,
+                                loss=state.loss, metrics=state.metrics, verbose=verbose)
+        return as_keras_result(values)
+
+    def predict(self, x, batch_size=None, verbose="auto"):
+        """The model's outputs for ``x``, in inference mode, in batches of at most
+        ``batch_size`` (None: 32), fewer where the plan runs fewer at once."""
+        verbose = check_verbose(verbose, "predict")
+        batch_size = train.check_batch_size(32 if batch_size is None else batch_size, "predict")
+        samples = len(x[0]) if isinstance(x, (list, tuple)) else len(x)
+        bar = Progbar(-(-samples // batch_size), verbose)
+        outputs = self.predict_arrays(x, batch_size)
+        bar.finish()
+        return outputs
+
+    def train_on_batch(self, x, y):
+        """One optimizer step on the batch (x, y); its loss [and metrics], measured
+        before the step, as Keras."""
+        state = compiled(self, "train_on_batch")
+        self.build_like(x)
+        train.check_data(self, x, y, "train_on_batch")
+        loss = train.choose_loss(self, state.loss, y)
+        values = train.train_step(self, x, y, state.optimizer, loss, state.metrics,
+                                  state.optimizer.learning_rate)
+        return as_keras_result(values.values())
+
+    def test_on_batch(self, x, y):
+        """The loss [and metrics] of the batch (x, y) in inference mode."""
+        state = compiled(self, "test_on_batch")
+        self.build_like(x)
+        train.check_data(self, x, y, "test_on_batch")
+        loss = train.choose_loss(self, state.loss, y)
+        return as_keras_result(train.test_step(self, x, y, loss, state.metrics).values())
 
 
 def get_optimizer(identifier):
@@ -71,62 +126,6 @@ def compiled(model, caller):
         raise RuntimeError(f"{caller}: model {model.name!r} is not compiled; call "
                            "model.compile(optimizer=..., loss=..., metrics=[...]) first")
     return state
-
-
-def fit_model(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-              validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
-    """Keras's Model.fit on arrays: minires.train.fit with the compiled choices.
-    Returns the History (its ``history`` dict: loss, metrics, val_ ...)."""
-    state = compiled(model, "fit")
-    check_arrays(x, y, "fit")
-    history = History()
-    train.fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=state.optimizer,
-              loss=state.loss, metrics=state.metrics, validation_data=validation_data,
-              validation_split=validation_split, shuffle=shuffle, initial_epoch=initial_epoch,
-              callbacks=[*(callbacks or []), history], verbose=verbose)
-    return history
-
-
-def evaluate_model(model, x=None, y=None, batch_size=None, verbose="auto"):
-    """The loss on (x, y) in inference mode, then each metric: [loss, accuracy],
-    or the loss alone (a float) without metrics, as Keras."""
-    state = compiled(model, "evaluate")
-    check_arrays(x, y, "evaluate")
-    values = train.evaluate(model, x, y, batch_size=32 if batch_size is None else batch_size,
-                            loss=state.loss, metrics=state.metrics, verbose=verbose)
-    return as_keras_result(values)
-
-
-def predict_model(model, x, batch_size=None, verbose="auto"):
-    """The model's outputs for ``x``, in inference mode, in batches (None: 32)."""
-    verbose = check_verbose(verbose, "predict")
-    batch_size = train.check_batch_size(32 if batch_size is None else batch_size, "predict")
-    samples = len(x[0]) if isinstance(x, (list, tuple)) else len(x)
-    bar = Progbar(-(-samples // batch_size), verbose)
-    outputs = model.predict_arrays(x, batch_size)
-    bar.finish()
-    return outputs
-
-
-def train_on_batch_model(model, x, y):
-    """One optimizer step on the batch (x, y); its loss [and metrics], measured
-    before the step, as Keras."""
-    state = compiled(model, "train_on_batch")
-    train.build_for(model, x)
-    train.check_data(model, x, y, "train_on_batch")
-    loss = train.choose_loss(model, state.loss, y)
-    values = train.train_step(model, x, y, state.optimizer, loss, state.metrics,
-                              state.optimizer.learning_rate)
-    return as_keras_result(values.values())
-
-
-def test_on_batch_model(model, x, y):
-    """The loss [and metrics] of the batch (x, y) in inference mode."""
-    state = compiled(model, "test_on_batch")
-    train.build_for(model, x)
-    train.check_data(model, x, y, "test_on_batch")
-    loss = train.choose_loss(model, state.loss, y)
-    return as_keras_result(train.test_step(model, x, y, loss, state.metrics).values())
 
 
 def as_keras_result(values):

@@ -160,7 +160,8 @@ def check_model(model, *inputs, loss=None, labels=None, training=True, h=1e-6, s
     and a centred difference is wrong. In float64 a step of 1e-6 still leaves
     rounding noise near 1e-9.
     """
-    _require_float64(model.layers, "check_model")
+    layers = model.leaf_layers()             # nested models opened: their BN statistics too
+    _require_float64(layers, "check_model")
 
     def forward(*xs):
         out = model.forward(list(xs) if len(xs) > 1 else xs[0], training=training, keep_cache=True)
@@ -171,7 +172,7 @@ def check_model(model, *inputs, loss=None, labels=None, training=True, h=1e-6, s
 
     params = {f"{layer.name}/{name}": (layer.params[name], lambda l=layer, n=name: l.grads[n])
               for layer, name in model.parameters()}
-    with _state_restored(model.layers):
+    with _state_restored(layers):
         return check_gradients(forward, backward, inputs, params, h, seed, max_entries)
 
 
@@ -194,6 +195,7 @@ def _state_restored(layers):
     finally:
         for layer, name, value in saved:
             layer.params[name][...] = value
+            layer.weights_changed()          # written in place: a folded inference plan is stale
 
 
 def _sample(shape, max_entries, rng):

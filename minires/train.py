@@ -61,7 +61,7 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics
     verbose = check_verbose(0 if progress is False else verbose, "fit")
     batch_size = check_batch_size(32 if batch_size is None else batch_size, "fit")
     optimizer = optimizer if optimizer is not None else SGD(0.01)
-    build_for(model, x)
+    model.build_like(x)
     check_data(model, x, y, "fit")
     loss = choose_loss(model, loss, y)
     metrics = metrics_module.get(metrics)
@@ -150,7 +150,7 @@ def evaluate(model, x, y, batch_size=256, loss=None, metrics=("accuracy",), verb
     mode: (loss, accuracy) by default. verbose as fit's, one line at most."""
     verbose = check_verbose(verbose, "evaluate")
     batch_size = check_batch_size(batch_size, "evaluate")
-    build_for(model, x)
+    model.build_like(x)
     check_data(model, x, y, "evaluate")
     loss = choose_loss(model, loss, y)
     metrics = metrics_module.get(metrics)
@@ -219,14 +219,6 @@ def check_validation_data(model, validation_data):
                          f"fit: validation_data must be a pair (x_val, y_val), got "
                          f"{type(validation_data).__name__}")
     check_data(model, *validation_data, "fit (validation_data)")
-
-
-def build_for(model, x):
-    """Build a model that is traced on its first call (a subclass, a Sequential
-    without an Input) for inputs like ``x``, so that its output is known."""
-    if not model.built:
-        shapes = [(None, *a.shape[1:]) for a in x] if isinstance(x, (list, tuple)) else None
-        model.build(shapes if shapes is not None else (None, *x.shape[1:]))
 
 
 def check_batch_size(batch_size, caller):

@@ -36,7 +36,7 @@ def test_inputs_and_weights_on_different_devices_give_one_clear_error(monkeypatc
     """Without a GPU here, a stand-in array type plays the CuPy array."""
     import numpy as np
 
-    from minires import models
+    from minires import model_weights
     from minires.layers import Dense, Input
     from minires.models import Model
 
@@ -46,6 +46,6 @@ def test_inputs_and_weights_on_different_devices_give_one_clear_error(monkeypatc
     x_in = Input((3,))
     model = Model(x_in, Dense(2)(x_in))
     model.forward(np.ones((1, 3), "float32"))
-    monkeypatch.setattr(models, "device_of", lambda a: "cuda" if isinstance(a, OnGpu) else "cpu")
+    monkeypatch.setattr(model_weights, "device_of", lambda a: "cuda" if isinstance(a, OnGpu) else "cpu")
     with pytest.raises(ValueError, match=r"inputs on \['cuda'\] but weights on \['cpu'\].*model.to"):
         model.forward(np.ones((1, 3), "float32").view(OnGpu))

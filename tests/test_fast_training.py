@@ -1,13 +1,17 @@
-"""Training's Winograd twins (minires.fast_training) against the layer as
-written: the same outputs and gradients, either backward after either forward,
-a float64 gradient check through them, and the calls they leave alone."""
+"""The gradient plan's fast ops (minires/planner.py) against the layers as
+written: Winograd convs (fast_ops.WinogradConv) and BN+ReLU pairs
+(layers/normalization.py's BatchNormReLU) give the same outputs and gradients,
+either backward follows either forward, float64 gradient checks through them,
+and the calls the planner leaves alone."""
 import numpy as np
 import pytest
 from conftest import assert_model_gradients_match
 
-from minires import backend, fast_training, gradcheck, kernels
+from minires import backend, gradcheck, kernels, planner
+from minires.fast_ops import FORWARD_TILE_SIZE, WinogradConv
 from minires.layers import (Activation, Add, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D,
                             Input, ReLU)
+from minires.layers.normalization import BatchNormReLU
 from minires.models import Model
 
 
@@ -44,7 +48,7 @@ def step(model, conv, x, dy, fast):
 @pytest.mark.parametrize("size, channels, filters, padding, use_bias", [
     (12, 16, 24, "same", True), (20, 128, 256, "same", False), (12, 32, 16, "valid", True)])
 @pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 2e-5)])
-def test_the_twins_give_the_layers_outputs_and_gradients(rng, winograd_calls, size, channels, filters,
+def test_winograd_gives_the_layers_outputs_and_gradients(rng, winograd_calls, size, channels, filters,
                                                          padding, use_bias, dtype, tolerance):
     model, conv = conv_model(size, channels, filters, dtype, padding=padding, use_bias=use_bias)
     x = rng.standard_normal((4, size, size, channels)).astype(dtype)
@@ -62,7 +66,7 @@ def test_the_twins_give_the_layers_outputs_and_gradients(rng, winograd_calls, si
 
 def test_the_forward_takes_f2x2_and_the_gradients_f4x4(rng, monkeypatch):
     """12x12 outputs with 16 channels get F(4x4) by the rule; the forward keeps to
-    F(2x2) (fast_training.FORWARD_TILE_SIZE), dx and dW take F(4x4)."""
+    F(2x2) (fast_ops.FORWARD_TILE_SIZE), dx and dW take F(4x4)."""
     tiles = []
     for name, tile_of in (("winograd_conv3x3", lambda args: args[1].shape[0]),    # U: (m+2)^2 rows
                           ("winograd_kernel_gradient", lambda args: (args[3] + 2) ** 2)):
@@ -73,18 +77,19 @@ def test_the_forward_takes_f2x2_and_the_gradients_f4x4(rng, monkeypatch):
     model, conv = conv_model(12, 16, 16, np.float32, padding="same")
     x = rng.standard_normal((4, 12, 12, 16)).astype(np.float32)
     model.backward(np.ones_like(model.forward(x, training=True)))
-    assert tiles == [16, 36, 36]                          # forward z; dW, dx
+    assert FORWARD_TILE_SIZE == 2 and tiles == [16, 36, 36]          # forward z; dW, dx
 
 
 def test_either_backward_follows_either_forward(rng):
     _, conv = conv_model(12, 16, 16, np.float64, padding="same")
     x = rng.standard_normal((4, 12, 12, 16))
     dz = rng.standard_normal((4, 12, 12, 16))
-    forwards = {"layer": conv.forward(x, training=True), "twin": fast_training.conv_forward(conv, x)}
-    np.testing.assert_allclose(forwards["twin"][0], forwards["layer"][0], rtol=0, atol=1e-12)
+    op = WinogradConv(conv)
+    forwards = {"layer": conv.forward(x, training=True), "op": op.forward([x], True, True)}
+    np.testing.assert_allclose(forwards["op"][0], forwards["layer"][0], rtol=0, atol=1e-12)
     results = []
     for _, cache in forwards.values():
-        for backward in (lambda c: conv.backward(dz, c), lambda c: fast_training.conv_backward(conv, dz, c)):
+        for backward in (lambda c: conv.backward(dz, c), lambda c: op.backward(dz, c)[0]):
             conv.zero_grads()
             results.append((backward(cache), conv.grads["kernel"].copy(), conv.grads["bias"].copy()))
     for result in results[1:]:
@@ -95,22 +100,23 @@ def test_either_backward_follows_either_forward(rng):
 def test_no_input_gradient_skips_the_winograd_dx(rng, winograd_calls):
     _, conv = conv_model(12, 16, 16, np.float64, padding="same")
     x = rng.standard_normal((4, 12, 12, 16))
-    _, cache = fast_training.conv_forward(conv, x)
-    assert fast_training.conv_backward(conv, np.ones((4, 12, 12, 16)), cache, input_grad=False) is None
+    op = WinogradConv(conv)
+    _, cache = op.forward([x], True, True)
+    assert op.backward(np.ones((4, 12, 12, 16)), cache, input_grad=False) == [None]
     assert winograd_calls == [("conv", x.shape), ("dW", x.shape)]
 
 
-def test_a_gradient_check_through_the_twins(rng, winograd_calls):
+def test_a_gradient_check_through_winograd(rng, winograd_calls):
     model, _ = conv_model(8, 16, 16, np.float64, padding="same")
     x = rng.standard_normal((8, 8, 8, 16))              # 4 F(4x4) tiles an image, 32 in all
     report = gradcheck.check_model(model, x, max_entries=12)
-    assert winograd_calls, "the twins did not run"
+    assert winograd_calls, "Winograd did not run"
     worst = max(report.values())
     assert worst < 1e-6, f"largest relative error {worst:.2e}: {report}"
 
 
 class Shifted(Conv2D):
-    """A subclass computing something else: the twins must not stand in for it."""
+    """A subclass computing something else: Winograd must not stand in for it."""
     def forward(self, x, training=False):
         y, cache = super().forward(x, training)
         return y + 1, cache
@@ -122,14 +128,15 @@ class Shifted(Conv2D):
     (lambda: Conv2D(16, 5, padding="same"), "5x5"),
     (lambda: Conv2D(16, 3, padding="same", activation="relu"), "an activation"),
     (lambda: Shifted(16, 3, padding="same"), "a subclass")])
-def test_the_calls_the_twins_take(rng, make, reason):
+def test_the_convs_the_planner_gives_winograd(rng, make, reason):
     layer = make()
     x = rng.standard_normal((2, 8, 8, 16)).astype(np.float32)
-    assert not fast_training.takes(layer, x), "not built yet"
+    assert not planner.winograd_trains(layer), "not built yet"
     layer.forward(x)
-    assert fast_training.takes(layer, x) is (reason is None), reason
+    assert planner.winograd_trains(layer) is (reason is None), reason
     if reason is None:
-        assert not fast_training.takes(layer, x.astype(np.float64)), "another dtype: the layer casts it"
+        assert WinogradConv(layer).takes(x)
+        assert not WinogradConv(layer).takes(x.astype(np.float64)), "another dtype: the layer casts it"
 
 
 def test_few_channels_or_tiles_run_the_layer_as_written(rng, winograd_calls):
@@ -142,7 +149,40 @@ def test_few_channels_or_tiles_run_the_layer_as_written(rng, winograd_calls):
     assert winograd_calls == [("conv", (8, 8, 8, 16))]     # the forward of 16 channels to 8
 
 
-# --- BatchNormalization + ReLU as one node ---------------------------------------------------
+# --- BatchNormalization + ReLU as one op -----------------------------------------------------
+def fused_pairs(model):
+    """[BN layer name, ReLU layer name] of each BatchNormReLU step of the gradient plan."""
+    return [[step.op.layer.bn.name, step.output.layer.name] for step in model.plan("gradient").steps
+            if isinstance(getattr(step.op, "layer", None), BatchNormReLU)]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_gradient_check_of_the_batch_norm_relu_op(rng, training):
+    """The op alone, in float64: dx, dgamma and dbeta against finite differences,
+    with batch statistics and with moving ones; its output is relu(bn(x))."""
+    with backend.floatx_scope("float64"):
+        bn = BatchNormalization()
+    x = rng.standard_normal((4, 5, 5, 6))
+    bn.forward(x)                                          # builds it
+    gamma, beta, mean, variance = rng.standard_normal((4, 6))
+    bn.set_weights([gamma, beta, mean, variance ** 2 + 0.5])
+    op, call = BatchNormReLU(bn), {}
+    y, _ = op.forward(x, training)
+    assert 0.2 < (y == 0).mean() < 0.8                      # the ReLU really cuts
+    np.testing.assert_allclose(y, np.maximum(bn.forward(x, training)[0], 0), rtol=0, atol=1e-14)
+
+    def forward(x):
+        y, call["cache"] = op.forward(x, training)
+        return y
+
+    def backward(dy):
+        bn.zero_grads()
+        return op.backward(dy, call["cache"])
+    params = {name: (bn.params[name], lambda name=name: bn.grads[name]) for name in ("gamma", "beta")}
+    report = gradcheck.check_gradients(forward, backward, [x], params)
+    assert report.worst() < 1e-7, report
+
+
 def bn_relu_net(relu_layer, bn_trainable=True, relu_dtype="float64"):
     """conv - BN - ReLU - conv - BN, + the input, ReLU - pool - logits (float64)."""
     with backend.floatx_scope("float64"):
@@ -164,9 +204,8 @@ def bn_relu_net(relu_layer, bn_trainable=True, relu_dtype="float64"):
 @pytest.mark.parametrize("bn_trainable", [True, False])
 def test_a_bn_relu_pair_gives_the_layers_outputs_gradients_and_statistics(rng, relu_layer, bn_trainable):
     model = bn_relu_net(relu_layer, bn_trainable)
-    paired = {id(node): node.layer.name for node in model.layer_calls()}
-    assert sorted(paired[k] for k in fast_training.bn_relu_pairs(model)) == sorted(
-        ["bn_a", model.readers(model.get_layer("bn_a").output)[0].layer.name])   # not bn_b: an Add reads it
+    relu = model.readers(model.get_layer("bn_a").output)[0].layer
+    assert fused_pairs(model) == [["bn_a", relu.name]]          # not bn_b: an Add reads it
     x = rng.standard_normal((5, 6, 6, 4))
     weights = model.get_weights()
     results = []
@@ -184,14 +223,14 @@ def test_a_bn_relu_pair_gives_the_layers_outputs_gradients_and_statistics(rng, r
 
 def test_a_gradient_check_through_a_bn_relu_pair(rng):
     model = bn_relu_net(ReLU)
-    assert fast_training.bn_relu_pairs(model)
+    assert fused_pairs(model)
     report = gradcheck.check_model(model, rng.standard_normal((4, 6, 6, 4)), max_entries=10)
     assert_model_gradients_match(report, model, "BatchNormalization + ReLU pair")
 
 
 def test_a_relu_of_another_float_type_is_not_paired():
     """It casts its input (float32 here): the pair would skip that rounding."""
-    assert fast_training.bn_relu_pairs(bn_relu_net(ReLU, relu_dtype="float32")) == {}
+    assert fused_pairs(bn_relu_net(ReLU, relu_dtype="float32")) == []
 
 
 def test_pairs_only_where_the_bn_output_is_the_relus_alone():
@@ -201,4 +240,4 @@ def test_pairs_only_where_the_bn_output_is_the_relus_alone():
         out = BatchNormalization(name="an_output")(x_in)
         y = Add()([ReLU()(shared), shared])
         model = Model(x_in, [ReLU()(out), out, y])
-    assert fast_training.bn_relu_pairs(model) == {}
+    assert fused_pairs(model) == []

@@ -5,7 +5,7 @@ import pytest
 from conftest import assert_gradients_match, distinct_values
 
 from minires import gradcheck
-from minires.backend import to_device
+from minires.backend import floatx_scope, to_device
 from minires.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate,
                             Conv2D, Dense, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D,
                             MaxPooling2D, ReLU, Softmax, ZeroPadding2D)
@@ -186,3 +186,21 @@ def test_gradcheck_catches_a_wrong_backward(rng, device):
 def test_check_layer_refuses_float32(rng):
     with pytest.raises(TypeError, match="float64"):
         gradcheck.check_layer(Dense(3), rng.standard_normal((2, 3)))
+
+
+def test_check_model_restores_the_statistics_of_nested_models_too(rng):
+    """A check runs many training forwards, each moving BN's statistics; a BN
+    inside a nested model is put back too, and predict afterwards sees it."""
+    from minires.layers import Input
+    from minires.models import Model
+    with floatx_scope("float64"):
+        x_in = Input((4, 4, 3))
+        inner = Model(x_in, BatchNormalization(name="inner_bn")(x_in), name="inner")
+        outer_in = Input((4, 4, 3))
+        outer = Model(outer_in, Dense(2)(Flatten()(inner(outer_in))))
+    x = rng.standard_normal((3, 4, 4, 3))
+    before_predict = outer.predict(x, verbose=0)               # an inference plan folded now
+    statistics = [w.copy() for w in inner.get_layer("inner_bn").get_weights()]
+    gradcheck.check_model(outer, x, max_entries=3)
+    assert all(np.array_equal(a, b) for a, b in zip(statistics, inner.get_layer("inner_bn").get_weights()))
+    np.testing.assert_array_equal(outer.predict(x, verbose=0), before_predict)

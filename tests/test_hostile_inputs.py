@@ -1,5 +1,5 @@
 """What predict does with inputs that are not a float32 batch, on both paths:
-``Model.predict_arrays`` (every layer as written) and ``InferenceModel.predict``
+every layer as written (``fast_inference = False``) and the inference plan
 (BN folded, Add and ReLU fused), which must take them alike.
 
 - integer, bool and other float arrays are cast to the layers' float type,
@@ -14,15 +14,23 @@ import pytest
 
 from conftest import relative_difference
 from minires import backend
-from minires.inference import InferenceModel
 from minires.kernels import slicing
 from minires.layers import (Add, BatchNormalization, Conv2D, Dense, Flatten, GlobalAveragePooling2D,
                             Input, MaxPooling2D, ReLU)
 from minires.models import Model
 
+def plain_arrays(model, x, batch_size=2):
+    """Every layer as written."""
+    model.fast_inference = False
+    try:
+        return model.predict_arrays(x, batch_size)
+    finally:
+        model.fast_inference = True
+
+
 PATHS = {
-    "model": lambda model, x, batch_size=2: model.predict_arrays(x, batch_size),
-    "inference": lambda model, x, batch_size=2: InferenceModel(model).predict(x, batch_size),
+    "layers": plain_arrays,
+    "inference": lambda model, x, batch_size=2: model.predict_arrays(x, batch_size),
 }
 
 
@@ -43,7 +51,7 @@ def randomised(model, seed=0):
 
 def residual_net(size=6, name="residual_net"):
     """The input is read by a conv (BN folded into it) and, as the residual, by a
-    second conv's fused Add: both places where InferenceModel casts it."""
+    second conv's fused Add: both places where the inference plan casts it."""
     x_in = Input((size, size, 3), name="image")
     y = ReLU(name="relu1")(BatchNormalization(name="bn1")(Conv2D(4, 3, padding="same", name="conv1")(x_in)))
     y = ReLU(name="relu2")(Add(name="add")([Conv2D(3, 1, name="conv2")(y), x_in]))
@@ -52,7 +60,7 @@ def residual_net(size=6, name="residual_net"):
 
 
 def two_input_net():
-    """An Add of the two inputs themselves: InferenceModel's unfused Add step."""
+    """An Add of the two inputs themselves: the inference plan's unfused Add step."""
     a, b = Input((4, 4, 2), name="a"), Input((4, 4, 2), name="b")
     y = ReLU(name="relu")(Add(name="add")([a, b]))
     return randomised(Model([a, b], Dense(3, name="dense")(Flatten(name="flat")(y)), name="two_inputs"))
@@ -99,13 +107,14 @@ def test_arrays_of_anything_but_real_numbers_are_refused(predict, x, dtype):
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
 
 
-def test_inference_model_names_the_model_and_input():
-    with pytest.raises(TypeError, match=r"model 'residual_net': input 'image' must hold real "
-                                        r"numbers \(float, integer or bool\), got dtype complex128"):
-        InferenceModel(residual_net()).forward(np.ones((1, 6, 6, 3), complex))
-    with pytest.raises(TypeError, match="model 'residual_net': input 'image' must be a NumPy or "
+@pytest.mark.parametrize("training", [False, True])
+def test_the_input_check_names_the_model_and_input(training):
+    with pytest.raises(TypeError, match=r"model 'residual_net': input 'image' expects a float "
+                                        r"\(or integer\) array, got dtype complex128"):
+        residual_net().forward(np.ones((1, 6, 6, 3), complex), training=training)
+    with pytest.raises(TypeError, match="model 'residual_net': input 'image' expects a NumPy or "
                                         "CuPy array, got list"):
-        InferenceModel(residual_net()).forward([[1.0, 2.0]])
+        residual_net().forward([[1.0, 2.0]], training=True)
 
 
 def test_a_float16_model_works_on_both_paths(each_kernel_path):
@@ -115,7 +124,7 @@ def test_a_float16_model_works_on_both_paths(each_kernel_path):
     y = GlobalAveragePooling2D(name="gap", dtype="float16")(y)
     model = randomised(Model(x_in, Dense(2, name="dense", dtype="float16")(y)))
     x = images("float32")
-    ours, theirs = InferenceModel(model).predict(x), model.predict_arrays(x)
+    ours, theirs = model.predict_arrays(x), plain_arrays(model, x)
     assert ours.dtype == theirs.dtype == np.float16
     assert relative_difference(ours.astype("float32"), theirs.astype("float32")) <= 1e-2
 
@@ -153,7 +162,7 @@ def test_an_empty_batch_of_unknown_image_size_and_several_outputs(predict):
 
 
 def test_an_empty_batch_is_still_checked(predict):
-    with pytest.raises(ValueError, match=r"expects arrays of shape \(None, 6, 6, 3\), got \(1, 5, 5, 3\)"):
+    with pytest.raises(ValueError, match=r"expects arrays of shape \(None, 6, 6, 3\), got \(0, 5, 5, 3\)"):
         predict(residual_net(), np.zeros((0, 5, 5, 3), np.float32))
     with pytest.raises(TypeError, match="dtype complex128"):
         predict(residual_net(), np.zeros((0, 6, 6, 3), complex))

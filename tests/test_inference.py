@@ -1,6 +1,6 @@
-"""InferenceModel (BN folded, ReLU fused) gives the model's own outputs: those
-of every layer run as written (``fast_inference = False``, since ``predict``
-itself runs an InferenceModel)."""
+"""The inference plan (minires/planner.py: BN folded, ReLU fused), which
+``predict`` runs, gives the model's own outputs: those of every layer run as
+written (``fast_inference = False``)."""
 import numpy as np
 import pytest
 
@@ -8,7 +8,7 @@ from conftest import relative_difference
 import keras_files
 import tutorial_code as tut
 from minires.applications import ResNet50, VGG16
-from minires.inference import AddRelu, FoldedConv, InferenceModel
+from minires.fast_ops import AddRelu, FoldedConv
 from minires.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Conv2D, Dropout, Input,
                             MaxPooling2D, ReLU)
 from minires.models import Model
@@ -35,21 +35,21 @@ def plain_outputs(model, x):
 def test_resnet50_fast_path_matches_the_model(size, kwargs, each_kernel_path):
     model = with_random_weights(ResNet50(input_shape=(size, size, 3), **kwargs))
     before = [w.copy() for w in model.get_weights()]
-    fast = InferenceModel(model)
-    convs = [s for s in fast.steps if isinstance(s, FoldedConv)]
+    steps = model.plan("inference").steps
+    convs = [s for s in steps if isinstance(s.op, FoldedConv)]
     assert len(convs) == 53
-    assert sum(s.winograd_kernel is not None for s in convs) == 13         # 3x3 stride 1, but stage 5's 2x2, 3x3
+    assert sum(s.op.winograd_kernel is not None for s in convs) == 13      # 3x3 stride 1, but stage 5's 2x2, 3x3
     assert sum(len(s.inputs) == 2 for s in convs) == 16                    # every residual Add fused
-    assert not any(isinstance(s, AddRelu) for s in fast.steps)
+    assert not any(isinstance(s.op, AddRelu) for s in steps)
     x = np.random.default_rng(1).standard_normal((3, size, size, 3)).astype("float32")
-    assert relative_difference(fast.predict(x, batch_size=2), plain_outputs(model, x)) <= 1e-5
+    assert relative_difference(model.predict_arrays(x, batch_size=2), plain_outputs(model, x)) <= 1e-5
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))   # untouched
 
 
 def test_convs_with_their_own_relu_and_no_bn():
     model = tut.tutorial_models(size=16)["inception"]
     x = np.random.default_rng(2).standard_normal((2, 16, 16, 3)).astype("float32")
-    assert relative_difference(InferenceModel(model).predict(x), plain_outputs(model, x)) <= 1e-6
+    assert relative_difference(model.predict_arrays(x), plain_outputs(model, x)) <= 1e-6
 
 
 def test_tensors_read_twice_or_returned_are_not_fused():
@@ -57,15 +57,14 @@ def test_tensors_read_twice_or_returned_are_not_fused():
     conv = Conv2D(4, 3, padding="same", name="conv")(x_in)
     bn = BatchNormalization(name="bn")(conv)
     model = with_random_weights(Model(x_in, [bn, conv]))       # conv's output is an output too
-    fast = InferenceModel(model)
-    assert not any(isinstance(s, FoldedConv) and s.output is bn for s in fast.steps)
+    assert not any(isinstance(s.op, FoldedConv) and s.output is bn for s in model.plan("inference").steps)
     x = np.random.default_rng(3).standard_normal((2, 8, 8, 3)).astype("float32")
-    for ours, theirs in zip(fast.forward(x), plain_outputs(model, x)):
+    for ours, theirs in zip(model.predict_arrays(x), plain_outputs(model, x)):
         assert relative_difference(ours, theirs) <= 1e-6
 
 
-def unfused_adds(fast):
-    return [s for s in fast.steps if isinstance(s, AddRelu)]
+def unfused_adds(model):
+    return [s for s in model.plan("inference").steps if isinstance(s.op, AddRelu)]
 
 
 def three_convs_added_then_relu(x_in):
@@ -93,10 +92,9 @@ def test_adds_that_no_conv_absorbs(graph, each_kernel_path):
     """The fused Add [+ ReLU] step on its own: every sum, then ReLU once at the end."""
     x_in = Input((6, 6, 3))
     model = with_random_weights(Model(x_in, graph(x_in)))
-    fast = InferenceModel(model)
-    assert len(unfused_adds(fast)) == 1
+    assert len(unfused_adds(model)) == 1
     x = np.random.default_rng(5).standard_normal((2, 6, 6, 3)).astype("float32") - 0.3
-    ours, theirs = as_list(fast.forward(x)), as_list(plain_outputs(model, x))
+    ours, theirs = as_list(model.predict_arrays(x)), as_list(plain_outputs(model, x))
     for a, b in zip(ours, theirs):
         assert relative_difference(a, b) <= 1e-6
     relu_output = theirs[0]
@@ -123,7 +121,7 @@ def test_the_callers_arrays_are_never_written_into(graph, each_kernel_path):
     rng = np.random.default_rng(6)
     x = [rng.standard_normal((2, 4, 4, 3)).astype("float32") for _ in model.inputs]
     before = [a.copy() for a in x]
-    ours = InferenceModel(model).forward(x)
+    ours = model.predict_arrays(x)
     assert all(np.array_equal(a, b) for a, b in zip(x, before))
     assert relative_difference(ours, plain_outputs(model, before)) <= 1e-6
 
@@ -136,20 +134,20 @@ def as_list(outputs):
 def test_vgg16_fast_path():
     model = VGG16(include_top=False, input_shape=(32, 32, 3))
     x = np.random.default_rng(4).standard_normal((2, 32, 32, 3)).astype("float32")
-    assert relative_difference(InferenceModel(model).predict(x), plain_outputs(model, x)) <= 1e-6
+    assert relative_difference(model.predict_arrays(x), plain_outputs(model, x)) <= 1e-6
 
 
-def test_an_inference_model_folds_again_when_the_weights_change():
-    """The explicit object is never stale either: it checks the layers' versions."""
+def test_an_inference_plan_folds_again_when_the_weights_change():
+    """A plan knows when it is stale: it checks the layers' versions."""
     x_in = Input((6, 6, 3))
     y = BatchNormalization(name="bn")(Conv2D(4, 3, name="conv")(x_in))
     model = with_random_weights(Model(x_in, ReLU()(y)))
-    fast = InferenceModel(model)
+    plan = model.plan("inference")
     x = np.random.default_rng(7).standard_normal((2, 6, 6, 3)).astype("float32")
-    before, steps = fast.forward(x), fast.steps
+    before = model.predict_arrays(x)
     model.get_layer("bn").set_weights([2 * w for w in model.get_layer("bn").get_weights()])
-    assert not fast.is_current()
-    after = fast.forward(x)
-    assert fast.steps is not steps and fast.is_current()
+    assert not plan.is_current()
+    after = model.predict_arrays(x)
+    assert model.plan("inference") is not plan and model.plan("inference").is_current()
     assert relative_difference(after, plain_outputs(model, x)) <= 1e-6
     assert relative_difference(after, before) > 1e-2

@@ -141,7 +141,7 @@ def test_after_a_training_step_no_layer_holds_an_activation():
         assert not held, f"layer {layer.name!r} holds arrays that are not its weights: {held}"
 
 
-@pytest.mark.parametrize("module", ["inference.py", "summary.py", "utils.py"])
+@pytest.mark.parametrize("module", ["planner.py", "ops.py", "fast_ops.py", "summary.py", "utils.py"])
 def test_graph_walkers_use_only_the_public_graph_api(module):
     """No ``something._private`` but their own (self._...)."""
     source = (ROOT / "minires" / module).read_text()

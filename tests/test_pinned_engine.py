@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import plain_predict, relative_difference
-from minires import backend, fast_training
+from minires import backend
+from minires.fast_ops import WinogradConv
 from minires.layers import (Activation, Add, BatchNormalization, Conv2D, Dense, Flatten,
                             GlobalAveragePooling2D, Input, ReLU)
+from minires.layers.normalization import BatchNormReLU
 from minires.models import Model
 from minires.optim import SGD
 
@@ -54,10 +56,10 @@ def assert_fast_step_matches_plain(model, x, dy):
         np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
-# --- 1. every training twin, its layer shared at two nodes --------------------------------
+# --- 1. every fast op of the gradient plan, its layer shared at two nodes --------------------------------
 def twice_shared_net():
-    """conv - BN - ReLU, then the SAME conv, BN and ReLU again: each twin's layer at two nodes.
-    16 channels at 12x12: the Winograd twin takes both conv calls (forward, dW and dx)."""
+    """conv - BN - ReLU, then the SAME conv, BN and ReLU again: each fast op's layer at two
+    nodes. 16 channels at 12x12: Winograd takes both conv calls (forward, dW and dx)."""
     x_in = Input((12, 12, 16))
     conv = Conv2D(16, 3, padding="same", bias_initializer="glorot_uniform", name="shared_conv")
     bn, relu = BatchNormalization(name="shared_bn"), ReLU(name="shared_relu")
@@ -65,21 +67,21 @@ def twice_shared_net():
     return Model(x_in, Dense(3)(GlobalAveragePooling2D()(y)))
 
 
-def test_every_twin_sums_the_gradients_of_a_layer_called_twice(rng, monkeypatch):
+def test_every_fast_op_sums_the_gradients_of_a_layer_called_twice(rng, monkeypatch):
     model = randomised(float64_model(twice_shared_net))
     ran = []
-    for name in ("conv_backward", "bn_relu_forward"):
-        def spy(*args, run=getattr(fast_training, name), name=name):
+    for op, name in ((WinogradConv, "backward"), (BatchNormReLU, "forward")):
+        def spy(*args, run=getattr(op, name), name=f"{op.__name__}.{name}", **kwargs):
             ran.append(name)
-            return run(*args)
-        monkeypatch.setattr(fast_training, name, spy)
+            return run(*args, **kwargs)
+        monkeypatch.setattr(op, name, spy)
     x = rng.standard_normal((4, 12, 12, 16))
     dy = rng.standard_normal((4, 3))
     assert_fast_step_matches_plain(model, x, dy)
-    assert sorted(ran) == ["bn_relu_forward"] * 2 + ["conv_backward"] * 2      # the twins ran, at both nodes
+    assert sorted(ran) == ["BatchNormReLU.forward"] * 2 + ["WinogradConv.backward"] * 2   # at both nodes
 
 
-# --- 2. BatchNormalization + ReLU as one node, at ReLU's kink --------------------------------
+# --- 2. BatchNormalization + ReLU as one op, at ReLU's kink --------------------------------
 def bn_relu_with_exact_zeros():
     """A BN whose output a ReLU alone reads, with gamma * xhat + beta exactly 0 for
     channel 0 everywhere (gamma = beta = 0) and for channel 1 wherever x is 0
@@ -104,7 +106,8 @@ def test_a_bn_relu_pair_cuts_at_zero_as_the_relu_does(rng, each_kernel_path, tra
     """relu(z) passes no gradient where z = 0 exactly (its mask is z > 0), so the
     pair's dbeta of channel 0 is 0; a mask of z >= 0 would give it sum dy."""
     model = float64_model(bn_relu_with_exact_zeros)
-    assert fast_training.bn_relu_pairs(model)
+    assert any(isinstance(getattr(step.op, "layer", None), BatchNormReLU)
+               for step in model.plan("gradient").steps)
     x, dy = kinked_inputs(rng), rng.standard_normal((4, 3, 3, 3))
     results = []
     for fast in (False, True):

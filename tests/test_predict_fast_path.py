@@ -1,7 +1,7 @@
-"""``Model.predict`` and every inference forward run the fast plan
-(``Model.inference_plan()``, an InferenceModel: BN folded, Add and ReLU fused,
-Winograd), folded once and folded again after every public way of changing
-the weights, so that it never serves stale ones.
+"""``Model.predict`` and every inference forward run the inference plan
+(``Model.plan('inference')``, minires/planner.py: BN folded, Add and ReLU
+fused, Winograd), folded once and folded again after every public way of
+changing the weights, so that it never serves stale ones.
 
 Each test compares with the plain path (``model.fast_inference = False``: every
 layer as written), to 1e-5 relative on float32 logits, and counts the folds,
@@ -20,7 +20,8 @@ import keras_resnet50_layers as golden
 import subclassed_tutorial as tut
 from minires import keras
 from minires.applications import ResNet50
-from minires.inference import FoldedConv, InferenceModel
+from minires import planner
+from minires.fast_ops import FoldedConv
 from minires.io.torch_weights import load_torch_state_dict, torch_state_dict
 from minires.layers import (Add, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D, Input,
                             ReLU)
@@ -66,14 +67,14 @@ def assert_matches_plain(model, x, **kwargs):
 
 @pytest.fixture
 def folds(monkeypatch):
-    """The names of the models whose plan was folded, one entry per fold."""
-    folded, fold = [], InferenceModel.fold
+    """The names of the models whose inference plan was folded, one entry per fold."""
+    folded, make = [], planner.InferencePlan.__init__
 
-    def counted(plan):
-        folded.append(plan.model.name)
-        fold(plan)
+    def counted(plan, model):
+        folded.append(model.name)
+        make(plan, model)
 
-    monkeypatch.setattr(InferenceModel, "fold", counted)
+    monkeypatch.setattr(planner.InferencePlan, "__init__", counted)
     return folded
 
 
@@ -90,19 +91,19 @@ def test_predict_and_inference_forwards_run_the_plan_not_the_layers(monkeypatch,
                     model.forward(x, training=False), model.forward(x, keep_cache=False)):
         assert relative_difference(outputs, expected) <= TOLERANCE
     assert folds == ["residual_net"]                              # once, for all five
-    convs = [step for step in model.inference_plan().steps if isinstance(step, FoldedConv)]
+    convs = [step for step in model.plan("inference").steps if isinstance(step.op, FoldedConv)]
     assert len(convs) == 2 and len(convs[1].inputs) == 2         # BN folded; the Add fused too
 
 
 def test_the_plan_is_kept_until_the_weights_change(folds):
     model, x = randomised(residual_net()), images()
     model.predict(x, verbose=0)
-    plan, steps = model.inference_plan(), model.inference_plan().steps
+    plan = model.plan("inference")
     model.predict(x, verbose=0)
-    assert model.inference_plan() is plan and plan.steps is steps and folds == ["residual_net"]
+    assert model.plan("inference") is plan and folds == ["residual_net"]
     model.get_layer("logits").weights_changed()
     model.predict(x, verbose=0)
-    assert plan.steps is not steps and len(folds) == 2
+    assert model.plan("inference") is not plan and len(folds) == 2
 
 
 def test_a_training_forward_frees_the_plan_and_predict_folds_a_new_one(folds):
@@ -111,7 +112,7 @@ def test_a_training_forward_frees_the_plan_and_predict_folds_a_new_one(folds):
     import weakref
     model, x = randomised(residual_net()), images()
     model.predict(x, verbose=0)
-    plan = weakref.ref(model.inference_plan())
+    plan = weakref.ref(model.plan("inference"))
     model.forward(x, training=True)
     assert plan() is None
     model.fast_inference = False
@@ -127,26 +128,29 @@ def test_gradients_in_inference_mode_and_the_plain_switch_stay_off_the_plan(monk
     def refuse(*args, **kwargs):
         raise AssertionError("the fast path ran")
 
-    monkeypatch.setattr(InferenceModel, "forward", refuse)
+    monkeypatch.setattr(FoldedConv, "forward", refuse)
     y = model.forward(x, training=False, keep_cache=True)
     assert model.backward(np.ones_like(y)).shape == x.shape
     model.forward(x, training=True)
     model.fast_inference = False
     model.predict(x, verbose=0)
-    assert model.inference_plan() is None and folds == []
+    assert folds == []
 
 
-@pytest.mark.parametrize("batch_size, batches", [(None, [4, 4, 2]), (3, [3, 3, 3, 1]), (6, [4, 2, 4])])
-def test_predict_keeps_the_callers_batches_and_splits_them_into_cache_sized_ones(
+@pytest.mark.parametrize("batch_size, batches", [(None, [4, 4, 2]), (3, [3, 3, 3, 1]), (6, [4, 4, 2])])
+def test_predict_splits_the_data_once_into_batches_no_larger_than_the_plans(
         monkeypatch, batch_size, batches):
+    """At most the caller's batch size, and at most the plan's on this device
+    (4 on the CPU: their activations stay in cache)."""
     model, x = randomised(residual_net()), images(10)
-    seen, forward = [], InferenceModel.forward
+    seen, forward = [], FoldedConv.forward
 
-    def recorded(plan, arrays):
-        seen.append(len(arrays))
-        return forward(plan, arrays)
+    def recorded(op, inputs, *args):
+        if op.conv.name == "conv_a":                 # the first step: it reads the images
+            seen.append(len(inputs[0]))
+        return forward(op, inputs, *args)
 
-    monkeypatch.setattr(InferenceModel, "forward", recorded)
+    monkeypatch.setattr(FoldedConv, "forward", recorded)
     fast = model.predict(x, batch_size=batch_size, verbose=0)
     assert seen == batches
     assert fast.shape == (10, 5) and relative_difference(fast, plain_predict(model, x)) <= TOLERANCE
@@ -339,9 +343,8 @@ def test_a_model_that_does_not_run_its_graph_is_run_as_written(folds):
     model.predict(x, verbose=0)
     expected = 2 * model.dense(x)
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-6)
-    assert model.inference_plan() is None
     with pytest.raises(ValueError, match="model 'doubled' overrides forward_with_caches"):
-        InferenceModel(model)
+        model.plan("inference")
     x_in = Input((4,), name="features")
     outer = Model(x_in, Dense(2, name="head")(model(x_in)), name="outer")
     np.testing.assert_allclose(outer.predict(x, verbose=0), outer.get_layer("head")(expected), rtol=1e-6)
@@ -368,7 +371,7 @@ x = np.random.default_rng(0).standard_normal((64, 224, 224, 3)).astype("float32"
 model.predict(x, batch_size=64, verbose=0)
 with open("/proc/self/status") as status:
     peak = next(int(line.split()[1]) << 10 for line in status if line.startswith("VmHWM:"))
-print(json.dumps({"peak": peak, "plan": model.inference_plan() is not None}))
+print(json.dumps({"peak": peak, "plan": model.plan("inference").steps != []}))
 """
 # The bound asked for is 1.5 GiB, but every layer run as written on the whole batch
 # of 64 stays under it too (1.38 GiB measured): 1 GiB is what tells the fast path

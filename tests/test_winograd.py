@@ -7,7 +7,7 @@ import pytest
 
 from minires import backend, kernels, naive
 from minires.applications import ResNet50
-from minires.inference import FoldedConv, InferenceModel
+from minires.fast_ops import FoldedConv
 from minires.kernels import winograd
 from minires.kernels.winograd import winograd_pays_at, winograd_tile_size
 from minires.layers import Conv2D, Input
@@ -158,12 +158,11 @@ def test_bad_kernels_and_tile_sizes_are_refused():
 def test_resnet50_gets_f4x4_at_56_and_28_and_f2x2_at_14_and_7():
     """Stages 2-3: F(4x4); stages 4-5: few tiles per image and kernels too big
     for the cache, F(2x2) (winograd.winograd_tile_size)."""
-    fast = InferenceModel(ResNet50(weights=None))
     chosen = {}
-    for step in fast.steps:
-        if isinstance(step, FoldedConv) and step.winograd_kernel is not None:
-            chosen.setdefault(step.output.shape[1:], set()).add(step.tile_size)
-            assert step.winograd_kernel.shape[0] == (step.tile_size + 2) ** 2
+    for step in ResNet50(weights=None).plan("inference").steps:
+        if isinstance(step.op, FoldedConv) and step.op.winograd_kernel is not None:
+            chosen.setdefault(step.output.shape[1:], set()).add(step.op.tile_size)
+            assert step.op.winograd_kernel.shape[0] == (step.op.tile_size + 2) ** 2
     assert chosen == {(56, 56, 64): {4}, (28, 28, 128): {4}, (14, 14, 256): {2}, (7, 7, 512): {2}}
 
 
@@ -190,12 +189,12 @@ def test_each_conv_runs_as_chosen_and_gives_the_models_outputs(rng, monkeypatch)
     x = Conv2D(16, 3, name="valid_4x4")(x)
     x = Conv2D(16, 3, name="valid_2x2")(x)                          # under 4x4: im2col
     model = Model(x_in, x)
-    fast = InferenceModel(model)
-    sizes = {step.conv.name: step.tile_size for step in fast.steps if isinstance(step, FoldedConv)}
+    sizes = {step.op.conv.name: step.op.tile_size for step in model.plan("inference").steps
+             if isinstance(step.op, FoldedConv)}
     assert sizes == {"rgb": None, "same_8x8": 4, "valid_6x6": 4, "valid_4x4": 4, "valid_2x2": None}
     images = rng.standard_normal((3, 8, 8, 3)).astype(np.float32)
     expected = model.forward(images, training=False, keep_cache=True)        # layer by layer
-    assert np.abs(fast.forward(images) - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert np.abs(model.predict_arrays(images) - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("batch, out_size, m, expected", [
@@ -211,13 +210,12 @@ def test_a_batch_with_few_tiles_runs_im2col_and_the_same_outputs(rng, monkeypatc
     x_in = Input((7, 7, 128))
     model = Model(x_in, Conv2D(256, 3, padding="same")(x_in))        # F(2x2): 16 tiles an image
     model.fast_training = False                                      # the reference: im2col
-    fast = InferenceModel(model)
-    assert [step.tile_size for step in fast.steps if isinstance(step, FoldedConv)] == [2]
+    assert [step.op.tile_size for step in model.plan("inference").steps] == [2]
     calls = []
     winograd_conv3x3 = kernels.winograd_conv3x3
     monkeypatch.setattr(kernels, "winograd_conv3x3", lambda *a: calls.append(a[0].shape) or winograd_conv3x3(*a))
     for batch in (1, 2):
         images = rng.standard_normal((batch, 7, 7, 128)).astype(np.float32)
         expected = model.forward(images, training=False, keep_cache=True)
-        assert np.abs(fast.forward(images) - expected).max() <= 1e-5 * np.abs(expected).max()
+        assert np.abs(model.predict_arrays(images) - expected).max() <= 1e-5 * np.abs(expected).max()
     assert calls == [(2, 7, 7, 128)]                   # batch 1 (16 tiles) ran im2col

@@ -46,7 +46,8 @@ def ResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None
     weights: None (seeded random initialisation), 'imagenet' (Keras's ImageNet
     file of this generation, downloaded once, see minires.io.download) or the
     path of a Keras ResNet-50 weights file of either generation, loaded by
-    layer and weight names.
+    layer and weight names (or that file open, ``minires.io.keras_h5.opened``,
+    so that one opening serves its checks and its weights).
     generation: 'current' (Keras 2.3+ / tf.keras / Keras 3 names) or 'legacy'
     (Keras 1 / 2.0-2.2 names, see the module docstring); None means the
     generation of the weights file, else 'current'. ``pool1_pad`` only applies

@@ -354,7 +354,7 @@ def _listed(problems):
 
 def _layer_plan(layer, entry):
     """({param: StoredArray}, problems) for one layer, every name and shape checked."""
-    arrays, problems = {}, []
+    arrays, problems, misshapen = {}, [], set()
     for weight_name, stored in entry.weights:
         slot = weight_slot(layer, entry.name, weight_name)
         if slot is None or slot in arrays:
@@ -365,11 +365,11 @@ def _layer_plan(layer, entry):
         if found != expected:
             problems.append(f"layer {layer.name!r}, weight {slot!r}: expected shape {expected}, "
                             f"found {found} ({weight_name!r}){_theano_hint(expected, found)}")
+            misshapen.add(slot)
             continue
         arrays[slot] = stored
     problems += [f"layer {layer.name!r}: weight {slot!r} is missing from the file"
-                 for slot in layer.params if slot not in arrays
-                 and not any(f"weight {slot!r}" in p for p in problems)]
+                 for slot in layer.params if slot not in arrays and slot not in misshapen]
     return arrays, problems
 
 

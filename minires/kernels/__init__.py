@@ -1,12 +1,19 @@
-"""The hot loops behind conv and pooling, kept apart from the layers.
+"""The hot loops, kept apart from the layers: one function per operation.
 
-Every kernel takes an already padded (N, H, W, C) array and a window
-(kh, kw) with strides (sh, sw); it never knows which layer calls it.
-Three implementations share these signatures: array slicing (slicing.py:
-NumPy or CuPy, the readable reference), Numba-compiled loops
-(numba_kernels.py, NumPy arrays only) and CUDA kernels (cupy_kernels.py,
-CuPy arrays only). CuPy arrays always take the CUDA kernels;
-``minires.backend.kernel_path()`` says which of the other two runs on the CPU.
+Each function here is the one name and signature of its operation, and
+hands the arrays to one of three implementations of it:
+  - readable array code, NumPy or CuPy, the reference: slicing.py (windows:
+    im2col, col2im, max pooling), channelwise.py (batch norm's passes over a
+    whole activation, ReLU, the fused bias + Add + ReLU), winograd.py
+    (Winograd's F(m x m, 3x3) transforms and products);
+  - Numba-compiled loops (numba_kernels.py), for NumPy arrays when
+    ``minires.backend.kernel_path()`` is 'numba' (the default where Numba imports);
+  - CUDA kernels (cupy_kernels.py), for CuPy arrays where array code would
+    take several passes.
+Also here: conv2d, a convolution a chunk of images at a time (``batch_chunks``,
+``backend.im2col_limit()``), 1x1 convolutions without im2col. Window kernels
+take an already padded (N, H, W, C) array. A kernel never knows which layer
+or op calls it; tests/test_*kernels*.py check every path against the reference.
 """
 import numpy as np
 

@@ -20,7 +20,7 @@ def channel_moments(x, channel_axis):
 
 def normalize(x, mean, inv_std, gamma, beta, channel_axis, relu=False):
     """(xhat, y): xhat = (x - mean) * inv_std,  y = gamma * xhat + beta, or
-    max(that, 0) if ``relu`` (a ReLU fused in: minires.fast_training)."""
+    max(that, 0) if ``relu`` (a ReLU fused in: layers/normalization.py's BatchNormReLU)."""
     def channel(v):
         return per_channel(v, x.ndim, channel_axis)
     xhat = x - channel(mean)

@@ -1,8 +1,8 @@
 """3x3 stride-1 convolution by Winograd's minimal filtering F(m x m, 3x3),
 m = 2 or 4: (m + 2)^2 multiplications per m x m output tile instead of 9 m^2,
 2.25x fewer for F(2x2, 3x3) and 4x fewer for F(4x4, 3x3). Used by the
-inference fast path (minires/inference.py) and by training's
-(minires/fast_training.py), which pick m per layer (winograd_tile_size).
+fast ops the planner chooses for inference and for training
+(minires/fast_ops.py), which pick m per layer (winograd_tile_size).
 
 One dimension first. Two outputs of a 3-tap filter g over 4 inputs d,
     y0 = d0 g0 + d1 g1 + d2 g2,    y1 = d1 g0 + d2 g1 + d3 g2,
@@ -54,7 +54,7 @@ Gradients. Each step is linear, so its gradient is its transpose (adjoint):
     U = (G (x) G) g   ->  dg = (G (x) G)^T dU       (kernel_gradient)
 so a training step's kernel gradient takes (m+2)^2 products over the tiles
 instead of one over every im2col window. (The input gradient needs none of
-this: it is a 3x3 correlation itself, see minires/fast_training.py.)
+this: it is a 3x3 correlation itself, see minires/fast_ops.py.)
 
 Rounding: F(4x4)'s larger entries (5 in B^T, 8 in A^T) make the transformed
 tiles larger than the outputs they add up to, so the float32 rounding of the

@@ -62,6 +62,13 @@ ACTIVATIONS = {
 }
 
 
+def activation_name(layer):
+    """The activation ``layer`` applies last, by Keras's name ('relu', 'softmax',
+    ...): a Dense's or Conv2D's ``activation``, an Activation's, ReLU's, Softmax's;
+    None for a layer that applies none."""
+    return getattr(layer, "activation", None)
+
+
 def get_activation(name, layer_name):
     """(forward, backward) for an activation name; None means 'linear', as in Keras."""
     name = "linear" if name is None else name
@@ -93,6 +100,7 @@ class ReLU(Activation):
 
 class Softmax(Layer):
     """Softmax along ``axis`` (default the last): y_i = exp(x_i) / sum_j exp(x_j)."""
+    activation = "softmax"
 
     def __init__(self, axis=-1, name=None, **kwargs):
         super().__init__(name=name, **kwargs)

@@ -22,7 +22,7 @@ Weights are created on the first forward pass, when the input's channel
 count is known (Keras calls this ``build``).
 
 Every change of a layer's weights changes its ``weights_version``, which is
-how a model's fast inference plan (``minires.inference.InferenceModel``,
+how a model's inference plan (``model.plan('inference')``, minires/planner.py,
 with folded copies of the weights) knows it is stale: assigning
 ``params[name] = array`` (``params`` is a ``Params`` dict), ``set_weights``,
 the optimisers, BN's moving statistics, the weight loaders and flipping
@@ -312,12 +312,7 @@ class Layer:
     def as_float_array(self, x):
         """Float arrays are cast to the layer dtype; integer and bool arrays too
         (like Keras, so uint8 images can go straight in); anything else is a TypeError."""
-        if not is_array(x):
-            raise TypeError(f"layer {self.name!r} expects a NumPy or CuPy array, "
-                            f"got {type(x).__name__}")
-        if x.dtype.kind not in "fiub":
-            raise TypeError(f"layer {self.name!r} expects a float (or integer) array, "
-                            f"got dtype {x.dtype} with shape {x.shape}")
+        check_real_array(x, f"layer {self.name!r}")
         return x if x.dtype == self.dtype else x.astype(self.dtype)
 
     def _check_grad(self, dy, expected_shape):
@@ -325,6 +320,16 @@ class Layer:
             raise ValueError(f"layer {self.name!r}: backward got a gradient of shape "
                              f"{tuple(dy.shape)}, but its output has shape {tuple(expected_shape)}")
         return dy
+
+
+def check_real_array(x, owner):
+    """Raise a TypeError naming ``owner`` unless ``x`` is a NumPy or CuPy array of
+    real numbers: float, integer or bool, what a layer casts to its float type."""
+    if not is_array(x):
+        raise TypeError(f"{owner} expects a NumPy or CuPy array, got {type(x).__name__}")
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"{owner} expects a float (or integer) array, "
+                        f"got dtype {x.dtype} with shape {x.shape}")
 
 
 def _declared_batch_shape(input_shape, batch_input_shape, input_dim, batch_size):

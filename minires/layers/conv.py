@@ -22,7 +22,7 @@ class Conv2D(KernelLayer):
 
     The cache is x itself, not X: X is kh*kw times larger, so backward
     rebuilds it. Loop-by-loop twin: ``naive.conv2d_forward`` / ``conv2d_backward``.
-    The inference fast path (``minires.inference``) runs the same product a
+    The inference plan (minires/planner.py, fast_ops.py) runs the same product a
     chunk of images at a time (``kernels.conv2d``), with less memory.
     """
     input_rank = 4

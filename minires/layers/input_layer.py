@@ -1,6 +1,6 @@
 """Input: where a functional model's graph starts."""
 from ..backend import floatx
-from .base import KerasTensor, Layer
+from .base import KerasTensor, Layer, check_real_array
 
 
 class InputLayer(Layer):
@@ -16,7 +16,9 @@ class InputLayer(Layer):
         self.built = True
 
     def check(self, x, model_name):
-        """Raise a ValueError naming this layer if array ``x`` does not fit."""
+        """Raise a TypeError naming this layer unless ``x`` is an array of numbers
+        (float, integer or bool, as Keras takes), a ValueError if its shape does not fit."""
+        check_real_array(x, f"model {model_name!r}: input {self.name!r}")
         shape = tuple(x.shape)
         fits = len(shape) == len(self.batch_shape) and all(
             expected is None or expected == actual for expected, actual in zip(self.batch_shape, shape))
