@@ -48,7 +48,7 @@ For inference alone, four rewrites (FoldedConv, AddRelu):
 from . import kernels
 from .backend import get_array_module
 from .kernels.winograd import transform_kernel, winograd_pays_at, winograd_tile_size
-from .layers.activations import relu
+from .layers.activations import activation_name, relu
 from .ops import LayerCall
 
 # The forward takes F(2x2) at most: its output feeds the loss and every BN's
@@ -118,7 +118,7 @@ class FoldedConv:
             scale = p["gamma"] / xp.sqrt(p["moving_variance"] + bn.epsilon)
             kernel, bias = kernel * scale, (bias - p["moving_mean"]) * scale + p["beta"]
         self.kernel, self.bias = kernel.astype(kernel.dtype), bias.astype(kernel.dtype)
-        self.activation = None if self.conv.activation in (None, "linear") else self.conv.activation_forward
+        self.activation = None if activation_name(self.conv) in (None, "linear") else self.conv.activation_forward
         winograd = self.conv.kernel_size == (3, 3) and self.conv.strides == (1, 1) and self.activation is None
         # m of Winograd F(m x m, 3x3), or None for im2col
         self.tile_size = winograd_tile_size(tensor.shape[1:3], *self.kernel.shape[2:], self.kernel.itemsize) \

@@ -119,15 +119,10 @@ def gradient_steps(model):
 
 def relu_after_batch_norm(model, node):
     """The ReLU node that alone reads ``node``'s output, where ``node`` is a
-    BatchNormalization as written (not a subclass) that no model output is,
-    and the ReLU of the same float type (another one casts); else None."""
-    readers = model.readers(node)
-    if not (type(node.layer) is BatchNormalization and node.layer.built and len(readers) == 1
-            and not is_output(model, node)):
-        return None
-    relu = readers[0].layer
-    plain_relu = type(relu).forward is Activation.forward and activation_name(relu) == "relu"
-    return readers[0] if plain_relu and relu.dtype == node.layer.dtype else None
+    BatchNormalization as written (not a subclass); else None."""
+    if type(node.layer) is BatchNormalization and node.layer.built:
+        return relu_reading(model, node)
+    return None
 
 
 def winograd_trains(layer):
@@ -181,8 +176,12 @@ def conv_chain(model, node, ready):
 
 
 def relu_reading(model, node):
+    """The node that alone reads ``node``'s output (no model output), if it is a
+    ReLU as written, of the same float type (another one casts); else None."""
     relu = only_reader(model, node, Activation)
-    return relu if relu is not None and activation_name(relu.layer) == "relu" else None
+    if relu is None or type(relu.layer).forward is not Activation.forward:
+        return None
+    return relu if activation_name(relu.layer) == "relu" and relu.layer.dtype == node.layer.dtype else None
 
 
 def only_reader(model, node, kind):

@@ -100,3 +100,11 @@ def test_the_model_class_fits_on_250_lines():
     start = source.index("\nclass Model(")
     end = source.index("\nclass Sequential(")
     assert source[start:end].count("\n") <= 250
+
+
+def test_the_planner_sizes_inference_batches_for_the_device(monkeypatch):
+    """4 images at a time on the CPU, where their activations stay in cache; a
+    GPU takes the caller's batch whole (the device is read from the weights)."""
+    assert residual_net().plan("inference").batch_size == planner.CPU_BATCH == 4
+    monkeypatch.setattr(Model, "device", property(lambda model: "cuda"))
+    assert residual_net().plan("inference").batch_size is None

@@ -238,3 +238,31 @@ def test_any_other_failure_is_one_line(monkeypatch, error, expected):
     with pytest.raises(SystemExit) as exit_info:
         script.run()
     assert exit_info.value.code == expected
+
+
+def test_the_script_opens_the_weight_file_once_and_calls_model_predict(weights_path, monkeypatch,
+                                                                       capsys):
+    """What the README teaches: ``model.predict``, with its inference plan; the
+    file's generation, 'pool1_pad' and weights all read through one opening."""
+    import importlib.util
+    from minires.io import keras_h5
+    from minires.models import Model
+    spec = importlib.util.spec_from_file_location("predict_example", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    opened, calls = [], []
+    open_file, predict = keras_h5.KerasWeightsFile.__init__, Model.predict
+
+    def counted_open(file, path, *args, **kwargs):
+        opened.append(path)
+        open_file(file, path, *args, **kwargs)
+
+    def counted_predict(model, x, *args, **kwargs):
+        calls.append(len(x))
+        return predict(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(keras_h5.KerasWeightsFile, "__init__", counted_open)
+    monkeypatch.setattr(Model, "predict", counted_predict)
+    script.main(["--weights", str(weights_path)])
+    assert opened == [str(weights_path)] and calls == [1]
+    assert "1 image(s) in" in capsys.readouterr().out
