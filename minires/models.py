@@ -319,6 +319,9 @@ class Sequential(Model):
             self.add(layer)
 
     def add(self, layer):
+        """Append ``layer`` (or set the Input); a layer that does not fit the stack
+        raises and leaves the model as it was."""
+        before = dict(self.__dict__, _stack=list(self._stack))
         if isinstance(layer, KerasTensor) and isinstance(layer.layer, InputLayer):
             self._input = layer                  # keras.Input(...) as the first entry
         elif isinstance(layer, Layer):
@@ -329,8 +332,13 @@ class Sequential(Model):
         self.built, self._caches, self._plans = False, None, {}   # the graph changed: trace again
         shape = self._input.shape if self._input is not None else (
             self._stack[0].declared_input_shape if self._stack else None)
-        if shape is not None:
-            self.build(shape)
+        try:
+            if shape is not None:
+                self.build(shape)
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(before)         # the stack, graph and plans as they were
+            raise
 
     @property
     def layers(self):

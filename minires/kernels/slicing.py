@@ -75,7 +75,7 @@ def max_pool_forward(x, ph, pw, sh, sw):
     xp = get_array_module(x)
     cols = im2col(x, ph, pw, sh, sw)
     n, out_h, out_w = cols.shape[:3]
-    windows = cols.reshape(n, out_h, out_w, ph * pw, -1)
+    windows = cols.reshape(n, out_h, out_w, ph * pw, x.shape[3])     # not -1: N may be 0
     argmax = windows.argmax(axis=3)
     out = xp.take_along_axis(windows, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]
     return out, argmax
@@ -87,5 +87,5 @@ def max_pool_backward(g, argmax, padded_shape, ph, pw, sh, sw):
     positions = xp.arange(ph * pw).reshape(1, 1, 1, -1, 1)
     winner = positions == argmax[:, :, :, None, :]             # (N, OH, OW, ph*pw, C)
     cols = xp.where(winner, g[:, :, :, None, :], xp.zeros((), dtype=g.dtype))
-    n, out_h, out_w, _ = g.shape
-    return col2im(cols.reshape(n, out_h, out_w, ph, pw, -1), padded_shape, sh, sw)
+    n, out_h, out_w, channels = g.shape
+    return col2im(cols.reshape(n, out_h, out_w, ph, pw, channels), padded_shape, sh, sw)

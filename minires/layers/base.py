@@ -100,6 +100,21 @@ class KerasTensor:
                         "on symbolic tensors, so call() cannot branch on array values "
                         "(an `if` or `while` on a tensor); compute both paths with layers instead")
 
+    def _no_values(self, *args, **kwargs):
+        raise TypeError(f"{self!r} has no values yet: minires traces a model's call() once, on "
+                        "symbolic tensors, and records only layer calls (and `a + b`, an Add "
+                        "layer), so call() cannot compute with them directly (a comparison, "
+                        "`x * 2.0`, np.mean(x)); write a layer instead: Activation, "
+                        "Dense, GlobalAveragePooling2D, Add, Concatenate ...")
+
+    # Python arithmetic and comparisons, and NumPy's conversion, on a value that does not exist yet
+    __array__ = __array_function__ = __array_ufunc__ = _no_values
+    __lt__ = __le__ = __gt__ = __ge__ = __neg__ = __pos__ = __abs__ = _no_values
+    __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _no_values
+    __floordiv__ = __rfloordiv__ = __pow__ = __rpow__ = __matmul__ = __rmatmul__ = _no_values
+    __mod__ = __rmod__ = __float__ = __int__ = __index__ = __len__ = __iter__ = _no_values
+    __getitem__ = _no_values
+
 
 class Params(dict):
     """A layer's weights by name: a dict whose ``stamp`` is renewed whenever

@@ -65,7 +65,7 @@ class Flatten(Layer):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        return x.reshape(x.shape[0], -1), x.shape
+        return x.reshape(x.shape[0], math.prod(x.shape[1:])), x.shape    # not -1: N may be 0
 
     def backward(self, dy, input_shape):
         dy = self._check_grad(dy, (input_shape[0], math.prod(input_shape[1:])))

@@ -1,6 +1,6 @@
 """Input: where a functional model's graph starts."""
 from ..backend import floatx
-from .base import KerasTensor, Layer, check_real_array
+from .base import KerasTensor, Layer, check_real_array, is_int
 
 
 class InputLayer(Layer):
@@ -29,7 +29,13 @@ class InputLayer(Layer):
 
 def Input(shape, batch_size=None, name=None, dtype=None):
     """A symbolic input of ``shape`` (without the batch axis), as ``keras.Input``."""
-    if isinstance(shape, int):
-        shape = (shape,)
-    layer = InputLayer((batch_size, *shape), name=name, dtype=dtype or floatx())
+    shape = (shape,) if is_int(shape) else shape
+    if not isinstance(shape, (tuple, list)) or not all(size is None or (is_int(size) and size > 0)
+                                                       for size in (*shape, batch_size)):
+        raise ValueError(f"Input{f' {name!r}' if name else ''}: shape must be a tuple of positive "
+                         f"ints or None (unknown sizes), without the batch axis, e.g. (32, 32, 3), "
+                         f"and batch_size a positive int or None; got shape={shape!r}, "
+                         f"batch_size={batch_size!r}")
+    layer = InputLayer((batch_size, *(int(size) if size is not None else None for size in shape)),
+                       name=name, dtype=dtype or floatx())
     return layer.output

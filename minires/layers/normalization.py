@@ -1,5 +1,7 @@
 """Batch normalisation, in training mode (batch statistics) and inference mode
 (moving statistics), with Keras's momentum convention."""
+import numpy as np
+
 from .. import kernels
 from ..backend import get_array_module
 from ..kernels.channelwise import per_channel
@@ -74,13 +76,18 @@ class BatchNormalization(Layer):
         """(mean, s, whether they are the batch's) for normalising x; taking the
         batch's moves the moving statistics."""
         # A frozen BN layer runs on its moving statistics even while training (Keras 2.1.3+).
-        batch_stats = training and self.trainable
+        # An empty batch has no statistics: it runs on the moving ones, unchanged.
+        batch_stats = training and self.trainable and x.size > 0
         if batch_stats:
-            mean, var = kernels.channel_moments(x, self.channel_axis)
+            # float16's sums overflow (65504; a count of 32*48*48 alone is 73728):
+            # float16 layers take their statistics in float32, as Keras does.
+            mean, var = kernels.channel_moments(x.astype(np.float32) if x.itemsize < 4 else x,
+                                                self.channel_axis)
             self._update_moving_statistics(mean, var)
         else:
             mean, var = self.params["moving_mean"], self.params["moving_variance"]
-        return mean, 1.0 / get_array_module(x).sqrt(var + self.epsilon), batch_stats
+        inv_std = 1.0 / get_array_module(x).sqrt(var + self.epsilon)
+        return mean.astype(x.dtype, copy=False), inv_std.astype(x.dtype, copy=False), batch_stats
 
     def _update_moving_statistics(self, mean, var):
         for name, batch_value in (("moving_mean", mean), ("moving_variance", var)):

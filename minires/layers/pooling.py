@@ -6,11 +6,16 @@ from .base import Layer, as_pair, check_choice, window_output_shape, window_pads
 
 
 class _GlobalPooling2D(Layer):
-    """(N, H, W, C) -> (N, C)."""
+    """(N, H, W, C) -> (N, C), over at least one pixel."""
     input_rank = 4
 
     def compute_output_shape(self, input_shape):
         return input_shape[0], input_shape[3]
+
+    def _check_built_shape(self, shape):
+        if 0 in shape[1:3]:
+            raise ValueError(f"layer {self.name!r} pools over each image's pixels, but the input "
+                             f"of shape {tuple(shape)} has none")
 
 
 class _Pooling2D(Layer):
@@ -110,7 +115,8 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        flat = x.reshape(x.shape[0], -1, x.shape[3])
+        n, h, w, c = x.shape
+        flat = x.reshape(n, h * w, c)                # not -1: a batch of none has a shape too
         argmax = flat.argmax(axis=1)
         y = get_array_module(x).take_along_axis(flat, argmax[:, None, :], axis=1)[:, 0, :]
         return y, (argmax, x.shape)
