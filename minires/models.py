@@ -321,24 +321,46 @@ class Sequential(Model):
     def add(self, layer):
         """Append ``layer`` (or set the Input); a layer that does not fit the stack
         raises and leaves the model as it was."""
-        before = dict(self.__dict__, _stack=list(self._stack))
         if isinstance(layer, KerasTensor) and isinstance(layer.layer, InputLayer):
-            self._input = layer                  # keras.Input(...) as the first entry
+            self._retrace(self._stack, layer)    # keras.Input(...) as the first entry
         elif isinstance(layer, Layer):
-            self._stack.append(layer)
+            self._retrace([*self._stack, layer], self._input)
         else:
             raise TypeError(f"Sequential {self.name!r}: add() takes a layer or an Input, "
                             f"got {type(layer).__name__}")
+
+    def pop(self):
+        """Remove the last layer and return it, as Keras's ``Sequential.pop()``."""
+        if not self._stack:
+            raise TypeError(f"Sequential {self.name!r} has no layers to pop")
+        layer = self._stack[-1]
+        self._retrace(self._stack[:-1], self._input)
+        return layer
+
+    def _retrace(self, stack, input_tensor):
+        """Make ``stack`` the layers and trace it again where the input shape is
+        known; if that fails, everything is left as it was. The old trace's
+        tensors are forgotten, so that each layer's ``output`` is this trace's
+        (``Model(seq.inputs, [l.output for l in seq.layers])``)."""
+        before = dict(self.__dict__)
+        traced_before = {id(t) for t in (self._order if self.built else [])}
+        self._stack, self._input = list(stack), input_tensor
         self.built, self._caches, self._plans = False, None, {}   # the graph changed: trace again
-        shape = self._input.shape if self._input is not None else (
-            self._stack[0].declared_input_shape if self._stack else None)
+        shape = input_tensor.shape if input_tensor is not None else (
+            stack[0].declared_input_shape if stack else None)
+        layers = list(stack)
+        counts = [len(layer.call_outputs) for layer in layers]
         try:
             if shape is not None:
                 self.build(shape)
         except Exception:
+            for layer, count in zip(layers, counts):    # the failed trace's tensors
+                del layer.call_outputs[count:]
             self.__dict__.clear()
             self.__dict__.update(before)         # the stack, graph and plans as they were
             raise
+        for layer in layers:
+            layer.call_outputs[:] = [t for t in layer.call_outputs if id(t) not in traced_before]
 
     @property
     def layers(self):

@@ -1,7 +1,9 @@
 """keras.layers: every minires layer, the functional helpers, and ``Layer`` to subclass."""
-from ..layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,  # noqa: F401
-                      Dense, Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, Input,
-                      InputLayer, MaxPooling2D, ReLU, Softmax, ZeroPadding2D, add, concatenate)
+from ..layers import (Activation, Add, Average, AveragePooling2D, BatchNormalization,  # noqa: F401
+                      Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAveragePooling2D,
+                      GlobalMaxPooling2D, Input, InputLayer, LeakyReLU, Maximum, MaxPooling2D,
+                      Minimum, Multiply, ReLU, Rescaling, Reshape, Softmax, UpSampling2D,
+                      ZeroPadding2D, add, average, concatenate, maximum, minimum, multiply)
 from ..models import Model
 
 
@@ -18,7 +20,8 @@ class Layer(Model):
     """
 
 
-__all__ = ["Activation", "Add", "AveragePooling2D", "BatchNormalization", "Concatenate", "Conv2D",
-           "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Input",
-           "InputLayer", "Layer", "MaxPooling2D", "ReLU", "Softmax", "ZeroPadding2D", "add",
-           "concatenate"]
+__all__ = ["Activation", "Add", "Average", "AveragePooling2D", "BatchNormalization", "Concatenate",
+           "Conv2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+           "Input", "InputLayer", "Layer", "LeakyReLU", "Maximum", "MaxPooling2D", "Minimum",
+           "Multiply", "ReLU", "Rescaling", "Reshape", "Softmax", "UpSampling2D", "ZeroPadding2D",
+           "add", "average", "concatenate", "maximum", "minimum", "multiply"]

@@ -1,6 +1,8 @@
 """keras.utils: the helpers tutorials call."""
 import os
 
+import numpy as np
+
 from ..imagenet import img_to_array, load_img  # noqa: F401
 from ..initializers import set_random_seed  # noqa: F401
 from ..io.download import cache_dir as minires_cache_dir
@@ -25,4 +27,28 @@ def get_file(fname=None, origin=None, file_hash=None, cache_subdir="datasets", c
     return _verified_download(origin, md5, path)
 
 
-__all__ = ["get_file", "img_to_array", "load_img", "model_to_dot", "plot_model", "set_random_seed"]
+def to_categorical(x, num_classes=None):
+    """One-hot rows from class indices, as ``keras.utils.to_categorical``: labels
+    of shape (N,) or (N, 1) give (N, num_classes) float64 rows (num_classes: the
+    largest label + 1 unless given). A label that is not a whole number in
+    [0, num_classes) is refused (NumPy would wrap a negative one around)."""
+    labels = np.asarray(x)
+    whole = labels.dtype.kind in "iub" or (labels.dtype.kind == "f"
+                                           and bool(np.all(labels == np.round(labels))))
+    if not whole:
+        raise ValueError(f"to_categorical: labels must be whole numbers (class indices), got "
+                         f"dtype {labels.dtype}{' with fractions' if labels.dtype.kind == 'f' else ''}")
+    shape = labels.shape[:-1] if labels.ndim > 1 and labels.shape[-1] == 1 else labels.shape
+    labels = labels.reshape(-1).astype(np.int64)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.size else 0
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"to_categorical: labels must lie in [0, {num_classes}), got values from "
+                         f"{labels.min()} to {labels.max()}")
+    one_hot = np.zeros((labels.size, num_classes))
+    one_hot[np.arange(labels.size), labels] = 1
+    return one_hot.reshape(*shape, num_classes)
+
+
+__all__ = ["get_file", "img_to_array", "load_img", "model_to_dot", "plot_model", "set_random_seed",
+           "to_categorical"]

@@ -98,6 +98,28 @@ class ReLU(Activation):
         super().__init__("relu", name=name, **kwargs)
 
 
+class LeakyReLU(Layer):
+    """y = x where x > 0, else negative_slope * x (Keras's default slope 0.3;
+    ``alpha=`` is its older name). Backward: dx = dy where x > 0, else
+    negative_slope * dy."""
+
+    def __init__(self, negative_slope=0.3, name=None, alpha=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.negative_slope = negative_slope if alpha is None else alpha
+        if not isinstance(self.negative_slope, (int, float)) or not self.negative_slope >= 0:
+            raise ValueError(f"layer {self.name!r}: negative_slope must be a number >= 0, "
+                             f"got {self.negative_slope!r}")
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        positive = x > 0
+        return get_array_module(x).where(positive, x, x * self.negative_slope), positive
+
+    def backward(self, dy, positive):
+        dy = self._check_grad(dy, positive.shape)
+        return get_array_module(dy).where(positive, dy, dy * self.negative_slope)
+
+
 class Softmax(Layer):
     """Softmax along ``axis`` (default the last): y_i = exp(x_i) / sum_j exp(x_j)."""
     activation = "softmax"

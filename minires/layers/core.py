@@ -1,9 +1,10 @@
-"""Dense, Flatten and ZeroPadding2D: the layers that only reshape or multiply."""
+"""Dense, Flatten, ZeroPadding2D, Reshape, Rescaling and UpSampling2D: the layers
+that only reshape, copy or multiply."""
 import math
 
 from ..kernels import column_sums
 from ..padding import crop_2d, pad_2d
-from .base import Layer, as_pair, check_positive_int
+from .base import Layer, as_pair, check_positive_int, is_int
 from .kernel import KernelLayer
 
 
@@ -107,3 +108,87 @@ class ZeroPadding2D(Layer):
 
     def backward(self, dy, output_shape):
         return crop_2d(self._check_grad(dy, output_shape), self.padding)
+
+
+class Reshape(Layer):
+    """(N, ...) -> (N, *target_shape), in C order; one size may be -1 (inferred).
+
+    Backward: reshaping moves no value, so the gradient is reshaped back.
+    """
+
+    def __init__(self, target_shape, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        shape = tuple(target_shape) if isinstance(target_shape, (tuple, list)) else None
+        if shape is None or not all(is_int(s) and (s > 0 or s == -1) for s in shape) \
+                or shape.count(-1) > 1:
+            raise ValueError(f"layer {self.name!r}: target_shape must be a tuple of positive ints "
+                             f"with at most one -1, got {target_shape!r}")
+        self.target_shape = tuple(int(s) for s in shape)
+
+    def compute_output_shape(self, input_shape):
+        size = None if None in input_shape[1:] else math.prod(input_shape[1:])
+        return (input_shape[0], *self._resolved(size, input_shape))
+
+    def _resolved(self, size, input_shape):
+        """target_shape with its -1 worked out from ``size`` values per sample (None: unknown)."""
+        known = math.prod(s for s in self.target_shape if s != -1)
+        if size is not None and (size % known if -1 in self.target_shape else size != known):
+            raise ValueError(f"layer {self.name!r}: cannot reshape inputs of shape "
+                             f"{tuple(input_shape)} to {self.target_shape}")
+        missing = None if size is None else size // known
+        return tuple(missing if s == -1 else s for s in self.target_shape)
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        y = x.reshape(x.shape[0], *self._resolved(math.prod(x.shape[1:]), x.shape))
+        return y, (x.shape, y.shape)
+
+    def backward(self, dy, shapes):
+        input_shape, output_shape = shapes
+        return self._check_grad(dy, output_shape).reshape(input_shape)
+
+
+class Rescaling(Layer):
+    """y = x * scale + offset (e.g. scale=1/255 for images). Backward: dx = dy * scale."""
+
+    def __init__(self, scale, offset=0.0, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.scale, self.offset = scale, offset
+
+    def forward(self, x, training=False):
+        return self._prepare(x) * self.scale + self.offset, None
+
+    def backward(self, dy, cache):
+        return dy * self.scale
+
+
+class UpSampling2D(Layer):
+    """Each pixel repeated into a size[0] x size[1] block: (N, H, W, C) -> (N, H*sh, W*sw, C)
+    (Keras's 'nearest' interpolation).
+
+    Backward: each input pixel fed its whole block, so its gradient is the sum
+    of dy over that block.
+    """
+    input_rank = 4
+
+    def __init__(self, size=(2, 2), interpolation="nearest", name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.size = as_pair(size, "size", self.name)
+        if interpolation != "nearest":
+            raise ValueError(f"layer {self.name!r}: minires has 'nearest' interpolation only, "
+                             f"got {interpolation!r}")
+        self.interpolation = interpolation
+
+    def compute_output_shape(self, input_shape):
+        n, height, width, channels = input_shape
+        return (n, None if height is None else height * self.size[0],
+                None if width is None else width * self.size[1], channels)
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        return x.repeat(self.size[0], axis=1).repeat(self.size[1], axis=2), x.shape
+
+    def backward(self, dy, input_shape):
+        n, height, width, channels = input_shape
+        dy = self._check_grad(dy, self.compute_output_shape(input_shape))
+        return dy.reshape(n, height, self.size[0], width, self.size[1], channels).sum(axis=(2, 4))

@@ -1,8 +1,9 @@
-"""Merging branches: Add (the residual connection) and Concatenate (inception).
+"""Merging branches: Add (the residual connection), Concatenate (inception),
+and Average, Multiply, Maximum, Minimum.
 
-Both take a LIST of inputs and their backward returns a list of gradients, one
-per input, in the same order.  ``add([...])`` and ``concatenate([...])`` are
-Keras's functional shortcuts.
+Each takes a LIST of inputs and its backward returns a list of gradients, one
+per input, in the same order.  ``add([...])``, ``concatenate([...])`` and the
+others in lower case are Keras's functional shortcuts.
 """
 import itertools
 
@@ -39,7 +40,20 @@ def _first_known(shapes, axis):
     return next((s[axis] for s in shapes if s[axis] is not None), None)
 
 
-class Add(_Merge):
+class _Elementwise(_Merge):
+    """Merges inputs of one shape value by value."""
+
+    def compute_output_shape(self, input_shape):
+        self._check_list(input_shape)
+        self._check_ranks(input_shape)
+        first = input_shape[0]
+        if not all(_agree(a, b) for shape in input_shape[1:] for a, b in zip(first, shape)):
+            raise ValueError(f"layer {self.name!r} ({type(self).__name__}) needs inputs of one "
+                             f"shape, got shapes {[tuple(s) for s in input_shape]}")
+        return tuple(_first_known(input_shape, a) for a in range(len(first)))
+
+
+class Add(_Elementwise):
     """y = x_1 + x_2 + ... + x_k, all of the same shape.
 
     Backward: dy/dx_i = 1 for every i, so every input receives dy unchanged;
@@ -48,15 +62,6 @@ class Add(_Merge):
     in place.)  If two inputs are one tensor, its total gradient is the SUM of
     the branch gradients, which the caller adds up (minires.models.Model does).
     """
-
-    def compute_output_shape(self, input_shape):
-        self._check_list(input_shape)
-        self._check_ranks(input_shape)
-        first = input_shape[0]
-        if not all(_agree(a, b) for shape in input_shape[1:] for a, b in zip(first, shape)):
-            raise ValueError(f"layer {self.name!r} (Add) needs inputs of one shape, got shapes "
-                             f"{[tuple(s) for s in input_shape]}")
-        return tuple(_first_known(input_shape, a) for a in range(len(first)))
 
     def forward(self, inputs, training=False):
         arrays = self._prepare_all(inputs)
@@ -68,6 +73,62 @@ class Add(_Merge):
     def backward(self, dy, cache):
         count, output_shape = cache
         return [self._check_grad(dy, output_shape)] * count
+
+
+class Average(_Elementwise):
+    """y = (x_1 + ... + x_k) / k. Backward: every input receives dy / k."""
+
+    def forward(self, inputs, training=False):
+        arrays = self._prepare_all(inputs)
+        return sum(arrays[1:], arrays[0]) / len(arrays), (len(arrays), arrays[0].shape)
+
+    def backward(self, dy, cache):
+        count, output_shape = cache
+        return [self._check_grad(dy, output_shape) / count] * count
+
+
+class Multiply(_Elementwise):
+    """y = x_1 * x_2 * ... * x_k. Backward: dx_i = dy * (the product of the
+    other inputs), computed as such rather than y / x_i, which a zero breaks."""
+
+    def forward(self, inputs, training=False):
+        arrays = self._prepare_all(inputs)
+        return _product(arrays), arrays
+
+    def backward(self, dy, arrays):
+        dy = self._check_grad(dy, arrays[0].shape)
+        return [dy * _product(arrays[:i] + arrays[i + 1:]) for i in range(len(arrays))]
+
+
+def _product(arrays):
+    total = arrays[0]
+    for x in arrays[1:]:
+        total = total * x
+    return total
+
+
+class Maximum(_Elementwise):
+    """y = the largest of x_1 ... x_k, value by value. Backward: dy goes to the
+    input that held it (the first of them on a tie, as max pooling does)."""
+    pick = "argmax"
+
+    def forward(self, inputs, training=False):
+        arrays = self._prepare_all(inputs)
+        stacked = get_array_module(*arrays).stack(arrays)
+        winner = getattr(stacked, self.pick)(axis=0)        # which input holds each value
+        y = get_array_module(stacked).take_along_axis(stacked, winner[None], axis=0)[0]
+        return y, (winner, len(arrays))
+
+    def backward(self, dy, cache):
+        winner, count = cache
+        dy = self._check_grad(dy, winner.shape)
+        zero = get_array_module(dy).zeros((), dy.dtype)
+        return [get_array_module(dy).where(winner == i, dy, zero) for i in range(count)]
+
+
+class Minimum(Maximum):
+    """y = the smallest of x_1 ... x_k. Backward: dy goes to the input that held it."""
+    pick = "argmin"
 
 
 class Concatenate(_Merge):
@@ -119,3 +180,23 @@ def add(inputs, **kwargs):
 def concatenate(inputs, axis=-1, **kwargs):
     """Functional form of Concatenate: ``concatenate([a, b], axis=-1)``."""
     return Concatenate(axis=axis, **kwargs)(inputs)
+
+
+def average(inputs, **kwargs):
+    """Functional form of Average."""
+    return Average(**kwargs)(inputs)
+
+
+def multiply(inputs, **kwargs):
+    """Functional form of Multiply."""
+    return Multiply(**kwargs)(inputs)
+
+
+def maximum(inputs, **kwargs):
+    """Functional form of Maximum."""
+    return Maximum(**kwargs)(inputs)
+
+
+def minimum(inputs, **kwargs):
+    """Functional form of Minimum."""
+    return Minimum(**kwargs)(inputs)
