@@ -15,6 +15,9 @@ from . import (applications, backend, callbacks, initializers, layers, losses, m
                optimizers, preprocessing, utils)
 from .layers import Input
 from .models import Model, Sequential
+from .coverage import missing_from
 
 __all__ = ["Input", "Model", "Sequential", "applications", "backend", "callbacks", "initializers",
            "layers", "losses", "metrics", "models", "optimizers", "preprocessing", "utils"]
+
+__getattr__ = missing_from(__name__, __all__)

@@ -5,6 +5,7 @@ from ..layers import (Activation, Add, Average, AveragePooling2D, BatchNormaliza
                       Minimum, Multiply, ReLU, Rescaling, Reshape, Softmax, UpSampling2D,
                       ZeroPadding2D, add, average, concatenate, maximum, minimum, multiply)
 from ..models import Model
+from .coverage import missing_from
 
 
 class Layer(Model):
@@ -25,3 +26,5 @@ __all__ = ["Activation", "Add", "Average", "AveragePooling2D", "BatchNormalizati
            "Input", "InputLayer", "Layer", "LeakyReLU", "Maximum", "MaxPooling2D", "Minimum",
            "Multiply", "ReLU", "Rescaling", "Reshape", "Softmax", "UpSampling2D", "ZeroPadding2D",
            "add", "average", "concatenate", "maximum", "minimum", "multiply"]
+
+__getattr__ = missing_from(__name__, __all__)

@@ -8,6 +8,7 @@ from ..initializers import set_random_seed  # noqa: F401
 from ..io.download import cache_dir as minires_cache_dir
 from ..io.download import get_file as _verified_download
 from ..utils import model_to_dot, plot_model  # noqa: F401
+from .coverage import missing_from
 
 
 def get_file(fname=None, origin=None, file_hash=None, cache_subdir="datasets", cache_dir=None,
@@ -52,3 +53,5 @@ def to_categorical(x, num_classes=None):
 
 __all__ = ["get_file", "img_to_array", "load_img", "model_to_dot", "plot_model", "set_random_seed",
            "to_categorical"]
+
+__getattr__ = missing_from(__name__, __all__)

@@ -1,5 +1,8 @@
 """keras.applications.vgg19: the network(s) and Caffe-style ImageNet preprocessing."""
 from ...applications import VGG19  # noqa: F401
 from ...imagenet import decode_predictions, preprocess_input  # noqa: F401
+from ..coverage import missing_from
 
 __all__ = ["VGG19", "decode_predictions", "preprocess_input"]
+
+__getattr__ = missing_from(__name__, __all__)
