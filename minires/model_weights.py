@@ -56,6 +56,19 @@ class LayersAndWeights:
         for layer in self.leaf_layers():
             layer.zero_grads()
 
+    @property
+    def losses(self):
+        """The weight penalties of the trainable parameters (kernel_regularizer ...),
+        one float each, as ``keras.Model.losses``."""
+        return [layer.regularizers[name](layer.params[name]) for layer, name in self.parameters()
+                if name in layer.regularizers]
+
+    def add_penalty_gradients(self):
+        """Add each penalty's gradient to its weight's (after backward, once per step)."""
+        for layer, name in self.parameters():
+            if name in layer.regularizers:
+                layer.add_grad(name, layer.regularizers[name].gradient(layer.params[name]))
+
     def count_params(self):
         return sum(int(layer.params[name].size) for layer, name in self.parameters(False))
 

@@ -151,6 +151,7 @@ def is_symbolic(inputs):
 class Layer:
     input_rank = None          # required rank of the input, None for any
     min_input_rank = 1         # ... or the lowest rank it accepts
+    regularizers = {}          # param name -> weight penalty (minires/regularizers.py)
 
     def __init__(self, name=None, dtype=None, trainable=True, input_shape=None,
                  batch_input_shape=None, input_dim=None, batch_size=None):

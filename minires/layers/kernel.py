@@ -1,5 +1,5 @@
 """What Dense and Conv2D share: a kernel, an optional bias, an optional activation."""
-from .. import initializers
+from .. import initializers, regularizers
 from .activations import get_activation, linear
 from .base import Layer
 
@@ -14,8 +14,16 @@ class KernelLayer(Layer):
     divide by probabilities that underflow (minires.losses)."""
     input_name = "channels"
 
-    def __init__(self, activation, use_bias, kernel_initializer, bias_initializer, name, **kwargs):
+    def __init__(self, activation, use_bias, kernel_initializer, bias_initializer, name,
+                 kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None, **kwargs):
         super().__init__(name=name, **kwargs)
+        if activity_regularizer is not None:
+            raise ValueError(f"layer {self.name!r}: minires has no activity_regularizer (a penalty "
+                             "on the layer's outputs); kernel_regularizer and bias_regularizer work")
+        owner = f"layer {self.name!r}"
+        self.regularizers = {name: regularizer for name, regularizer in (
+            ("kernel", regularizers.get(kernel_regularizer, owner)),
+            ("bias", regularizers.get(bias_regularizer, owner))) if regularizer is not None}
         self.activation = activation
         self.activation_forward, self.activation_backward = get_activation(activation, self.name)
         self.use_bias = use_bias
