@@ -154,3 +154,106 @@ def batch_norm_backward(dy, cache):
     dmu = -dxc.sum(axis=axes)                   # xc = x - mu:              dxc/dmu = -1
     dx = dxc + dmu / m                          # dxc/dx = 1; mu = mean(x): dmu/dx = 1 / m
     return dx, dgamma, dbeta
+
+
+# --- transposed and depthwise convolutions (layers/conv_transpose.py, layers/depthwise.py) ---
+def _sliding_windows(batch, out_size, window, strides):
+    """Yield (n, oh, ow, rows, cols): the slices of a padded input that output pixel (oh, ow) reads."""
+    for n in range(batch):
+        for oh in range(out_size[0]):
+            for ow in range(out_size[1]):
+                h0, w0 = oh * strides[0], ow * strides[1]
+                yield n, oh, ow, slice(h0, h0 + window[0]), slice(w0, w0 + window[1])
+
+
+def _transpose_pads(size, kernel, stride, padding, output_padding):
+    """(before, after): the zeros Keras puts around a dilated input of ``size``
+    pixels (the rule of its JAX backend, in keras/src/backend/common/backend_utils.py)."""
+    if padding == "valid":
+        extra = max(kernel, stride) - kernel if output_padding is None else output_padding
+        return kernel - 1, kernel - 1 + extra
+    total = stride + kernel - 2 if output_padding is None else kernel + kernel % 2 - 2 + output_padding
+    before = min(total // 2 + total % 2, kernel - 1)
+    return before, total - before
+
+
+def _dilated_and_padded(x, strides, pads):
+    """x with strides - 1 zero rows (columns) between its pixels, then ``pads`` of zeros."""
+    n, height, width, channels = x.shape
+    dilated = np.zeros((n, (height - 1) * strides[0] + 1, (width - 1) * strides[1] + 1, channels),
+                       dtype=x.dtype)
+    dilated[:, ::strides[0], ::strides[1], :] = x
+    return pad_2d(dilated, pads)
+
+
+def _transpose_setup(x, kernel, strides, padding, output_padding):
+    """(xpad, flipped kernel, (OH, OW), pads) for the transposed convolution of x."""
+    extras = (None, None) if output_padding is None else output_padding
+    pads = tuple(_transpose_pads(size, k, s, padding, extra) for size, k, s, extra
+                 in zip(x.shape[1:3], kernel.shape[:2], strides, extras))
+    xpad = _dilated_and_padded(x, strides, pads)
+    out_size = (xpad.shape[1] - kernel.shape[0] + 1, xpad.shape[2] - kernel.shape[1] + 1)
+    return xpad, kernel[::-1, ::-1], out_size, pads
+
+
+def conv2d_transpose_forward(x, kernel, bias, strides=(1, 1), padding="valid", output_padding=None):
+    """Transposed convolution as a stride-1 convolution of the dilated, padded input with the
+    kernel turned by 180 degrees (the 'fractionally strided' view; the layer scatters instead):
+
+        y[n, p, q, f] = bias[f] + sum_{i, j, c} xpad[n, p + i, q + j, c] * kernel[kh-1-i, kw-1-j, f, c]
+
+    kernel (kh, kw, F, C) as Keras's Conv2DTranspose; output_padding None or a pair.
+    """
+    xpad, flipped, out_size, _ = _transpose_setup(x, kernel, strides, padding, output_padding)
+    y = np.zeros((x.shape[0], *out_size, kernel.shape[2]), dtype=x.dtype)
+    for n, p, q, rows, cols in _sliding_windows(x.shape[0], out_size, kernel.shape[:2], (1, 1)):
+        for f in range(kernel.shape[2]):
+            y[n, p, q, f] = np.sum(xpad[n, rows, cols, :] * flipped[:, :, f, :])
+    return y if bias is None else y + bias
+
+
+def conv2d_transpose_backward(x, kernel, dy, strides=(1, 1), padding="valid", output_padding=None):
+    """(dx, dkernel, dbias), term by term through conv2d_transpose_forward's sum;
+    dx is read back from the dilated input's real pixels (the inserted zeros are constants)."""
+    xpad, flipped, out_size, pads = _transpose_setup(x, kernel, strides, padding, output_padding)
+    dxpad, dflipped = np.zeros_like(xpad), np.zeros_like(flipped)
+    for n, p, q, rows, cols in _sliding_windows(x.shape[0], out_size, kernel.shape[:2], (1, 1)):
+        for f in range(kernel.shape[2]):
+            dxpad[n, rows, cols, :] += dy[n, p, q, f] * flipped[:, :, f, :]
+            dflipped[:, :, f, :] += dy[n, p, q, f] * xpad[n, rows, cols, :]
+    (top, _), (left, _) = pads
+    dx = dxpad[:, top:top + (x.shape[1] - 1) * strides[0] + 1:strides[0],
+               left:left + (x.shape[2] - 1) * strides[1] + 1:strides[1], :]
+    return dx, dflipped[::-1, ::-1], dy.sum(axis=(0, 1, 2))
+
+
+def depthwise_conv2d_forward(x, kernel, bias, strides=(1, 1), padding="valid"):
+    """Each channel c on its own, M = kernel.shape[3] kernels for it:
+
+        y[n, oh, ow, c*M + m] = bias[c*M + m] + sum_{i, j} xpad[n, oh*sh + i, ow*sw + j, c] * kernel[i, j, c, m]
+    """
+    kh, kw, channels, multiplier = kernel.shape
+    pads, out_size = window_padding_2d(x.shape[1], x.shape[2], (kh, kw), strides, padding)
+    xpad = pad_2d(x, pads)
+    y = np.zeros((x.shape[0], *out_size, channels * multiplier), dtype=x.dtype)
+    for n, oh, ow, rows, cols in _sliding_windows(x.shape[0], out_size, (kh, kw), strides):
+        for c in range(channels):
+            for m in range(multiplier):
+                y[n, oh, ow, c * multiplier + m] = np.sum(xpad[n, rows, cols, c] * kernel[:, :, c, m])
+    return y if bias is None else y + bias
+
+
+def depthwise_conv2d_backward(x, kernel, dy, strides=(1, 1), padding="valid"):
+    """(dx, dkernel, dbias): each product xpad[.., c] * kernel[i, j, c, m] of the
+    forward sum sends dy[.., c*M + m] times the one factor to the other."""
+    kh, kw, channels, multiplier = kernel.shape
+    pads, out_size = window_padding_2d(x.shape[1], x.shape[2], (kh, kw), strides, padding)
+    xpad = pad_2d(x, pads)
+    dxpad, dkernel = np.zeros_like(xpad), np.zeros_like(kernel)
+    for n, oh, ow, rows, cols in _sliding_windows(x.shape[0], out_size, (kh, kw), strides):
+        for c in range(channels):
+            for m in range(multiplier):
+                g = dy[n, oh, ow, c * multiplier + m]
+                dxpad[n, rows, cols, c] += g * kernel[:, :, c, m]
+                dkernel[:, :, c, m] += g * xpad[n, rows, cols, c]
+    return crop_2d(dxpad, pads), dkernel, dy.sum(axis=(0, 1, 2))
