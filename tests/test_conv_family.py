@@ -255,7 +255,7 @@ ARGUMENTS = {Conv2DTranspose: {"filters": 2, "kernel_size": 3}, DepthwiseConv2D:
              SeparableConv2D: {"filters": 2, "kernel_size": 3}}
 UNIMPLEMENTED_REQUESTS = [
     ("dilation_rate", 2), ("dilation_rate", (1, 2)), ("groups", 2), ("data_format", "channels_first"),
-    ("kernel_regularizer", "l2"), ("bias_regularizer", "l2"), ("activity_regularizer", "l1"),
+    ("activity_regularizer", "l1"),
     ("depthwise_regularizer", "l2"), ("pointwise_regularizer", "l2"), ("kernel_constraint", "non_neg"),
     ("bias_constraint", "non_neg"), ("depthwise_constraint", "non_neg"),
     ("pointwise_constraint", "non_neg"),
@@ -267,6 +267,25 @@ UNIMPLEMENTED_REQUESTS = [
 def test_unimplemented_keras_arguments_are_refused_by_name(make, argument, value):
     with pytest.raises(ValueError, match=re.escape(f"{argument}={value!r} is not implemented in minires")):
         make(**ARGUMENTS[make], **{argument: value})
+
+
+@pytest.mark.parametrize("argument,value", [("dilation_rate", 2), ("kernel_constraint", "non_neg")])
+def test_conv2d_refuses_them_by_name_too(argument, value):
+    with pytest.raises(ValueError, match=re.escape(f"{argument}={value!r} is not implemented in minires")):
+        Conv2D(2, 3, **{argument: value})
+
+
+@pytest.mark.parametrize("make", [DepthwiseConv2D, SeparableConv2D])
+def test_depthwise_kernels_take_no_kernel_regularizer(make):
+    """Keras names their penalties depthwise_regularizer / pointwise_regularizer."""
+    with pytest.raises(ValueError, match=re.escape("kernel_regularizer='l2' is not implemented")):
+        make(**ARGUMENTS[make], kernel_regularizer="l2")
+
+
+def test_conv2d_transpose_takes_kernel_and_bias_penalties(rng):
+    layer = Conv2DTranspose(2, 3, kernel_regularizer="l2", bias_regularizer="l1")
+    layer(rng.standard_normal((1, 4, 4, 3)))
+    assert sorted(layer.regularizers) == ["bias", "kernel"]
 
 
 @pytest.mark.parametrize("make", list(ARGUMENTS))

@@ -56,7 +56,7 @@ def test_frozen_layers_add_no_penalty():
 @pytest.mark.parametrize("make, message", [
     (lambda: Dense(2, kernel_regularizer="l3", name="d"), r"layer 'd': unknown regularizer 'l3'"),
     (lambda: Conv2D(2, 3, activity_regularizer="l2", name="c"),
-     r"layer 'c': minires has no activity_regularizer"),
+     r"layer 'c': activity_regularizer='l2' is not implemented in minires"),
     (lambda: regularizers.l2(-1.0), r"L2: l2 must be a finite number >= 0, got -1.0"),
     (lambda: regularizers.l1_l2(l1=float("nan")), r"L1L2: l1 must be a finite number >= 0"),
 ])

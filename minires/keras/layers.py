@@ -1,6 +1,7 @@
 """keras.layers: every minires layer, the functional helpers, and ``Layer`` to subclass."""
 from ..layers import (Activation, Add, Average, AveragePooling2D, BatchNormalization,  # noqa: F401
-                      Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAveragePooling2D,
+                      Concatenate, Conv2D, Conv2DTranspose, Dense, DepthwiseConv2D, Dropout,
+                      Flatten, GlobalAveragePooling2D, SeparableConv2D,
                       GlobalMaxPooling2D, Input, InputLayer, LeakyReLU, Maximum, MaxPooling2D,
                       Minimum, Multiply, ReLU, Rescaling, Reshape, Softmax, UpSampling2D,
                       ZeroPadding2D, add, average, concatenate, maximum, minimum, multiply)
@@ -22,7 +23,7 @@ class Layer(Model):
 
 
 __all__ = ["Activation", "Add", "Average", "AveragePooling2D", "BatchNormalization", "Concatenate",
-           "Conv2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+           "Conv2D", "Conv2DTranspose", "Dense", "DepthwiseConv2D", "SeparableConv2D", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
            "Input", "InputLayer", "Layer", "LeakyReLU", "Maximum", "MaxPooling2D", "Minimum",
            "Multiply", "ReLU", "Rescaling", "Reshape", "Softmax", "UpSampling2D", "ZeroPadding2D",
            "add", "average", "concatenate", "maximum", "minimum", "multiply"]

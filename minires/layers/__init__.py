@@ -2,6 +2,8 @@
 from .activations import Activation, LeakyReLU, ReLU, Softmax
 from .base import KerasTensor, Layer, clear_session
 from .conv import Conv2D
+from .conv_transpose import Conv2DTranspose
+from .depthwise import DepthwiseConv2D, SeparableConv2D
 from .core import Dense, Flatten, Rescaling, Reshape, UpSampling2D, ZeroPadding2D
 from .input_layer import Input, InputLayer
 from .merge import (Add, Average, Concatenate, Maximum, Minimum, Multiply, add, average, concatenate,
@@ -15,5 +17,5 @@ __all__ = [
     "ZeroPadding2D", "Add", "Concatenate", "BatchNormalization", "AveragePooling2D",
     "GlobalAveragePooling2D", "GlobalMaxPooling2D", "MaxPooling2D", "Dropout",
     "LeakyReLU", "Reshape", "Rescaling", "UpSampling2D", "Average", "Multiply", "Maximum", "Minimum",
-    "average", "multiply", "maximum", "minimum",
+    "average", "multiply", "maximum", "minimum", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D",
 ]

@@ -7,7 +7,7 @@ is that map with its own learnt kernel: upsampling that learns what to paint.
 from ..kernels import col2im, im2col
 from ..padding import crop_2d, pad_2d
 from .base import as_pair, check_positive_int
-from .conv import WindowKernelLayer
+from .kernel import WindowKernelLayer
 
 
 def transpose_padding(size, kernel, stride, padding, output_padding=None):

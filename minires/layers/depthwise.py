@@ -10,7 +10,7 @@ from ..backend import get_array_module
 from ..kernels import col2im, im2col
 from ..padding import crop_2d, pad_2d
 from .base import check_positive_int, window_output_shape
-from .conv import WindowKernelLayer
+from .kernel import UNIMPLEMENTED, WindowKernelLayer
 
 
 def flat_windows_and_kernel(cols, kernel):
@@ -24,6 +24,8 @@ class DepthwiseStage(WindowKernelLayer):
     """The depthwise product that DepthwiseConv2D and SeparableConv2D share, with
     its backward; ``depthwise_name`` is the kernel's name in Keras."""
     depthwise_name = "kernel"
+    # Keras names their kernels' penalties depthwise_ / pointwise_regularizer, not kernel_
+    unimplemented = {**UNIMPLEMENTED, "kernel_regularizer": (None,)}
 
     def __init__(self, kernel_size, strides, padding, depth_multiplier, activation, use_bias,
                  depthwise_initializer, bias_initializer, name, **kwargs):
