@@ -21,8 +21,9 @@ from .callbacks import History, Progbar, callback_list, check_verbose
 
 
 class Compiled:
-    """What compile() chose: ``optimizer``, ``loss`` (None: compiled without
-    one, so fit and evaluate refuse, as Keras's) and ``metrics`` {log name: function}."""
+    """What compile() chose: ``optimizer``, ``loss`` (None: fit picks the
+    cross-entropy that fits the output and the labels, minires.train.choose_loss)
+    and ``metrics`` {log name: function}."""
 
     def __init__(self, optimizer, loss, metrics):
         self.optimizer, self.loss, self.metrics = optimizer, loss, metrics
@@ -108,11 +109,6 @@ def compiled(model, caller):
     if state is None:
         raise RuntimeError(f"{caller}: model {model.name!r} is not compiled; call "
                            "model.compile(optimizer=..., loss=..., metrics=[...]) first")
-    if state.loss is None:                       # Keras: "No loss to compute"
-        raise ValueError(f"{caller}: model {model.name!r} was compiled without a loss; give "
-                         "compile a loss, as Keras needs: 'sparse_categorical_crossentropy' for "
-                         "class indices, 'categorical_crossentropy' for one-hot rows (both take "
-                         "probabilities: from_logits=True for a model without a final softmax)")
     return state
 
 

@@ -35,6 +35,12 @@ def log_softmax(z):
     return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def are_probabilities(p):
+    """Whether the rows of ``p`` (N, K) lie in [0, 1] and sum to 1: what a softmax gives."""
+    deviation = get_array_module(p).abs(p.sum(axis=1) - 1)
+    return not bool((p < 0).any() or (p > 1).any() or (deviation > ROW_SUM_TOLERANCE).any())
+
+
 class CrossEntropy:
     """The cross-entropy both ways; below, one row, without the 1/N, s = sum_k t_k
     (s = 1 for one-hot and soft targets).
@@ -87,8 +93,9 @@ class CrossEntropy:
             p = outputs
             log_p = xp.log(xp.clip(p, EPSILON, 1 - EPSILON))
         self.probs, self.targets = p, t
-        # where t is 0 its term is 0, even where log p is -inf (p underflowed): not 0 * -inf = nan
-        return -(t * xp.where(t == 0, 0, log_p)).sum() / outputs.shape[0]
+        # where t is 0 its term is 0, even where log p is -inf (p underflowed): not 0 * -inf = nan;
+        # each term divided by N before the sum, so that a mean below the float range is not inf
+        return -(t * xp.where(t == 0, 0, log_p / outputs.shape[0])).sum()
 
     def backward(self, dloss=1.0, logits_grad=False):
         """dL/d(outputs), or with ``logits_grad=True`` (from_logits=False only)
@@ -122,11 +129,8 @@ class CrossEntropy:
     def _check_probabilities(self, p):
         """Logits passed to a loss that expects probabilities give a finite, wrong
         loss (log of a clipped logit) and a wrong gradient: say so instead."""
-        if p.size == 0:
-            return
-        sums = p.sum(axis=1)
-        if bool((p < 0).any() or (p > 1).any()
-                or (get_array_module(p).abs(sums - 1) > ROW_SUM_TOLERANCE).any()):
+        if p.size and not are_probabilities(p):
+            sums = p.sum(axis=1)
             name = type(self).__name__
             raise ValueError(
                 f"{name}: from_logits=False expects probabilities (in [0, 1], each row summing "
@@ -197,10 +201,27 @@ class SoftmaxCrossEntropy(CrossEntropy):
 
     Labels: class indices (N,) of ints in [0, K), or targets (N, K) (one-hot
     or probabilities, rows summing to 1). See ``CrossEntropy`` for the maths.
+
+    refuse_probabilities: raise for outputs (over two classes or more) that are
+    probabilities already, rows in [0, 1] summing to 1. fit sets it when it
+    picks this loss for a model with no softmax that it can see: such outputs
+    mean a softmax it cannot see (one behind a Flatten), which a second would
+    follow silently.
     """
 
-    def __init__(self):
+    def __init__(self, refuse_probabilities=False):
         super().__init__(from_logits=True)
+        self.refuse_probabilities = refuse_probabilities
+
+    def forward(self, outputs, targets):
+        if (self.refuse_probabilities and getattr(outputs, "ndim", 0) == 2 and outputs.shape[1] > 1
+                and are_probabilities(outputs)):
+            raise ValueError("SoftmaxCrossEntropy: the model's outputs are probabilities already "
+                             "(rows in [0, 1] summing to 1), but no softmax was seen at its output, "
+                             "so this loss, picked for logits, would apply a second one; give the "
+                             "loss: 'sparse_categorical_crossentropy' (class indices) or "
+                             "'categorical_crossentropy' (one-hot rows), which take probabilities")
+        return super().forward(outputs, targets)
 
 
 class CategoricalCrossentropy(CrossEntropy):

@@ -16,6 +16,8 @@ g <- g + weight_decay * p, before momentum or moments see it.
 """
 import math
 
+import numpy as np
+
 from .backend import get_array_module
 from .utils import all_finite, check_number
 
@@ -90,7 +92,9 @@ class Optimizer:
             grad = grad + self.weight_decay * param
         direction, slots = self.direction(key, grad, t)
         update = lr * direction
-        if not all_finite(param - update):
+        with np.errstate(over="ignore", invalid="ignore"):     # found here, and raised as such
+            finite = all_finite(param - update)
+        if not finite:
             raise FloatingPointError(f"{type(self).__name__}: a step at learning rate {lr:g} would "
                                      f"make {key!r} nan or inf (training diverged; lower the "
                                      "learning rate); no weight was changed")

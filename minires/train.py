@@ -143,12 +143,13 @@ def train_step(model, x_batch, y_batch, optimizer, loss, metrics, learning_rate,
     measured before the step. All or nothing: if anything fails (a loss that is
     not finite, a metric, the backward pass, the optimizer), the model's BN
     statistics are put back and no weight or optimizer state has changed."""
+    learning_rate = check_learning_rate(learning_rate, "train_step")
     x_batch, y_batch = to_model(model, x_batch), to_model(model, y_batch)
     with all_or_nothing(model) as undo:
         outputs = model.forward(x_batch, training=True)
         value = float(loss.forward(outputs, y_batch))
         if not math.isfinite(value):
-            undo()                               # first, so that the cause is read from the model as it was
+            undo()                               # first: the cause is read from the model as it was
             raise FloatingPointError(f"the loss became {value}{at}: "
                                      f"{why_not_finite(model, x_batch, y_batch, learning_rate)}; "
                                      "nothing of this step was applied")
@@ -261,7 +262,7 @@ def test_step(model, x_batch, y_batch, loss, metrics):
 def why_not_finite(model, x, y, learning_rate=None):
     """Why a loss came out nan or inf: the data, the model's weights, or (both
     finite) an overflow: training diverged."""
-    for what, array in [*zip(input_names(model), as_list(x)), ("y", y)]:
+    for what, array in [*zip(input_names(model, x), as_list(x)), ("y", y)]:
         sample = first_non_finite(array)
         if sample is not None:
             return f"{what} holds nan or inf (first in sample {sample})"
@@ -279,12 +280,19 @@ def why_not_finite(model, x, y, learning_rate=None):
 
 # --- the data: as Keras takes it, checked before anything runs ---------------------------
 def as_data(model, x, y, caller):
-    """(x, y) as arrays (``as_inputs``, ``as_targets``) with as many samples, and some."""
+    """(x, y) as arrays (``as_inputs``, ``as_targets``) with as many samples, and
+    some, and x finite: what can be checked before the model is built."""
     x, y = as_inputs(model, x, caller), as_targets(y, caller)
     if samples(x) != len(y):
         raise ValueError(f"{caller}: x has {samples(x)} samples but y has {len(y)} labels")
     if len(y) == 0:
         raise ValueError(f"{caller}: no samples")
+    for name, array in zip(input_names(model, x), as_list(x)):   # before a traced model is built
+        sample = first_non_finite(array)
+        if sample is not None:
+            raise ValueError(f"{caller}: {name} holds nan or inf (first in sample {sample}): "
+                             "the loss would be nan, and a training step would make BN's "
+                             "moving statistics nan; clean or drop those samples")
     return x, y
 
 
@@ -303,10 +311,10 @@ def as_inputs(model, x, caller):
     else:
         arrays = [as_array(x, f"{caller}: x")]
     if model.built and len(arrays) != len(model.inputs):
-        names = ", ".join(input_names(model))
-        raise ValueError(f"{caller}: model {model.name!r} has {len(model.inputs)} input(s) "
-                         f"({names}) but x holds {len(arrays)} arrays (a list of samples: "
-                         "np.stack it first)")
+        names = ", ".join(repr(tensor.layer.name) for tensor in model.inputs)
+        raise ValueError(f"{caller}: model {model.name!r} has {len(model.inputs)} "
+                         f"input{'s' if len(model.inputs) > 1 else ''} ({names}) but x holds "
+                         f"{len(arrays)} arrays (a list of samples: np.stack it first)")
     counts = [len(a) for a in arrays]
     if len(set(counts)) > 1:
         raise ValueError(f"{caller}: the arrays of x hold different numbers of samples: {counts}")
@@ -361,40 +369,39 @@ def as_array(value, what):
         raise ValueError(f"{what} must have a batch axis (one entry per sample), got a single "
                          f"value {value!r}")
     if value.dtype.kind not in "fiub":
-        raise TypeError(f"{what} must hold numbers, got dtype {value.dtype} with shape {value.shape}")
+        raise TypeError(f"{what} must hold real numbers (float, int or bool), got dtype "
+                        f"{value.dtype} with shape {value.shape}")
     return value
 
 
 def check_data(model, x, y, loss, caller):
-    """Everything about (x, y) that can fail a step, checked before the first: the
-    model's one output, x against its inputs (shape, and finite values), y
-    against the loss and the output. Builds a model traced at its first call;
+    """Everything about (x, y) (from ``as_data``) that can fail a step, checked
+    before the first: the model's one output, x against its inputs, y against
+    the loss and the output. Builds a model traced at its first call;
     returns the loss (``choose_loss``)."""
     model.build_like(x)
     if len(model.outputs) != 1:
         raise NotImplementedError(f"{caller}: model {model.name!r} has {len(model.outputs)} "
                                   "outputs; minires trains models of one output (one loss)")
-    for tensor, name, array in zip(model.inputs, input_names(model), as_list(x)):
+    for tensor, array in zip(model.inputs, as_list(x)):
         try:
             tensor.layer.check(array, model.name)
         except (TypeError, ValueError) as error:
             raise type(error)(f"{caller}: {error}") from None
-        sample = first_non_finite(array)
-        if sample is not None:
-            raise ValueError(f"{caller}: {name} holds nan or inf (first in sample {sample}): "
-                             "the loss would be nan, and a training step would make BN's "
-                             "moving statistics nan; clean or drop those samples")
     loss = choose_loss(model, loss, y)
     if callable(getattr(loss, "check_targets", None)):
         loss.check_targets(y, (len(y), *model.outputs[0].shape[1:]), caller)
     return loss
 
 
-def input_names(model):
-    """How messages name each input: 'x' for a model of one, else "x[1] (input 'b')"."""
-    if len(model.inputs) == 1:
+def input_names(model, x):
+    """How messages name each array of ``x``: 'x' alone, else "x[1] (input 'b')"
+    (the input's name once the model is built)."""
+    if not isinstance(x, list):
         return ["x"]
-    return [f"x[{i}] (input {t.layer.name!r})" for i, t in enumerate(model.inputs)]
+    if not model.built:
+        return [f"x[{i}]" for i in range(len(x))]
+    return [f"x[{i}] (input {tensor.layer.name!r})" for i, tensor in enumerate(model.inputs)]
 
 
 def first_non_finite(array):
@@ -441,7 +448,7 @@ def choose_loss(model, loss, y):
     softmax_output = model.output_applies_softmax()
     if loss is None:
         if not softmax_output:
-            return losses.SoftmaxCrossEntropy()
+            return losses.SoftmaxCrossEntropy(refuse_probabilities=True)   # a softmax it cannot see
         indices = y is not None and y.dtype.kind in "iu" and y.shape[1:] in ((), (1,))
         return losses.SparseCategoricalCrossentropy() if indices else losses.CategoricalCrossentropy()
     loss = losses.get(loss)

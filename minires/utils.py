@@ -76,11 +76,12 @@ def check_int(value, where, lowest=0):
 
 def check_number(value, where, low=-math.inf, high=math.inf, include_low=True):
     """``value`` as a float if it is a real number in [low, high), so finite (or
-    (low, high) without ``include_low``): a TypeError naming ``where`` for a bool,
+    (low, high) without ``include_low``); a 0-d array of one counts. A TypeError naming ``where`` for a bool,
     a string or None ('0.1' is not 0.1), a ValueError for nan, inf or out of range."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    zero_d = getattr(value, "ndim", None) == 0 and getattr(value, "dtype", np.dtype(object)).kind in "iuf"
+    if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real) or zero_d):
         raise TypeError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
+    value = float(value)                 # a 0-d array too (a schedule's np.asarray(...)), as Keras
     above_low = value >= low if include_low else value > low
     if not (math.isfinite(value) and above_low and value < high):
         interval = f"{'[' if include_low and math.isfinite(low) else '('}{low:g}, {high:g})"
