@@ -23,12 +23,16 @@ the loop finishes the batch, closes the epoch (validation, on_epoch_end) and sto
 This module also draws the progress output (Progbar, ProgbarLogger) that
 fit, evaluate and predict write with ``verbose``.
 """
+import inspect
 import math
-import numbers
 import os
+import string
 import sys
 import time
 import warnings
+
+from .optim import check_learning_rate
+from .utils import check_int, check_number
 
 __all__ = ["Callback", "History", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler",
            "ProgbarLogger"]
@@ -72,6 +76,32 @@ class Callback:
         self.on_batch_end(batch, logs)
 
 
+HOOKS = ("set_model", "set_params", "on_train_begin", "on_train_end", "on_epoch_begin",
+         "on_epoch_end", "on_train_batch_begin", "on_train_batch_end")
+
+
+def callback_list(callbacks, caller):
+    """fit's ``callbacks`` as a list: None is none; one callback alone is a list of
+    one (as Keras 3, which flattens whatever it is given); each must have every
+    hook fit calls (a Callback subclass does), else one TypeError naming it."""
+    if callbacks is None:
+        return []
+    listed = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    for position, callback in enumerate(listed):
+        missing = [hook for hook in HOOKS if not callable(getattr(callback, hook, None))]
+        if missing:
+            raise TypeError(f"{caller}: callbacks[{position}] is {describe(callback)}, not a "
+                            f"callback (it has no {missing[0]}()); subclass "
+                            "minires.callbacks.Callback and override the hooks you need")
+    return listed
+
+
+def describe(value):
+    """'function halve', 'builtin_function_or_method print', 'str 'x''."""
+    name = getattr(value, "__name__", None)
+    return f"{type(value).__name__} {name if name is not None else repr(value)}"
+
+
 class History(Callback):
     """Records every epoch's logs: ``history`` {'loss': [...], 'val_loss': [...], ...}
     and ``epoch``, the epoch numbers (from 0). ``Model.fit`` returns it."""
@@ -92,6 +122,9 @@ class History(Callback):
 # --- watching a logged value: shared by ModelCheckpoint and EarlyStopping -------------
 def monitor_mode(mode, monitor, caller):
     """'min' or 'max'; 'auto' watches accuracies go up and everything else go down."""
+    if not isinstance(monitor, str):
+        raise TypeError(f"{caller}: monitor must be the name of a logged value such as "
+                        f"'val_loss', got {monitor!r}")
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{caller}: mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode == "auto":
@@ -108,14 +141,19 @@ def improved(value, reference, mode, min_delta=0.0):
     return value > reference + abs(min_delta)
 
 
-def monitored(logs, monitor, caller):
-    """logs[monitor], or None with a warning naming the keys there are."""
+def monitored(logs, monitor, caller, consequence=""):
+    """logs[monitor], or None with a warning naming the keys there are (and
+    ``consequence``, what the caller does without it)."""
     value = (logs or {}).get(monitor)
     if value is None:
         warnings.warn(f"{caller} watches {monitor!r}, which is not in the logs; they hold "
                       f"{', '.join(map(repr, logs or {})) or 'nothing'} ('val_' keys need "
-                      "validation_data or validation_split)", stacklevel=3)
+                      f"validation_data or validation_split){consequence}", stacklevel=3)
     return value
+
+
+def check_optional_number(value, where):
+    return None if value is None else check_number(value, where)
 
 
 class ModelCheckpoint(Callback):
@@ -135,7 +173,11 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
                  save_weights_only=True, mode="auto", initial_value_threshold=None):
+        if not isinstance(filepath, (str, os.PathLike)) or not isinstance(os.fspath(filepath), str):
+            raise TypeError(f"ModelCheckpoint: filepath must be a path (a str or a pathlib.Path), "
+                            f"got {filepath!r}")
         self.filepath = os.fspath(filepath)
+        check_placeholders(self.filepath)
         if not self.filepath.endswith(".npz"):
             raise ValueError(f"ModelCheckpoint: filepath must end in '.npz' (minires's "
                              f"checkpoint format), got {self.filepath!r}")
@@ -144,23 +186,25 @@ class ModelCheckpoint(Callback):
                              "loaded by model.load_weights); pass save_weights_only=True")
         self.monitor, self.verbose, self.save_best_only = monitor, verbose, save_best_only
         self.mode = monitor_mode(mode, monitor, "ModelCheckpoint")
-        if initial_value_threshold is not None:
-            self.best = float(initial_value_threshold)
-        else:
+        self.best = check_optional_number(initial_value_threshold,
+                                          "ModelCheckpoint: initial_value_threshold")
+        if self.best is None:
             self.best = math.inf if self.mode == "min" else -math.inf
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         path = self.path(epoch, logs)
         if self.save_best_only:
-            current = monitored(logs, self.monitor, "ModelCheckpoint(save_best_only=True)")
-            if current is not None and not improved(current, self.best, self.mode):
+            current = monitored(logs, self.monitor, "ModelCheckpoint(save_best_only=True)",
+                                "; nothing saved, as Keras skips")   # no 'best' without the value
+            if current is None:
+                return
+            if not improved(current, self.best, self.mode):
                 self.say(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
                 return
-            if current is not None:
-                self.say(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
-                         f"{current:.5f}, saving model to {path}")
-                self.best = current
+            self.say(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
+                     f"{current:.5f}, saving model to {path}")
+            self.best = current
         else:
             self.say(f"Epoch {epoch + 1}: saving model to {path}")
         directory = os.path.dirname(path)
@@ -180,6 +224,37 @@ class ModelCheckpoint(Callback):
             print(f"\n{message}", flush=True)
 
 
+def check_placeholders(filepath):
+    """Each {placeholder} of a ModelCheckpoint filepath names a key ({epoch} or one
+    of the logs') and formats a number: refused here, not after an epoch trained."""
+    formatter = string.Formatter()
+    try:
+        fields = [(field, spec, conversion) for _, field, spec, conversion
+                  in formatter.parse(filepath) if field is not None]
+    except ValueError as error:
+        raise ValueError(f"ModelCheckpoint: filepath {filepath!r} is not a format string "
+                         f"({error}); a literal brace is written {{{{ or }}}}") from None
+    for field, spec, conversion in fields:
+        placeholder = "{" + field + (f"!{conversion}" if conversion else "") + \
+            (f":{spec}" if spec else "") + "}"
+        if not field.isidentifier():
+            raise ValueError(f"ModelCheckpoint: filepath {filepath!r} has the placeholder "
+                             f"{placeholder}, which names no key; name one: {{epoch}}, or a key "
+                             "of the logs such as {val_loss}")
+        if not any(formats(formatter, number, spec, conversion) for number in (1, 0.5)):
+            raise ValueError(f"ModelCheckpoint: filepath {filepath!r}: the placeholder "
+                             f"{placeholder} cannot format a number (epoch is an int, the "
+                             "logs' values floats), e.g. {epoch:02d} or {val_loss:.2f}")
+
+
+def formats(formatter, number, spec, conversion):
+    try:
+        formatter.format_field(formatter.convert_field(number, conversion), spec)
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
 class EarlyStopping(Callback):
     """Stops training once ``monitor`` has not improved for ``patience`` epochs.
 
@@ -192,9 +267,12 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto",
                  baseline=None, restore_best_weights=False, start_from_epoch=0):
-        self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
-        self.verbose, self.baseline = verbose, baseline
-        self.restore_best_weights, self.start_from_epoch = restore_best_weights, start_from_epoch
+        self.monitor, self.verbose = monitor, verbose
+        self.min_delta = abs(check_number(min_delta, "EarlyStopping: min_delta"))
+        self.patience = check_int(patience, "EarlyStopping: patience")
+        self.baseline = check_optional_number(baseline, "EarlyStopping: baseline")
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = check_int(start_from_epoch, "EarlyStopping: start_from_epoch")
         self.mode = monitor_mode(mode, monitor, "EarlyStopping")
         self.on_train_begin()
 
@@ -235,8 +313,9 @@ class EarlyStopping(Callback):
 
 class LearningRateScheduler(Callback):
     """Sets the optimizer's learning rate at the start of every epoch to
-    ``schedule(epoch, lr)`` (epoch from 0, lr the current rate), as Keras's;
-    logs the rate as 'learning_rate'.
+    ``schedule(epoch, lr)`` (epoch from 0, lr the current rate), or to
+    ``schedule(epoch)`` for a schedule of one argument, as Keras's; logs the
+    rate as 'learning_rate'.
 
     (minires.train.fit's own ``schedule`` argument is finer: a rate for every
     batch, from the fractional epoch. Use one or the other.)
@@ -247,13 +326,14 @@ class LearningRateScheduler(Callback):
             raise TypeError(f"LearningRateScheduler: schedule must be a function (epoch, lr) -> lr, "
                             f"got {type(schedule).__name__}")
         self.schedule, self.verbose = schedule, verbose
+        self.arguments = schedule_arguments(schedule)
 
     def on_epoch_begin(self, epoch, logs=None):
-        rate = self.schedule(epoch, float(self.optimizer.learning_rate))
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 < rate < math.inf:
-            raise ValueError(f"LearningRateScheduler: schedule({epoch}, ...) must return a "
-                             f"positive float, got {rate!r}")
-        self.optimizer.learning_rate = float(rate)
+        lr = float(self.optimizer.learning_rate)
+        asked = (epoch, lr)[:self.arguments]
+        rate = check_learning_rate(self.schedule(*asked), f"LearningRateScheduler: schedule"
+                                   f"({', '.join(map(str, asked))})")
+        self.optimizer.learning_rate = rate
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {rate}.",
                   flush=True)
@@ -261,6 +341,22 @@ class LearningRateScheduler(Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(self.optimizer.learning_rate)
+
+
+def schedule_arguments(schedule):
+    """2 for a schedule (epoch, lr), 1 for a schedule (epoch): Keras takes both."""
+    try:
+        signature = inspect.signature(schedule)
+    except (TypeError, ValueError):          # no signature to read (some builtins): Keras's form
+        return 2
+    for count in (2, 1):
+        try:
+            signature.bind(*range(count))
+            return count
+        except TypeError:
+            pass
+    raise TypeError(f"LearningRateScheduler: schedule {describe(schedule)}{signature} takes "
+                    "neither (epoch, lr) nor (epoch)")
 
 
 # --- progress output ----------------------------------------------------------------

@@ -10,23 +10,20 @@ minires.models.Model takes these methods from TrainingAPI here. They hold no
 loop of their own: fit is minires.train.fit (read it there),
 with the optimizer, loss and metrics that compile stored in ``model.compiled``.
 Keras's signatures and defaults, except: x and y are arrays (no datasets or
-generators).
+generators). Every argument and x and y are checked before anything runs
+(minires.train: a failed call changes nothing).
 """
 from . import losses
 from . import metrics as metrics_module
+from . import optim
 from . import train
-from .callbacks import History, Progbar, check_verbose
-from .optim import SGD, Adam, RMSprop
-
-OPTIMIZERS = {"adam": lambda: Adam(learning_rate=0.001),      # Keras's defaults
-              "sgd": lambda: SGD(learning_rate=0.01),
-              "rmsprop": lambda: RMSprop(learning_rate=0.001)}
+from .callbacks import History, Progbar, callback_list, check_verbose
 
 
 class Compiled:
     """What compile() chose: ``optimizer``, ``loss`` (None: fit picks the
-    cross-entropy that fits the output and the labels) and ``metrics``
-    {log name: function}."""
+    cross-entropy that fits the output and the labels, minires.train.choose_loss)
+    and ``metrics`` {log name: function}."""
 
     def __init__(self, optimizer, loss, metrics):
         self.optimizer, self.loss, self.metrics = optimizer, loss, metrics
@@ -50,7 +47,7 @@ class TrainingAPI:
         Everything is checked here, before any training: a loss on logits
         (from_logits=True) for a model ending with a softmax is a ValueError.
         """
-        optimizer = get_optimizer(optimizer)
+        optimizer = optim.get(optimizer)
         loss = losses.get(loss) if loss is not None else None
         metrics = metrics_module.get(metrics)
         if loss is not None and self.built:            # else traced at its first call: fit checks
@@ -62,20 +59,18 @@ class TrainingAPI:
         """Keras's Model.fit on arrays: minires.train.fit with the compiled choices.
         Returns the History (its ``history`` dict: loss, metrics, val_ ...)."""
         state = compiled(self, "fit")
-        check_arrays(x, y, "fit")
         history = History()
         train.fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=state.optimizer,
                   loss=state.loss, metrics=state.metrics, validation_data=validation_data,
                   validation_split=validation_split, shuffle=shuffle, initial_epoch=initial_epoch,
-                  callbacks=[*(callbacks or []), history], verbose=verbose)
+                  callbacks=[*callback_list(callbacks, "fit"), history], verbose=verbose)
         return history
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto"):
         """The loss on (x, y) in inference mode, then each metric: [loss, accuracy],
         or the loss alone (a float) without metrics, as Keras."""
         state = compiled(self, "evaluate")
-        check_arrays(x, y, "evaluate")
-        values = train.evaluate(self, x, y, batch_size=32 if batch_size is None else batch_size,
+        values = train.evaluate(self, x, y, batch_size=train.check_batch_size(batch_size, "evaluate"),
                                 loss=state.loss, metrics=state.metrics, verbose=verbose)
         return as_keras_result(values)
 
@@ -83,20 +78,19 @@ class TrainingAPI:
         """The model's outputs for ``x``, in inference mode, in batches of at most
         ``batch_size`` (None: 32), fewer where the plan runs fewer at once."""
         verbose = check_verbose(verbose, "predict")
-        batch_size = train.check_batch_size(32 if batch_size is None else batch_size, "predict")
-        samples = len(x[0]) if isinstance(x, (list, tuple)) else len(x)
-        bar = Progbar(-(-samples // batch_size), verbose)
+        batch_size = train.check_batch_size(batch_size, "predict")
+        x = train.as_inputs(self, x, "predict")
+        bar = Progbar(-(-train.samples(x) // batch_size), verbose)
         outputs = self.predict_arrays(x, batch_size)
         bar.finish()
         return outputs
 
     def train_on_batch(self, x, y):
         """One optimizer step on the batch (x, y); its loss [and metrics], measured
-        before the step, as Keras."""
+        before the step, as Keras. A failed step changes nothing."""
         state = compiled(self, "train_on_batch")
-        self.build_like(x)
-        train.check_data(self, x, y, "train_on_batch")
-        loss = train.choose_loss(self, state.loss, y)
+        x, y = train.as_data(self, x, y, "train_on_batch")
+        loss = train.check_data(self, x, y, state.loss, "train_on_batch")
         values = train.train_step(self, x, y, state.optimizer, loss, state.metrics,
                                   state.optimizer.learning_rate)
         return as_keras_result(values.values())
@@ -104,19 +98,9 @@ class TrainingAPI:
     def test_on_batch(self, x, y):
         """The loss [and metrics] of the batch (x, y) in inference mode."""
         state = compiled(self, "test_on_batch")
-        self.build_like(x)
-        train.check_data(self, x, y, "test_on_batch")
-        loss = train.choose_loss(self, state.loss, y)
+        x, y = train.as_data(self, x, y, "test_on_batch")
+        loss = train.check_data(self, x, y, state.loss, "test_on_batch")
         return as_keras_result(train.test_step(self, x, y, loss, state.metrics).values())
-
-
-def get_optimizer(identifier):
-    if isinstance(identifier, str) and identifier.lower() in OPTIMIZERS:
-        return OPTIMIZERS[identifier.lower()]()
-    if not isinstance(identifier, str) and callable(getattr(identifier, "step", None)):
-        return identifier
-    raise ValueError(f"unknown optimizer {identifier!r}; minires has 'rmsprop', 'adam', 'sgd', "
-                     "or an optimizer object such as minires.optim.SGD(0.1, momentum=0.9)")
 
 
 def compiled(model, caller):
@@ -132,9 +116,3 @@ def as_keras_result(values):
     """[loss, metric, ...], or the loss alone without metrics."""
     values = [float(v) for v in values]
     return values[0] if len(values) == 1 else values
-
-
-def check_arrays(x, y, caller):
-    if x is None or y is None:
-        raise ValueError(f"{caller}: give x and y (minires trains on arrays: no datasets or "
-                         "generators, so y cannot come with x)")

@@ -12,6 +12,8 @@ Variance scaling: n = fan_in, fan_out or their mean (for a conv kernel
 glorot = scale 1 over fan_avg; he = scale 2 over fan_in.
 """
 import math
+import numbers
+import random
 
 import numpy as np
 
@@ -20,9 +22,17 @@ _TRUNCATED_STD = 0.87962566103423978   # std of N(0, 1) truncated to [-2, 2]
 
 
 def set_random_seed(seed):
-    """Make every unseeded initialiser (and so model building) reproducible."""
+    """Seed every generator a training script draws from, as keras.utils.set_random_seed:
+    Python's ``random``, NumPy's global one (np.random.*) and minires's own (the
+    unseeded initialisers, so model building, and Dropout's seeds). ``seed``: an
+    integer in [0, 2**32), what np.random.seed takes."""
     global _global_rng
-    _global_rng = np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"set_random_seed: seed must be an integer in [0, 2**32), got {seed!r} "
+                         f"({type(seed).__name__})")
+    random.seed(int(seed))
+    np.random.seed(int(seed))
+    _global_rng = np.random.default_rng(int(seed))
 
 
 def draw_seed():

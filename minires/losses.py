@@ -14,7 +14,10 @@ stably. from_logits=False: the outputs are already probabilities (the model
 ends with a softmax, as Keras's applications do). ``CrossEntropy`` derives
 both, and the stable gradient for the second: ``backward(logits_grad=True)``.
 """
+import numpy as np
+
 from .backend import get_array_module, is_array
+from .utils import all_finite
 
 EPSILON = 1e-7                # Keras's backend.epsilon(): probabilities are clipped to [eps, 1 - eps]
 ROW_SUM_TOLERANCE = 1e-3      # rows of probabilities further than this from 1 are not a softmax's
@@ -23,10 +26,19 @@ ROW_SUM_TOLERANCE = 1e-3      # rows of probabilities further than this from 1 a
 def log_softmax(z):
     """log softmax(z) along axis 1: log p = z - logsumexp(z), where
     logsumexp(z) = m + log sum_k e^(z_k - m), m = max_k z_k, so that no exp()
-    overflows and no log(0) appears."""
+    overflows and no log(0) appears. A logit more than the float range below
+    the largest (-3e38 against 3e38) gives log p = -inf, exactly where p is 0:
+    numpy's overflow warning for it is expected, so silenced."""
     xp = get_array_module(z)
-    shifted = z - z.max(axis=1, keepdims=True)
+    with np.errstate(over="ignore"):
+        shifted = z - z.max(axis=1, keepdims=True)
     return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def are_probabilities(p):
+    """Whether the rows of ``p`` (N, K) lie in [0, 1] and sum to 1: what a softmax gives."""
+    deviation = get_array_module(p).abs(p.sum(axis=1) - 1)
+    return not bool((p < 0).any() or (p > 1).any() or (deviation > ROW_SUM_TOLERANCE).any())
 
 
 class CrossEntropy:
@@ -81,7 +93,9 @@ class CrossEntropy:
             p = outputs
             log_p = xp.log(xp.clip(p, EPSILON, 1 - EPSILON))
         self.probs, self.targets = p, t
-        return -(t * log_p).sum() / outputs.shape[0]
+        # where t is 0 its term is 0, even where log p is -inf (p underflowed): not 0 * -inf = nan;
+        # each term divided by N before the sum, so that a mean below the float range is not inf
+        return -(t * xp.where(t == 0, 0, log_p / outputs.shape[0])).sum()
 
     def backward(self, dloss=1.0, logits_grad=False):
         """dL/d(outputs), or with ``logits_grad=True`` (from_logits=False only)
@@ -115,11 +129,8 @@ class CrossEntropy:
     def _check_probabilities(self, p):
         """Logits passed to a loss that expects probabilities give a finite, wrong
         loss (log of a clipped logit) and a wrong gradient: say so instead."""
-        if p.size == 0:
-            return
-        sums = p.sum(axis=1)
-        if bool((p < 0).any() or (p > 1).any()
-                or (get_array_module(p).abs(sums - 1) > ROW_SUM_TOLERANCE).any()):
+        if p.size and not are_probabilities(p):
+            sums = p.sum(axis=1)
             name = type(self).__name__
             raise ValueError(
                 f"{name}: from_logits=False expects probabilities (in [0, 1], each row summing "
@@ -129,13 +140,31 @@ class CrossEntropy:
 
     def _targets(self, labels, shape, dtype, xp):
         """(N, K) float targets from class indices or from one-hot/probability rows."""
-        n, classes = shape
         labels = xp.asarray(labels)
+        if self.check_targets(labels, shape):
+            if labels.ndim == 2:                 # a column, as keras.datasets.cifar10 gives
+                labels = labels[:, 0]
+            return (labels[:, None] == xp.arange(shape[1])[None, :]).astype(dtype)
+        return labels.astype(dtype)
+
+    def check_targets(self, labels, shape, where=None):
+        """Whether ``labels`` are class indices (True) or target rows (False) for
+        outputs of ``shape`` (N, K); one clear error if they are neither: indices
+        (N,) or (N, 1) of ints in [0, K), rows (N, K) of finite values >= 0.
+        forward checks every batch with it; fit checks all of y before its first
+        (``where``: the caller, named first)."""
+        name = type(self).__name__ if where is None else f"{where}: {type(self).__name__}"
+        if len(shape) != 2:
+            raise ValueError(f"{name}: takes {self._what()} of shape (N, classes), but the "
+                             f"model's outputs have shape {tuple(shape)}")
+        n, classes = shape
         indices = labels.dtype.kind in "iu" if self.sparse is None else self.sparse
         if indices and labels.dtype.kind in "iu":
-            return self._one_hot(labels, n, classes, dtype, xp)
+            self._check_indices(labels, n, classes, name)
+            return True
         if not indices and labels.dtype.kind in "fiub" and labels.shape == (n, classes):
-            return labels.astype(dtype)
+            self._check_rows(labels, name)
+            return False
         expected = {None: f"int class indices of shape ({n},) or float targets of shape {shape}",
                     True: f"int class indices of shape ({n},)",
                     False: f"one-hot or probability rows of shape {shape}"}[self.sparse]
@@ -144,21 +173,27 @@ class CrossEntropy:
             hint = "; for one-hot or probability rows use CategoricalCrossentropy"
         elif self.sparse is False and labels.shape == (n,):
             hint = "; for class indices use SparseCategoricalCrossentropy"
-        raise ValueError(f"{type(self).__name__}: labels must be {expected}, "
+        raise ValueError(f"{name}: labels must be {expected}, "
                          f"got {labels.dtype} {labels.shape}{hint}")
 
-    def _one_hot(self, labels, n, classes, dtype, xp):
-        name = type(self).__name__
-        if labels.shape == (n, 1):               # a column, as keras.datasets.cifar10 gives
-            labels = labels[:, 0]
-        if labels.shape != (n,):
+    def _check_indices(self, labels, n, classes, name):
+        if labels.shape not in ((n,), (n, 1)):   # (N, 1): a column, as keras.datasets.cifar10 gives
             rows = "logits" if self.from_logits else "probability"
             raise ValueError(f"{name}: {n} {rows} rows but labels of shape "
                              f"{labels.shape}; class indices must have shape ({n},)")
         if n and (int(labels.min()) < 0 or int(labels.max()) >= classes):
             raise ValueError(f"{name}: labels must lie in [0, {classes}), got "
                              f"values from {int(labels.min())} to {int(labels.max())}")
-        return (labels[:, None] == xp.arange(classes)[None, :]).astype(dtype)
+
+    def _check_rows(self, targets, name):
+        """Target rows are weights of log p: a negative or nan one would reward a
+        wrong class, or make every weight nan."""
+        if not all_finite(targets):
+            raise ValueError(f"{name}: target rows (one-hot or probabilities) must be finite, "
+                             "got nan or inf")
+        if targets.size and float(targets.min()) < 0:
+            raise ValueError(f"{name}: target rows (one-hot or probabilities) must be >= 0, "
+                             f"got entries down to {float(targets.min()):.4g}")
 
 
 class SoftmaxCrossEntropy(CrossEntropy):
@@ -166,10 +201,27 @@ class SoftmaxCrossEntropy(CrossEntropy):
 
     Labels: class indices (N,) of ints in [0, K), or targets (N, K) (one-hot
     or probabilities, rows summing to 1). See ``CrossEntropy`` for the maths.
+
+    refuse_probabilities: raise for outputs (over two classes or more) that are
+    probabilities already, rows in [0, 1] summing to 1. fit sets it when it
+    picks this loss for a model with no softmax that it can see: such outputs
+    mean a softmax it cannot see (one behind a Flatten), which a second would
+    follow silently.
     """
 
-    def __init__(self):
+    def __init__(self, refuse_probabilities=False):
         super().__init__(from_logits=True)
+        self.refuse_probabilities = refuse_probabilities
+
+    def forward(self, outputs, targets):
+        if (self.refuse_probabilities and getattr(outputs, "ndim", 0) == 2 and outputs.shape[1] > 1
+                and are_probabilities(outputs)):
+            raise ValueError("SoftmaxCrossEntropy: the model's outputs are probabilities already "
+                             "(rows in [0, 1] summing to 1), but no softmax was seen at its output, "
+                             "so this loss, picked for logits, would apply a second one; give the "
+                             "loss: 'sparse_categorical_crossentropy' (class indices) or "
+                             "'categorical_crossentropy' (one-hot rows), which take probabilities")
+        return super().forward(outputs, targets)
 
 
 class CategoricalCrossentropy(CrossEntropy):

@@ -16,45 +16,94 @@ g <- g + weight_decay * p, before momentum or moments see it.
 """
 import math
 
+import numpy as np
+
 from .backend import get_array_module
+from .utils import all_finite, check_number
+
+
+def check_learning_rate(rate, where):
+    """``rate`` as a float if it is a usable learning rate: a finite number >= 0
+    (0 takes no step, as Keras and PyTorch allow). ONE check for every way a rate
+    arrives (an optimiser's constructor, its ``learning_rate`` attribute, a step's
+    rate, fit's schedule, LearningRateScheduler), ``where`` naming which: nan or
+    inf would write nan into every weight, a negative rate would climb the loss."""
+    return check_number(rate, f"{where}: learning rate", low=0.0)
 
 
 class Optimizer:
-    """What SGD and Adam share: the learning rate, weight decay, a step count
-    and per-parameter state arrays keyed 'layer/param'."""
+    """What the optimisers share: the learning rate, weight decay, a step count
+    and per-parameter state arrays keyed 'layer/param'.
+
+    A subclass writes ``direction(key, grad, t)``: the direction of step t for the
+    parameter ``key`` from its gradient (weight decay added), and the new values
+    of that parameter's state arrays, without writing them (``step`` does, once
+    every update was found finite).
+    """
 
     def __init__(self, learning_rate, weight_decay):
-        if not learning_rate > 0:
-            raise ValueError(f"{type(self).__name__}: learning_rate must be positive, got {learning_rate}")
-        if not weight_decay >= 0:
-            raise ValueError(f"{type(self).__name__}: weight_decay must be >= 0, got {weight_decay}")
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
+        self._learning_rate = check_learning_rate(learning_rate,
+                                                  f"{type(self).__name__}(learning_rate=...)")
+        self.weight_decay = check_number(weight_decay, f"{type(self).__name__}: weight_decay", 0.0)
         self.iterations = 0
         self.slots = {}            # {slot name: {'layer/param': array}}
 
-    def step(self, model, learning_rate=None):
-        """Update every trainable parameter of ``model`` from its gradient, in place."""
-        lr = self.learning_rate if learning_rate is None else learning_rate
-        slots = list(model.parameters())
-        for layer, name in slots:                # all checked first: no half-done step
-            if name not in layer.grads:
-                raise RuntimeError(f"{type(self).__name__}: layer {layer.name!r} has no gradient "
-                                   f"for {name!r}; run model.backward(...) before step()")
-        self.iterations += 1
-        for layer, name in slots:
-            param, grad = layer.params[name], layer.grads[name]
-            if self.weight_decay:
-                grad = grad + self.weight_decay * param
-            param -= lr * self.direction(f"{layer.name}/{name}", grad)
-            layer.weights_changed()              # in place, so say so: a folded inference plan is stale
+    @property
+    def learning_rate(self):
+        return self._learning_rate
 
-    def slot(self, kind, key, like):
-        """The state array ``kind`` of parameter ``key``, zeros at first use."""
-        table = self.slots.setdefault(kind, {})
-        if key not in table:
-            table[key] = get_array_module(like).zeros_like(like)
-        return table[key]
+    @learning_rate.setter
+    def learning_rate(self, rate):          # callbacks and users set it between steps
+        self._learning_rate = check_learning_rate(rate, f"{type(self).__name__}.learning_rate")
+
+    def step(self, model, learning_rate=None):
+        """Update every trainable parameter of ``model`` from its gradient, in place,
+        all or nothing: every update and the state it leaves are computed and
+        checked first, then written. A missing or non-finite gradient, or an update
+        that would make a weight nan or inf, raises and changes nothing (weights,
+        state arrays, iterations)."""
+        name = type(self).__name__
+        lr = self.learning_rate if learning_rate is None else \
+            check_learning_rate(learning_rate, f"{name}.step(learning_rate=...)")
+        pairs = list(model.parameters())
+        for layer, param_name in pairs:
+            if param_name not in layer.grads:
+                raise RuntimeError(f"{name}: layer {layer.name!r} has no gradient "
+                                   f"for {param_name!r}; run model.backward(...) before step()")
+        t = self.iterations + 1
+        updates = [self.planned_update(layer, param_name, lr, t) for layer, param_name in pairs]
+        for (layer, param_name), (update, slots) in zip(pairs, updates):
+            layer.params[param_name] -= update
+            layer.weights_changed()              # in place, so say so: a folded inference plan is stale
+            key = f"{layer.name}/{param_name}"
+            for kind, value in slots.items():
+                self.slots.setdefault(kind, {})[key] = value
+        self.iterations = t
+
+    def planned_update(self, layer, param_name, lr, t):
+        """(what step t subtracts from the parameter, its new state arrays),
+        checked finite, nothing written."""
+        key, param, grad = f"{layer.name}/{param_name}", layer.params[param_name], layer.grads[param_name]
+        if not all_finite(grad):
+            raise FloatingPointError(f"{type(self).__name__}: the gradient of {key!r} holds nan or "
+                                     "inf (the backward pass overflowed: training diverged; lower "
+                                     "the learning rate); no weight was changed")
+        if self.weight_decay:
+            grad = grad + self.weight_decay * param
+        direction, slots = self.direction(key, grad, t)
+        update = lr * direction
+        with np.errstate(over="ignore", invalid="ignore"):     # found here, and raised as such
+            finite = all_finite(param - update)
+        if not finite:
+            raise FloatingPointError(f"{type(self).__name__}: a step at learning rate {lr:g} would "
+                                     f"make {key!r} nan or inf (training diverged; lower the "
+                                     "learning rate); no weight was changed")
+        return update, slots
+
+    def previous(self, kind, key, like):
+        """The state array ``kind`` of parameter ``key`` so far: zeros before its first step."""
+        value = self.slots.get(kind, {}).get(key)
+        return get_array_module(like).zeros_like(like) if value is None else value
 
     def state(self):
         """Everything needed to resume: {'iterations': n, '<kind>/<layer>/<param>': array}."""
@@ -73,6 +122,15 @@ class Optimizer:
                 self.slots.setdefault(kind, {})[key] = value.copy()   # ours, not the caller's
 
 
+def check_fraction(value, where):
+    """A momentum or decay rate: a number in [0, 1)."""
+    return check_number(value, where, 0.0, 1.0)
+
+
+def check_epsilon(value, where):
+    return check_number(value, where, 0.0, include_low=False)
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, PyTorch's form:
 
@@ -85,20 +143,14 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, weight_decay=0.0):
         super().__init__(learning_rate, weight_decay)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
-        self.momentum = momentum
+        self.momentum = check_fraction(momentum, "SGD: momentum")
 
-    def direction(self, key, grad):
+    def direction(self, key, grad, t):
         if not self.momentum:
-            return grad
-        velocities = self.slots.setdefault("velocity", {})
-        if key not in velocities:              # first step of this parameter: v = g
-            velocities[key] = grad.copy()
-        else:
-            velocities[key] *= self.momentum
-            velocities[key] += grad
-        return velocities[key]
+            return grad, {}
+        before = self.slots.get("velocity", {}).get(key)
+        velocity = grad.copy() if before is None else before * self.momentum + grad   # first step: v = g
+        return velocity, {"velocity": velocity}
 
 
 class Adam(Optimizer):
@@ -113,23 +165,17 @@ class Adam(Optimizer):
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=0.0):
         super().__init__(learning_rate, weight_decay)
-        for what, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not 0 <= beta < 1:
-                raise ValueError(f"Adam: {what} must be in [0, 1), got {beta}")
-        if not epsilon > 0:
-            raise ValueError(f"Adam: epsilon must be positive, got {epsilon}")
-        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.beta_1 = check_fraction(beta_1, "Adam: beta_1")
+        self.beta_2 = check_fraction(beta_2, "Adam: beta_2")
+        self.epsilon = check_epsilon(epsilon, "Adam: epsilon")
 
-    def direction(self, key, grad):
+    def direction(self, key, grad, t):
         xp = get_array_module(grad)
-        m, v = self.slot("m", key, grad), self.slot("v", key, grad)
-        m *= self.beta_1
-        m += (1 - self.beta_1) * grad
-        v *= self.beta_2
-        v += (1 - self.beta_2) * grad * grad
-        m_hat = m / (1 - self.beta_1 ** self.iterations)
-        v_hat = v / (1 - self.beta_2 ** self.iterations)
-        return m_hat / (xp.sqrt(v_hat) + self.epsilon)
+        m = self.previous("m", key, grad) * self.beta_1 + (1 - self.beta_1) * grad
+        v = self.previous("v", key, grad) * self.beta_2 + (1 - self.beta_2) * grad * grad
+        m_hat = m / (1 - self.beta_1 ** t)
+        v_hat = v / (1 - self.beta_2 ** t)
+        return m_hat / (xp.sqrt(v_hat) + self.epsilon), {"m": m, "v": v}
 
 
 class RMSprop(Optimizer):
@@ -144,17 +190,28 @@ class RMSprop(Optimizer):
 
     def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7, weight_decay=0.0):
         super().__init__(learning_rate, weight_decay)
-        if not 0 <= rho < 1:
-            raise ValueError(f"RMSprop: rho must be in [0, 1), got {rho}")
-        if not epsilon > 0:
-            raise ValueError(f"RMSprop: epsilon must be positive, got {epsilon}")
-        self.rho, self.epsilon = rho, epsilon
+        self.rho = check_fraction(rho, "RMSprop: rho")
+        self.epsilon = check_epsilon(epsilon, "RMSprop: epsilon")
 
-    def direction(self, key, grad):
-        v = self.slot("v", key, grad)
-        v *= self.rho
-        v += (1 - self.rho) * grad * grad
-        return grad / get_array_module(grad).sqrt(v + self.epsilon)
+    def direction(self, key, grad, t):
+        v = self.previous("v", key, grad) * self.rho + (1 - self.rho) * grad * grad
+        return grad / get_array_module(grad).sqrt(v + self.epsilon), {"v": v}
+
+
+OPTIMIZERS = {"adam": lambda: Adam(learning_rate=0.001),      # Keras's defaults
+              "sgd": lambda: SGD(learning_rate=0.01),
+              "rmsprop": lambda: RMSprop(learning_rate=0.001)}
+
+
+def get(identifier):
+    """An optimiser from Keras's name (a new one, with Keras's defaults) or an
+    optimiser object (anything with ``step``) as it is."""
+    if isinstance(identifier, str) and identifier.lower() in OPTIMIZERS:
+        return OPTIMIZERS[identifier.lower()]()
+    if not isinstance(identifier, (str, type)) and callable(getattr(identifier, "step", None)):
+        return identifier
+    raise ValueError(f"unknown optimizer {identifier!r}; minires has 'rmsprop', 'adam', 'sgd', "
+                     "or an optimizer object such as minires.optim.SGD(0.1, momentum=0.9)")
 
 
 # --- learning-rate schedules: epoch (a float: 2.5 = halfway through the third) -> rate
@@ -162,7 +219,9 @@ class StepDecay:
     """lr = initial * drop ** floor(epoch / every)   (torch's StepLR)."""
 
     def __init__(self, initial, drop=0.1, every=30):
-        self.initial, self.drop, self.every = initial, drop, every
+        self.initial = check_learning_rate(initial, "StepDecay: initial")
+        self.drop = check_number(drop, "StepDecay: drop", 0.0)
+        self.every = check_number(every, "StepDecay: every", 0.0, include_low=False)
 
     def __call__(self, epoch):
         return self.initial * self.drop ** math.floor(epoch / self.every)
@@ -173,7 +232,9 @@ class CosineDecay:
     ``initial`` down to ``final`` along half a cosine, flat after ``epochs``."""
 
     def __init__(self, initial, epochs, final=0.0):
-        self.initial, self.epochs, self.final = initial, epochs, final
+        self.initial = check_learning_rate(initial, "CosineDecay: initial")
+        self.epochs = check_number(epochs, "CosineDecay: epochs", 0.0, include_low=False)
+        self.final = check_learning_rate(final, "CosineDecay: final")
 
     def __call__(self, epoch):
         progress = min(epoch / self.epochs, 1.0)

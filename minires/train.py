@@ -21,21 +21,36 @@ cancel into the stable gradient dL/dlogits = (p - t)/N, which
 ``model.backward(..., skip_output_softmax=True)`` takes. A from_logits=True
 loss on a softmax output would apply the softmax twice: refused.
 
+Nothing half done: fit checks everything it can before its first step (its
+arguments, x and y against the model and the loss, the validation data), so a
+bad one raises and changes nothing. A step is all or nothing: it copies BN's
+moving statistics (which its forward moves) and puts them back if anything
+fails, and the optimizer writes the weights only after the loss and every
+gradient and update were found finite. A fit that fails at a later step keeps
+the steps before it (as Keras does), and nothing of the failed one.
+
 Reproducible: epoch e shuffles with its own generator, seeded by (seed, e),
 so a run resumed from the checkpoint of epoch e continues exactly the
 trajectory of a run that never stopped.
 """
+import contextlib
 import math
 import os
+import warnings
 
 import numpy as np
 
 from . import losses
 from . import metrics as metrics_module
-from .backend import to_device
-from .callbacks import History, LearningRateScheduler, Progbar, ProgbarLogger, check_verbose
+from . import optim
+from .backend import get_array_module, is_array, to_device
+from .callbacks import (History, LearningRateScheduler, Progbar, ProgbarLogger, callback_list,
+                        check_verbose)
 from .io.checkpoint import load_checkpoint, save_checkpoint
-from .optim import SGD
+from .optim import SGD, check_learning_rate
+from .utils import all_finite, check_flag, check_int, check_number
+
+CHECK_CHUNK_BYTES = 64 << 20     # the finiteness check of a data set reads it in pieces of this
 
 
 def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics=("accuracy",),
@@ -44,32 +59,38 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics
     """Train ``model`` on (x, y) for epochs ``initial_epoch`` to ``epochs - 1``;
     returns the history {'loss': [...], 'accuracy': [...], 'val_loss': ...}.
 
-    x: (N, ...) inputs; y: (N,) class indices or (N, classes) targets.
-    batch_size: None is 32. optimizer: default SGD(0.01). loss: default by the
-    model's output (see the module docstring). metrics: names or functions
-    (minires.metrics). schedule: epoch (float) -> learning rate, asked at
-    every batch (epoch + batch / batches).
+    x: (N, ...) inputs (a list of arrays, one per input, for several; Python
+    lists and array-likes are converted with np.asarray, as Keras does); y: (N,)
+    class indices or (N, classes) targets.
+    batch_size: None is 32. optimizer: default SGD(0.01) (or Keras's names,
+    'adam', ...). loss: default by the model's output (see the module
+    docstring). metrics: names or functions (minires.metrics). schedule: epoch
+    (float) -> learning rate, asked at every batch (epoch + batch / batches).
     validation_data: (x_val, y_val); validation_split: else the LAST fraction
     of x and y (taken before any shuffling, as Keras). shuffle: False keeps
-    the data order. callbacks: minires.callbacks objects. verbose: 'auto' or
-    1 (a progress bar on a terminal, one line per epoch elsewhere), 2 (one
-    line per epoch), 0 (silent); progress=False is the older verbose=0.
-    checkpoint: path of an .npz written atomically after every epoch (model,
-    optimiser state, epoch, history); with resume=True training continues
-    from it when it exists.
+    the data order. callbacks: minires.callbacks objects (one alone, or a list).
+    verbose: 'auto' or 1 (a progress bar on a terminal, one line per epoch
+    elsewhere), 2 (one line per epoch), 0 (silent); progress=False is the older
+    verbose=0. checkpoint: path of an .npz written atomically after every epoch
+    (model, optimiser state, epoch, history); with resume=True training
+    continues from it when it exists.
     """
     verbose = check_verbose(0 if progress is False else verbose, "fit")
-    batch_size = check_batch_size(32 if batch_size is None else batch_size, "fit")
-    optimizer = optimizer if optimizer is not None else SGD(0.01)
-    model.build_like(x)
-    check_data(model, x, y, "fit")
-    loss = choose_loss(model, loss, y)
+    batch_size = check_batch_size(batch_size, "fit")
+    epochs, initial_epoch = check_epochs(epochs, initial_epoch)
+    seed, shuffle = check_int(seed, "fit: seed"), check_flag(shuffle, "fit: shuffle")
+    if schedule is not None and not callable(schedule):
+        raise TypeError(f"fit: schedule must be a function epoch -> learning rate, got {schedule!r}")
+    optimizer = optim.get(SGD(0.01) if optimizer is None else optimizer)
     metrics = metrics_module.get(metrics)
-    (x, y), validation_data = split_validation(x, y, validation_split, validation_data)
+    callbacks = callback_list(callbacks, "fit")
+    x, y = as_data(model, x, y, "fit")
+    (x, y), validation_data = split_validation(model, x, y, validation_split, validation_data)
+    loss = check_data(model, x, y, loss, "fit")
     if validation_data is not None:
-        check_validation_data(model, validation_data)
+        check_data(model, *validation_data, loss, "fit: validation_data")
     callbacks, history = prepare_callbacks(callbacks, model, optimizer, schedule, verbose, {
-        "epochs": epochs, "steps": math.ceil(len(x) / batch_size), "verbose": verbose})
+        "epochs": epochs, "steps": math.ceil(samples(x) / batch_size), "verbose": verbose})
 
     start, restored = initial_epoch, {}
     if resume and checkpoint and os.path.exists(checkpoint):
@@ -82,12 +103,12 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics
     logs = {}
     for epoch in range(start, epochs):
         send(callbacks, "on_epoch_begin", epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(len(x)) if shuffle \
-            else np.arange(len(x))
+        order = np.random.default_rng([seed, epoch]).permutation(samples(x)) if shuffle \
+            else np.arange(samples(x))
         logs = train_epoch(model, x, y, order, epoch, batch_size, optimizer, loss, metrics,
                            schedule, callbacks)
         if validation_data is not None:
-            values = evaluate(model, *validation_data, loss=loss, metrics=metrics)
+            values = measure(model, *validation_data, 256, loss, metrics, 0, "fit: validation_data")
             logs.update({f"val_{name}": value for name, value in zip(["loss", *metrics], values)})
         send(callbacks, "on_epoch_end", epoch, logs)
         if checkpoint:
@@ -101,11 +122,11 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics
 def train_epoch(model, x, y, order, epoch, batch_size, optimizer, loss, metrics, schedule,
                 callbacks):
     """One pass over the data in ``order``; the epoch's logs, means over its samples."""
-    batches = [order[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     totals, seen = {}, 0
     for b, index in enumerate(batches):
         send(callbacks, "on_train_batch_begin", b)
-        values = train_step(model, x[index], y[index], optimizer, loss, metrics,
+        values = train_step(model, rows(x, index), y[index], optimizer, loss, metrics,
                             rate(optimizer, schedule, epoch, b, len(batches)),
                             at=f" at epoch {epoch + 1}, batch {b + 1}")
         seen += len(index)
@@ -118,16 +139,67 @@ def train_epoch(model, x, y, order, epoch, batch_size, optimizer, loss, metrics,
 
 
 def train_step(model, x_batch, y_batch, optimizer, loss, metrics, learning_rate, at=""):
-    """One step of gradient descent on one batch; {'loss': value, metric: value}."""
+    """One step of gradient descent on one batch; {'loss': value, metric: value},
+    measured before the step. All or nothing: if anything fails (a loss that is
+    not finite, a metric, the backward pass, the optimizer), the model's BN
+    statistics are put back and no weight or optimizer state has changed."""
+    learning_rate = check_learning_rate(learning_rate, "train_step")
     x_batch, y_batch = to_model(model, x_batch), to_model(model, y_batch)
-    outputs = model.forward(x_batch, training=True)
-    value = float(loss.forward(outputs, y_batch))
-    if not math.isfinite(value):
-        raise FloatingPointError(f"the loss became {value}{at}: training diverged; lower the "
-                                 f"learning rate (now {learning_rate:g})")
-    backpropagate(model, loss)
-    optimizer.step(model, learning_rate)
-    return {"loss": value, **{name: metric(outputs, y_batch) for name, metric in metrics.items()}}
+    with all_or_nothing(model) as undo:
+        outputs = model.forward(x_batch, training=True)
+        value = float(loss.forward(outputs, y_batch))
+        if not math.isfinite(value):
+            undo()                               # first: the cause is read from the model as it was
+            raise FloatingPointError(f"the loss became {value}{at}: "
+                                     f"{why_not_finite(model, x_batch, y_batch, learning_rate)}; "
+                                     "nothing of this step was applied")
+        check_statistics(model, learning_rate, at)
+        logs = {"loss": value, **metric_values(metrics, outputs, y_batch)}
+        backpropagate(model, loss)
+        optimizer.step(model, learning_rate)
+    return logs
+
+
+@contextlib.contextmanager
+def all_or_nothing(model):
+    """Put back what a training forward writes, the model's non-trainable
+    weights (BN's moving statistics), if the block raises; yields the function
+    that puts them back. Only these are copied: the weights change in
+    optimizer.step alone, which checks everything before it writes."""
+    saved = [(layer, name, layer.params[name].copy()) for layer, name in state_arrays(model)]
+
+    def undo():
+        for layer, name, value in saved:
+            layer.params[name][...] = value
+            layer.weights_changed()              # written in place: a folded inference plan is stale
+
+    try:
+        yield undo
+    except BaseException:                        # an interrupt halfway through a forward too
+        undo()
+        raise
+
+
+def state_arrays(model):
+    """(layer, name) of the arrays that a training forward may write: those the
+    layers declare non-trainable (BN's moving statistics)."""
+    return [(layer, name) for layer, name in model.parameters(trainable_only=False)
+            if name in layer.non_trainable_names]
+
+
+def check_statistics(model, learning_rate, at):
+    """A FloatingPointError if the forward left a non-trainable weight (a BN
+    moving statistic) nan or inf: a batch variance that overflowed, though the
+    loss (which reads the batch's statistics) may still be finite."""
+    for layer, name in state_arrays(model):
+        if not all_finite(layer.params[name]):
+            raise FloatingPointError(f"{layer.name}/{name} became nan or inf{at}: the activations "
+                                     "overflowed, training diverged; lower the learning rate "
+                                     f"(now {learning_rate:g}); nothing of this step was applied")
+
+
+def metric_values(metrics, outputs, targets):
+    return {name: float(metric(outputs, targets)) for name, metric in metrics.items()}
 
 
 def backpropagate(model, loss):
@@ -142,29 +214,41 @@ def backpropagate(model, loss):
 
 
 def rate(optimizer, schedule, epoch, batch, n_batches):
-    return optimizer.learning_rate if schedule is None else schedule(epoch + batch / n_batches)
+    """This batch's learning rate: the optimizer's, or the schedule's, checked."""
+    if schedule is None:
+        return optimizer.learning_rate
+    progress = epoch + batch / n_batches
+    return check_learning_rate(schedule(progress), f"fit: schedule({progress:g})")
 
 
 def evaluate(model, x, y, batch_size=256, loss=None, metrics=("accuracy",), verbose=0):
     """(mean loss, then each metric's mean) of ``model`` on (x, y), in inference
-    mode: (loss, accuracy) by default. verbose as fit's, one line at most."""
+    mode: (loss, accuracy) by default. verbose as fit's, one line at most. A
+    loss that is not finite comes with a RuntimeWarning naming the cause."""
     verbose = check_verbose(verbose, "evaluate")
     batch_size = check_batch_size(batch_size, "evaluate")
-    model.build_like(x)
-    check_data(model, x, y, "evaluate")
-    loss = choose_loss(model, loss, y)
     metrics = metrics_module.get(metrics)
-    bar = Progbar(math.ceil(len(x) / batch_size), verbose)
+    x, y = as_data(model, x, y, "evaluate")
+    loss = check_data(model, x, y, loss, "evaluate")
+    return measure(model, x, y, batch_size, loss, metrics, verbose, "evaluate")
+
+
+def measure(model, x, y, batch_size, loss, metrics, verbose, caller):
+    """evaluate on data already checked: the means over the samples, batch by batch."""
+    n = samples(x)
+    bar = Progbar(math.ceil(n / batch_size), verbose)
     totals = {}
-    for b, start in enumerate(range(0, len(x), batch_size)):
-        x_batch = to_model(model, x[start:start + batch_size])
-        y_batch = to_model(model, y[start:start + batch_size])
-        values = test_step(model, x_batch, y_batch, loss, metrics)
+    for b, start in enumerate(range(0, n, batch_size)):
+        batch = slice(start, start + batch_size)
+        values = test_step(model, rows(x, batch), y[batch], loss, metrics)
         for name, value in values.items():
-            totals[name] = totals.get(name, 0.0) + value * len(x_batch)
-        bar.update(b + 1, {name: total / (start + len(x_batch)) for name, total in totals.items()})
-    means = {name: total / len(x) for name, total in totals.items()}
+            totals[name] = totals.get(name, 0.0) + value * len(y[batch])
+        bar.update(b + 1, {name: total / min(start + batch_size, n) for name, total in totals.items()})
+    means = {name: total / n for name, total in totals.items()}
     bar.finish(means)
+    if not math.isfinite(means["loss"]):
+        warnings.warn(f"{caller}: the loss is {means['loss']}: {why_not_finite(model, x, y)}",
+                      RuntimeWarning, stacklevel=3)
     return tuple(means.values())
 
 
@@ -172,22 +256,202 @@ def test_step(model, x_batch, y_batch, loss, metrics):
     """{'loss': value, metric: value} of one batch, in inference mode."""
     x_batch, y_batch = to_model(model, x_batch), to_model(model, y_batch)
     outputs = model.forward(x_batch, training=False)
-    return {"loss": float(loss.forward(outputs, y_batch)),
-            **{name: metric(outputs, y_batch) for name, metric in metrics.items()}}
+    return {"loss": float(loss.forward(outputs, y_batch)), **metric_values(metrics, outputs, y_batch)}
 
 
-# --- choices, checks and small helpers ---------------------------------------------
+def why_not_finite(model, x, y, learning_rate=None):
+    """Why a loss came out nan or inf: the data, the model's weights, or (both
+    finite) an overflow: training diverged."""
+    for what, array in [*zip(input_names(model, x), as_list(x)), ("y", y)]:
+        sample = first_non_finite(array)
+        if sample is not None:
+            return f"{what} holds nan or inf (first in sample {sample})"
+    broken = [f"{layer.name}/{name}" for layer, name in model.parameters(trainable_only=False)
+              if not all_finite(layer.params[name])]
+    if broken:
+        return (f"the model's weights are not finite ({', '.join(broken[:3])}"
+                f"{', ...' if len(broken) > 3 else ''}): they were loaded so, or an earlier "
+                "training diverged")
+    if learning_rate is None:
+        return "the outputs overflowed, though the data and the weights are finite"
+    return ("the outputs overflowed, though the data and the weights are finite: training "
+            f"diverged; lower the learning rate (now {learning_rate:g})")
+
+
+# --- the data: as Keras takes it, checked before anything runs ---------------------------
+def as_data(model, x, y, caller):
+    """(x, y) as arrays (``as_inputs``, ``as_targets``) with as many samples, and
+    some, and x finite: what can be checked before the model is built."""
+    x, y = as_inputs(model, x, caller), as_targets(y, caller)
+    if samples(x) != len(y):
+        raise ValueError(f"{caller}: x has {samples(x)} samples but y has {len(y)} labels")
+    if len(y) == 0:
+        raise ValueError(f"{caller}: no samples")
+    for name, array in zip(input_names(model, x), as_list(x)):   # before a traced model is built
+        sample = first_non_finite(array)
+        if sample is not None:
+            raise ValueError(f"{caller}: {name} holds nan or inf (first in sample {sample}): "
+                             "the loss would be nan, and a training step would make BN's "
+                             "moving statistics nan; clean or drop those samples")
+    return x, y
+
+
+def as_inputs(model, x, caller):
+    """``x`` as the model takes it: one array for a model of one input, a list
+    of arrays (one per input, in ``model.inputs`` order) for several. As Keras:
+    a list of one array for a one-input model, a dict {input name: array}, and
+    Python lists and array-likes (a pandas DataFrame) through np.asarray."""
+    if isinstance(x, (list, tuple)) and not x:
+        raise ValueError(f"{caller}: x is an empty {type(x).__name__}; give an array with a batch "
+                         "axis, or a list of arrays, one per model input")
+    if isinstance(x, dict):
+        arrays = [as_array(x[name], f"{caller}: x[{name!r}]") for name in dict_order(model, x, caller)]
+    elif isinstance(x, (list, tuple)) and all(map(is_array_like, x)):
+        arrays = [as_array(a, f"{caller}: x[{i}]") for i, a in enumerate(x)]
+    else:
+        arrays = [as_array(x, f"{caller}: x")]
+    if model.built and len(arrays) != len(model.inputs):
+        names = ", ".join(repr(tensor.layer.name) for tensor in model.inputs)
+        raise ValueError(f"{caller}: model {model.name!r} has {len(model.inputs)} "
+                         f"input{'s' if len(model.inputs) > 1 else ''} ({names}) but x holds "
+                         f"{len(arrays)} arrays (a list of samples: np.stack it first)")
+    counts = [len(a) for a in arrays]
+    if len(set(counts)) > 1:
+        raise ValueError(f"{caller}: the arrays of x hold different numbers of samples: {counts}")
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def dict_order(model, x, caller):
+    """The keys of a dict ``x``, in the order of the model's inputs (named by their layers)."""
+    if not model.built:
+        raise ValueError(f"{caller}: x is a dict, but model {model.name!r} is not built yet, so "
+                         "its inputs have no names; give an array, or a list of them")
+    names = [tensor.layer.name for tensor in model.inputs]
+    if sorted(map(str, x)) != sorted(names):
+        raise ValueError(f"{caller}: x is a dict with keys {sorted(map(str, x))}, but model "
+                         f"{model.name!r} has the inputs {names}")
+    return names
+
+
+def as_targets(y, caller):
+    """``y`` as one array: a list of one array (one per output) is that array."""
+    if y is None:
+        raise ValueError(f"{caller}: y is None; minires trains on arrays (no datasets or "
+                         "generators, so y cannot come with x): give the targets")
+    if isinstance(y, (list, tuple)) and y and all(map(is_array_like, y)):
+        if len(y) != 1:
+            raise ValueError(f"{caller}: y is a list of {len(y)} arrays, one per output, but "
+                             "minires trains models of one output")
+        y = y[0]
+    return as_array(y, f"{caller}: y")
+
+
+def is_array_like(value):
+    """An array of one or more axes (NumPy, CuPy, or one np.asarray converts), not a list."""
+    return not isinstance(value, (list, tuple)) and getattr(value, "ndim", 0) >= 1
+
+
+def as_array(value, what):
+    """``value`` as an array of numbers with a batch axis: arrays as they are,
+    Python lists and array-likes (with __array__) through np.asarray."""
+    if value is None:
+        raise ValueError(f"{what} is None; give an array")
+    if not is_array(value):
+        if isinstance(value, (str, bytes, dict)) or not (isinstance(value, (list, tuple)) or
+                                                         hasattr(value, "__array__")):
+            raise TypeError(f"{what} must be an array (NumPy or CuPy), a list or an array-like "
+                            f"such as a pandas DataFrame, got {type(value).__name__}")
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError) as error:       # ragged lists
+            raise ValueError(f"{what} cannot be made one array: {error}") from None
+    if value.ndim == 0:
+        raise ValueError(f"{what} must have a batch axis (one entry per sample), got a single "
+                         f"value {value!r}")
+    if value.dtype.kind not in "fiub":
+        raise TypeError(f"{what} must hold real numbers (float, int or bool), got dtype "
+                        f"{value.dtype} with shape {value.shape}")
+    return value
+
+
+def check_data(model, x, y, loss, caller):
+    """Everything about (x, y) (from ``as_data``) that can fail a step, checked
+    before the first: the model's one output, x against its inputs, y against
+    the loss and the output. Builds a model traced at its first call;
+    returns the loss (``choose_loss``)."""
+    model.build_like(x)
+    if len(model.outputs) != 1:
+        raise NotImplementedError(f"{caller}: model {model.name!r} has {len(model.outputs)} "
+                                  "outputs; minires trains models of one output (one loss)")
+    for tensor, array in zip(model.inputs, as_list(x)):
+        try:
+            tensor.layer.check(array, model.name)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{caller}: {error}") from None
+    loss = choose_loss(model, loss, y)
+    if callable(getattr(loss, "check_targets", None)):
+        loss.check_targets(y, (len(y), *model.outputs[0].shape[1:]), caller)
+    return loss
+
+
+def input_names(model, x):
+    """How messages name each array of ``x``: 'x' alone, else "x[1] (input 'b')"
+    (the input's name once the model is built)."""
+    if not isinstance(x, list):
+        return ["x"]
+    if not model.built:
+        return [f"x[{i}]" for i in range(len(x))]
+    return [f"x[{i}] (input {tensor.layer.name!r})" for i, tensor in enumerate(model.inputs)]
+
+
+def first_non_finite(array):
+    """The index of the first sample of ``array`` holding nan or inf, or None;
+    read in pieces, so that no mask the size of a data set is made."""
+    if array.dtype.kind != "f" or array.size == 0:
+        return None
+    xp = get_array_module(array)
+    per_piece = max(1, CHECK_CHUNK_BYTES // max(1, array[:1].nbytes))
+    for start in range(0, len(array), per_piece):
+        piece = array[start:start + per_piece]
+        finite = xp.isfinite(piece.reshape(len(piece), -1)).all(axis=1)
+        if not bool(finite.all()):
+            return start + int(xp.argmin(finite))
+    return None
+
+
+def as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def samples(x):
+    return len(as_list(x)[0])
+
+
+def rows(x, index):
+    """The samples ``index`` of x (one array, or one per model input)."""
+    return [a[index] for a in x] if isinstance(x, list) else x[index]
+
+
+def to_model(model, x):
+    """``x`` (an array, or a list of them) on the device of the model's parameters."""
+    if model.device is None:
+        return x
+    return [to_device(a, model.device) for a in x] if isinstance(x, list) else to_device(x, model.device)
+
+
+# --- choices and checks of the arguments -------------------------------------------
 def choose_loss(model, loss, y):
-    """``loss``, or the cross-entropy that fits the model's output and the labels;
-    a ValueError for a loss on logits after a softmax (applied twice). (A loss
-    of your own without ``from_logits`` is used as it is: model.backward(loss.backward()).)"""
+    """``loss`` (Keras's name or a loss object), or the cross-entropy that fits the
+    model's output and the labels; a ValueError for a loss on logits after a
+    softmax (applied twice). (A loss of your own without ``from_logits`` is used
+    as it is: model.backward(loss.backward()).)"""
     softmax_output = model.output_applies_softmax()
     if loss is None:
         if not softmax_output:
-            return losses.SoftmaxCrossEntropy()
-        if np.ndim(y) == 1:
-            return losses.SparseCategoricalCrossentropy()
-        return losses.CategoricalCrossentropy()
+            return losses.SoftmaxCrossEntropy(refuse_probabilities=True)   # a softmax it cannot see
+        indices = y is not None and y.dtype.kind in "iu" and y.shape[1:] in ((), (1,))
+        return losses.SparseCategoricalCrossentropy() if indices else losses.CategoricalCrossentropy()
+    loss = losses.get(loss)
     if softmax_output and getattr(loss, "from_logits", None):
         raise ValueError(f"model {model.name!r} ends with a softmax, so its outputs are "
                          f"probabilities, but {type(loss).__name__} has from_logits=True and would "
@@ -197,64 +461,52 @@ def choose_loss(model, loss, y):
     return loss
 
 
-def split_validation(x, y, validation_split, validation_data):
+def split_validation(model, x, y, validation_split, validation_data):
     """((x_train, y_train), validation data): Keras's validation_split holds out
     the LAST fraction of the samples; validation_data, when given, wins."""
-    if not 0 <= validation_split < 1:
-        raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
-    if validation_data is not None or validation_split == 0:
-        return (x, y), validation_data
-    keep = int(math.floor(len(x) * (1 - validation_split)))
-    if keep == 0 or keep == len(x):
-        raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
-                         f"{keep} for training and {len(x) - keep} for validation; both need some")
-    return (x[:keep], y[:keep]), (x[keep:], y[keep:])
+    validation_split = check_number(validation_split, "fit: validation_split", 0.0, 1.0)
+    if validation_data is not None:
+        return (x, y), as_validation_data(model, validation_data)
+    if validation_split == 0:
+        return (x, y), None
+    n = samples(x)
+    keep = int(math.floor(n * (1 - validation_split)))
+    if keep == 0 or keep == n:
+        raise ValueError(f"fit: validation_split={validation_split} of {n} samples leaves "
+                         f"{keep} for training and {n - keep} for validation; both need some")
+    return (rows(x, slice(None, keep)), y[:keep]), (rows(x, slice(keep, None)), y[keep:])
 
 
-def check_validation_data(model, validation_data):
+def as_validation_data(model, validation_data):
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise ValueError("fit: validation_data must be a pair (x_val, y_val), got "
-                         f"{type(validation_data).__name__} of length {len(validation_data)}"
-                         if isinstance(validation_data, (tuple, list)) else
-                         f"fit: validation_data must be a pair (x_val, y_val), got "
-                         f"{type(validation_data).__name__}")
-    check_data(model, *validation_data, "fit (validation_data)")
+        got = type(validation_data).__name__
+        if isinstance(validation_data, (tuple, list)):
+            got += f" of length {len(validation_data)}"
+        raise ValueError(f"fit: validation_data must be a pair (x_val, y_val), got {got} "
+                         "(minires takes no sample weights)")
+    return as_data(model, *validation_data, "fit: validation_data")
 
 
 def check_batch_size(batch_size, caller):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"{caller}: batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    """None is Keras's default, 32."""
+    return check_int(32 if batch_size is None else batch_size, f"{caller}: batch_size", 1)
 
 
-def check_data(model, x, y, caller):
-    """Clear errors for data that would otherwise train on silently or fail deep inside."""
-    if len(x) != len(y):
-        raise ValueError(f"{caller}: x has {len(x)} samples but y has {len(y)} labels")
-    if len(x) == 0:
-        raise ValueError(f"{caller}: no samples")
-    classes = model.outputs[0].shape[-1]
-    if np.ndim(y) == 1:
-        labels = to_device(y, "cpu")
-        if labels.dtype.kind not in "iu":
-            raise TypeError(f"{caller}: labels must be integer class indices, got dtype {labels.dtype}")
-        if labels.min() < 0 or labels.max() >= classes:
-            raise ValueError(f"{caller}: labels must lie in [0, {classes}) for model "
-                             f"{model.name!r} with {classes} outputs, got labels from "
-                             f"{labels.min()} to {labels.max()}")
-    elif tuple(np.shape(y)[1:]) != (classes,):
-        raise ValueError(f"{caller}: targets must have shape (N, {classes}), got {np.shape(y)}")
-
-
-def to_model(model, array):
-    """``array`` on the device of the model's parameters."""
-    return array if model.device is None else to_device(array, model.device)
+def check_epochs(epochs, initial_epoch):
+    """(epochs, initial_epoch) as ints >= 0; a warning when there is nothing to train."""
+    epochs = check_int(epochs, "fit: epochs")
+    initial_epoch = check_int(initial_epoch, "fit: initial_epoch")
+    if initial_epoch > epochs:
+        warnings.warn(f"fit: initial_epoch={initial_epoch} is past epochs={epochs}, so no epoch "
+                      "runs (epochs is the number of the last epoch, not a count of more)",
+                      UserWarning, stacklevel=3)
+    return epochs, initial_epoch
 
 
 def prepare_callbacks(callbacks, model, optimizer, schedule, verbose, params):
     """(every callback of the run, its History): the user's, then the progress
     output (it shows what they log), then a History unless they gave one."""
-    callbacks = list(callbacks or [])
+    callbacks = list(callbacks)
     if schedule is not None and any(isinstance(c, LearningRateScheduler) for c in callbacks):
         raise ValueError("fit: give either schedule= (a rate per batch) or a LearningRateScheduler "
                          "callback (a rate per epoch), not both")

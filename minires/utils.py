@@ -1,8 +1,14 @@
-"""Keras's ``keras.utils`` helpers that tutorials call: plot_model, set_random_seed."""
+"""Keras's ``keras.utils`` helpers that tutorials call (plot_model, set_random_seed), and
+the argument checks that the training API shares (fit, the optimisers, the callbacks)."""
+import math
+import numbers
 import os
 import shutil
 import subprocess
 
+import numpy as np
+
+from .backend import get_array_module
 from .initializers import set_random_seed  # noqa: F401  (keras.utils.set_random_seed)
 from .io.atomic import atomic_write
 from .summary import shape_text
@@ -48,3 +54,43 @@ def plot_model(model, to_file="model.png", show_shapes=False, show_layer_names=T
     with atomic_write(to_file) as handle:
         handle.write(picture)
     return to_file
+
+
+def all_finite(array):
+    """True when no entry of ``array`` (NumPy or CuPy) is nan or inf."""
+    return bool(get_array_module(array).isfinite(array).all())
+
+
+# --- argument checks: one clear error naming the argument, before anything runs -------
+def check_int(value, where, lowest=0):
+    """``value`` as an int if it is an integer >= ``lowest``: a TypeError naming
+    ``where`` for a bool, a float or a string ('2' is not 2), a ValueError below."""
+    wanted = {0: "a non-negative integer", 1: "a positive integer"}.get(lowest,
+                                                                        f"an integer >= {lowest}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where} must be {wanted}, got {value!r} ({type(value).__name__})")
+    if value < lowest:
+        raise ValueError(f"{where} must be {wanted}, got {value!r}")
+    return int(value)
+
+
+def check_number(value, where, low=-math.inf, high=math.inf, include_low=True):
+    """``value`` as a float if it is a real number in [low, high), so finite (or
+    (low, high) without ``include_low``); a 0-d array of one counts. A TypeError naming ``where`` for a bool,
+    a string or None ('0.1' is not 0.1), a ValueError for nan, inf or out of range."""
+    zero_d = getattr(value, "ndim", None) == 0 and getattr(value, "dtype", np.dtype(object)).kind in "iuf"
+    if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real) or zero_d):
+        raise TypeError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)                 # a 0-d array too (a schedule's np.asarray(...)), as Keras
+    above_low = value >= low if include_low else value > low
+    if not (math.isfinite(value) and above_low and value < high):
+        interval = f"{'[' if include_low and math.isfinite(low) else '('}{low:g}, {high:g})"
+        raise ValueError(f"{where} must be in {interval}, got {value!r}")
+    return value
+
+
+def check_flag(value, where):
+    """``value`` as a bool if it is True or False (a NumPy bool too), else a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where} must be True or False, got {value!r}")
+    return bool(value)

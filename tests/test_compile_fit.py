@@ -442,7 +442,8 @@ def test_learning_rate_scheduler_refuses_a_bad_rate_and_a_second_schedule():
     x, y = blobs(40)
     model = mlp()
     model.compile(SGD(0.1), "sparse_categorical_crossentropy")
-    with pytest.raises(ValueError, match=r"schedule\(0, ...\) must return a positive float, got None"):
+    with pytest.raises(TypeError, match=r"LearningRateScheduler: schedule\(0, 0\.1\): learning rate "
+                                        r"must be a number, got None"):
         model.fit(x, y, callbacks=[LearningRateScheduler(lambda epoch, lr: None)], verbose=0)
     with pytest.raises(ValueError, match="either schedule= .* or a LearningRateScheduler"):
         fit(model, x, y, schedule=lambda t: 0.1,

@@ -242,20 +242,20 @@ def test_step_before_backward_names_the_layer(make_optimizer):
 
 
 @pytest.mark.parametrize("make, what", [
-    (lambda: SGD(0.0), "learning_rate"),
+    (lambda: SGD(float("inf")), "learning_rate"),
     (lambda: SGD(-0.1), "learning_rate"),
     (lambda: SGD(float("nan")), "learning_rate"),
     (lambda: SGD(0.1, momentum=1.0), "momentum"),
     (lambda: SGD(0.1, momentum=-0.5), "momentum"),
     (lambda: SGD(0.1, weight_decay=-1e-4), "weight_decay"),
-    (lambda: Adam(0.0), "learning_rate"),
+    (lambda: Adam(-1e-3), "learning_rate"),
     (lambda: Adam(1e-3, beta_1=1.0), "beta_1"),
     (lambda: Adam(1e-3, beta_1=-0.1), "beta_1"),
     (lambda: Adam(1e-3, beta_2=1.5), "beta_2"),
     (lambda: Adam(1e-3, weight_decay=-1.0), "weight_decay"),
 ])
 def test_invalid_hyperparameters(make, what):
-    with pytest.raises(ValueError, match=what):
+    with pytest.raises(ValueError, match=rf"{what}.* must be in "):
         make()
 
 
