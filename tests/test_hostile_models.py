@@ -5,7 +5,7 @@ arithmetic on symbolic tensors in a subclassed call(); Input shapes."""
 import numpy as np
 import pytest
 
-from minires.layers import (BatchNormalization, Conv2D, Dense, Flatten, GlobalAveragePooling2D,
+from minires.layers import (Activation, BatchNormalization, Conv2D, Dense, Flatten, GlobalAveragePooling2D,
                             GlobalMaxPooling2D, Input, MaxPooling2D, AveragePooling2D)
 from minires.models import Model, Sequential
 
@@ -141,3 +141,13 @@ def test_input_refuses_shapes_that_are_not_sizes(shape, batch_size):
                                              ([2, np.int64(3)], (None, 2, 3))])
 def test_input_takes_what_keras_takes(shape, expected):
     assert Input(shape).shape == expected
+
+
+@pytest.mark.parametrize("spelling", ["Softmax", "SOFTMAX"])
+def test_a_softmax_spelt_in_capitals_is_seen_as_one(spelling):
+    """Activation names are read lower-cased, as the layers apply them: a loss on
+    logits must not take such a model's probabilities for logits."""
+    x_in = Input((3,))
+    dense = Model(x_in, Dense(2, activation=spelling)(x_in))
+    layer = Model(x_in, Activation(spelling)(Dense(2)(x_in)))
+    assert dense.output_applies_softmax() and layer.output_applies_softmax()

@@ -65,8 +65,9 @@ ACTIVATIONS = {
 def activation_name(layer):
     """The activation ``layer`` applies last, by Keras's name ('relu', 'softmax',
     ...): a Dense's or Conv2D's ``activation``, an Activation's, ReLU's, Softmax's;
-    None for a layer that applies none."""
-    return getattr(layer, "activation", None)
+    None for a layer that applies none. Lower-cased, as the layers read it."""
+    name = getattr(layer, "activation", None)
+    return name.lower() if isinstance(name, str) else name
 
 
 def get_activation(name, layer_name):
