@@ -255,6 +255,12 @@ def _cupy():
     return cupy
 
 
+def quiet_overflow():
+    """A context where NumPy does not warn of overflow or invalid values: for code
+    that expects inf or nan there and handles them (CuPy never warns)."""
+    return np.errstate(over="ignore", invalid="ignore")
+
+
 def get_array_module(*arrays):
     """``cupy`` if any of ``arrays`` is a CuPy array, else ``numpy``."""
     cupy = _cupy()

@@ -14,9 +14,8 @@ stably. from_logits=False: the outputs are already probabilities (the model
 ends with a softmax, as Keras's applications do). ``CrossEntropy`` derives
 both, and the stable gradient for the second: ``backward(logits_grad=True)``.
 """
-import numpy as np
 
-from .backend import get_array_module, is_array
+from .backend import get_array_module, is_array, quiet_overflow
 from .utils import all_finite
 
 EPSILON = 1e-7                # Keras's backend.epsilon(): probabilities are clipped to [eps, 1 - eps]
@@ -30,7 +29,7 @@ def log_softmax(z):
     the largest (-3e38 against 3e38) gives log p = -inf, exactly where p is 0:
     numpy's overflow warning for it is expected, so silenced."""
     xp = get_array_module(z)
-    with np.errstate(over="ignore"):
+    with quiet_overflow():
         shifted = z - z.max(axis=1, keepdims=True)
     return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 

@@ -16,9 +16,8 @@ g <- g + weight_decay * p, before momentum or moments see it.
 """
 import math
 
-import numpy as np
 
-from .backend import get_array_module
+from .backend import get_array_module, quiet_overflow
 from .utils import all_finite, check_number
 
 
@@ -92,7 +91,7 @@ class Optimizer:
             grad = grad + self.weight_decay * param
         direction, slots = self.direction(key, grad, t)
         update = lr * direction
-        with np.errstate(over="ignore", invalid="ignore"):     # found here, and raised as such
+        with quiet_overflow():                                 # found here, and raised as such
             finite = all_finite(param - update)
         if not finite:
             raise FloatingPointError(f"{type(self).__name__}: a step at learning rate {lr:g} would "

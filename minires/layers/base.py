@@ -104,7 +104,7 @@ class KerasTensor:
         raise TypeError(f"{self!r} has no values yet: minires traces a model's call() once, on "
                         "symbolic tensors, and records only layer calls (and `a + b`, an Add "
                         "layer), so call() cannot compute with them directly (a comparison, "
-                        "`x * 2.0`, np.mean(x)); write a layer instead: Activation, "
+                        "`x * 2.0`, numpy.mean(x)); write a layer instead: Activation, "
                         "Dense, GlobalAveragePooling2D, Add, Concatenate ...")
 
     # Python arithmetic and comparisons, and NumPy's conversion, on a value that does not exist yet
