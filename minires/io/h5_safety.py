@@ -42,6 +42,8 @@ import h5py
 import numpy as np
 from h5py import h5d, h5l, h5s, h5t, h5z
 
+from .validate import check_regular_file, non_finite
+
 MAX_TEXT_ITEMS = 100_000          # names in one attribute (ResNet-152 has about 500 layers)
 MAX_TEXT_BYTES = 16 << 20         # bytes one text attribute may take in the file
 MAX_CHUNKS = 1 << 16              # chunks one dataset may be cut into
@@ -85,12 +87,7 @@ def reading(filepath, key):
 def open_file(filepath):
     """The HDF5 file at ``filepath``, opened read-only (an h5py.File, to be closed)."""
     path = os.fspath(filepath)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if os.path.isdir(path):
-        raise WeightsFileError(f"{path} is a directory, not a weights file")
-    if not os.path.isfile(path):
-        raise WeightsFileError(f"{path} is not a regular file (a device, a pipe, a socket ...)")
+    check_regular_file(path, "weights file", WeightsFileError)
     try:
         handle = h5py.File(path, "r")
     except Exception as error:  # noqa: BLE001 - h5py's errors for files that are not HDF5
@@ -326,10 +323,9 @@ class StoredArray(namedtuple("StoredArray", "filepath key shape dtype dataset"))
             _check_chunks(self.dataset, self.filepath, self.key)
             if out.size:
                 self.dataset.read_direct(out)
-        if out.dtype.kind == "f" and not np.isfinite(out).all():
-            bad = out.size - int(np.count_nonzero(np.isfinite(out)))
-            raise WeightsFileError(f"{self.filepath}: {self.key} holds {bad:,} non-finite "
-                                   f"value(s) (NaN or inf, as {out.dtype}) among {out.size:,}")
+        problem = non_finite(out) if out.dtype.kind == "f" else None
+        if problem:
+            raise WeightsFileError(f"{self.filepath}: {self.key} {problem}")
         return out
 
 

@@ -42,10 +42,10 @@ from ..backend import like
 from ..layers.base import snake_case
 from .h5_safety import (WeightsFileError, find, inspect, names, open_file, path_of, reading,
                         require, text_attribute)
+from .validate import MAX_LISTED_PROBLEMS, listing, require_built
 
 MAX_READ_BYTES = 2 << 30      # the most one load reads, all arrays together (None: no bound;
                               # ResNet-50 takes 0.1 GB, VGG-19 0.57 GB)
-MAX_LISTED_PROBLEMS = 20      # problems spelled out in one error message
 
 # One layer of the file: its name, [(weight name, StoredArray)], its Keras 3 path (None
 # in the legacy layout).  A StoredArray knows its shape and dtype; its data waits.
@@ -207,7 +207,9 @@ def load_weights(model, filepath, by_name=False, skip_mismatch=False, max_bytes=
     ``max_bytes``: the most this load may read (default ``MAX_READ_BYTES``).
     Everything is checked and read before the model is changed: a failed load
     changes nothing.  ``filepath``: a path, or an open KerasWeightsFile.
+    A model not built yet raises ValueError (it has no weights to load into).
     """
+    require_built(model, "load weights into")
     with opened(filepath) as file:
         entries = [layer for layer in file.layers if layer.weights]
         if by_name:
@@ -312,7 +314,9 @@ def load_by_name(model, filepath, renames=None, strict=True, max_bytes=None):
     NaN or inf, or needs more than ``max_bytes`` (default ``MAX_READ_BYTES``)
     raises WeightsFileError and changes nothing.  A missing path raises
     FileNotFoundError.  ``filepath``: a path, or an open KerasWeightsFile.
+    A model not built yet raises ValueError (it has no weights to load into).
     """
+    require_built(model, "load weights into")
     renames = renames or {}
     with opened(filepath) as file:
         stored, ambiguous, problems = {}, set(), []
@@ -345,11 +349,8 @@ def load_by_name(model, filepath, renames=None, strict=True, max_bytes=None):
 
 
 def _listed(problems):
-    shown = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
-    if len(problems) > MAX_LISTED_PROBLEMS:
-        shown += (f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more (strict=False returns "
-                  "them all)")
-    return shown
+    more = " (strict=False returns them all)" if len(problems) > MAX_LISTED_PROBLEMS else ""
+    return listing(problems) + more
 
 
 def _layer_plan(layer, entry):
