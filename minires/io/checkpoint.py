@@ -185,7 +185,7 @@ def load_checkpoint(model, path, strict=True, max_bytes=None, validate=None):
     Values are cast to each parameter's dtype.
     """
     path = os.fspath(path)
-    require_built(model, "load weights into")
+    require_built(model, "load into")
     slots = {parameter_key(layer, name): (layer, name)
              for layer, name in model.parameters(trainable_only=False)}
     with NpzArchive(path, "minires checkpoint", ValueError) as archive:

@@ -98,7 +98,10 @@ SAFETENSORS_DTYPES = {
     "BF16": np.dtype("<u2"),     # no NumPy bfloat16: read as bits, widened to float32 below
 }
 _NAMES_BY_DTYPE = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items() if name != "BF16"}
-MAX_HEADER_BYTES = 100 * 2**20        # the safetensors package's limit
+MAX_HEADER_BYTES = 16 << 20    # read whole, parsed into Python objects of several times its
+                               # size: 16 MiB describe 200,000 tensors (the safetensors package
+                               # allows 100 MiB; ResNet-152's header takes 100 kB)
+MAX_TENSORS = 100_000          # tensors in one file (ResNet-152's state dict has about 1,000)
 _METADATA_KEY = "__metadata__"
 
 # One tensor of a state dict, known before its data is read: its shape, the dtype
@@ -178,6 +181,8 @@ def _safetensors_header(handle, path):
         fail(f"the header length is {header_len} bytes, but only {size - 8} follow it "
              "(truncated, or another kind of file)")
     header = _parse_header(handle.read(header_len), fail)
+    if len(header) > MAX_TENSORS:
+        fail(f"the header lists {len(header):,} tensors, more than the {MAX_TENSORS:,} allowed")
     metadata = header.pop(_METADATA_KEY, None)
     if metadata is not None and (not isinstance(metadata, dict)
                                  or not all(isinstance(v, str) for v in metadata.values())):
@@ -185,7 +190,13 @@ def _safetensors_header(handle, path):
     n_data = size - 8 - header_len
     entries = {name: _safetensors_entry(info, n_data, lambda p, n=name: fail(p, n))
                for name, info in header.items()}
-    # the byte ranges must tile [0, n_data): sorted by start, each begins where the last ended
+    _check_tiling(entries, n_data, fail)
+    return entries, 8 + header_len
+
+
+def _check_tiling(entries, n_data, fail):
+    """The byte ranges must tile [0, n_data): sorted by start, each begins where
+    the last ended (no overlap, no gap, nothing after the last)."""
     end_so_far, last = 0, None
     for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
         if begin < end_so_far:
@@ -195,7 +206,6 @@ def _safetensors_header(handle, path):
         end_so_far, last = end, name
     if end_so_far != n_data:
         fail(f"{n_data - end_so_far} bytes after the last tensor belong to no tensor")
-    return entries, 8 + header_len
 
 
 def _parse_header(text, fail):
@@ -225,11 +235,13 @@ class _DuplicateNames(ValueError):
 
 def _no_duplicates(pairs):
     """A JSON object as a dict, refusing a name given twice (json keeps the last one)."""
+    unique = dict(pairs)
+    if len(unique) == len(pairs):
+        return unique
     repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
     if repeated:
         raise _DuplicateNames(f"names given more than once: {repeated[:MAX_LISTED_PROBLEMS]} "
                               f"({len(repeated):,} in all; which one is meant?)")
-    return dict(pairs)
 
 
 def _safetensors_entry(info, n_data, fail):
@@ -449,7 +461,7 @@ def load_torch_state_dict(model, source):
     holds NaN or inf once cast to its parameter's dtype.  The model is
     untouched then (and a ValueError for a model not built yet).
     """
-    require_built(model, "load weights into")
+    require_built(model, "load into")
     slots = torch_slots(model)
     with opened_state_dict(source) as (what, tensors):
         problems, unexpected = _fit_problems(tensors, slots, _counter_keys(model), what)

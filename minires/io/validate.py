@@ -34,12 +34,11 @@ def check_regular_file(path, noun, error):
 
 
 def require_built(model, action):
-    """ValueError unless ``model`` has been built: an unbuilt model has no
-    weights yet, so ``action`` ('load weights into', 'save the weights of')
-    would load into or save nothing."""
+    """ValueError unless ``model`` has been built: a model not built yet has no
+    weights, so there is nothing to ``action`` ('load into', 'save')."""
     if not getattr(model, "built", True):
-        raise ValueError(f"model {model.name!r} has not been built yet, so there are no weights "
-                         f"to {action}: build it first (call it on a batch, or "
+        raise ValueError(f"model {model.name!r} has not been built yet, so it has no weights to "
+                         f"{action}: build it first (call it on a batch, or "
                          "model.build(input_shape))")
 
 
