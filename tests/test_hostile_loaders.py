@@ -122,7 +122,7 @@ def declared_only(shape, dtype="<f4", zero_mib=0):
     """An entry: a .npy header of ``shape``, then ``zero_mib`` MiB of zeros; it
     declares the size the header and its shape need, whatever it holds."""
     header = npy_bytes(shape=shape, dtype=dtype)
-    stream, crc, size = deflated(header, zero_mib)
+    stream, crc, _ = deflated(header, zero_mib)
     return stream, crc, len(header) + int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
 
 
@@ -490,6 +490,24 @@ def test_100000_tensors_give_a_short_message_quickly(tmp_path, kind):
     assert seconds[0] < 3.0, f"{seconds[0]:.2f} s for 100,000 keys"
 
 
+@pytest.mark.parametrize("kind", ["safetensors", "npz"])
+def test_a_name_of_a_million_characters_is_quoted_short(tmp_path, kind):
+    """An unexpected key (safetensors) or an entry that is not .npy (npz) named by
+    a million characters: the message quotes 200 of them and counts the rest."""
+    name = "x" * 10**6
+    arrays = {**state_dict(), name: np.zeros(0, "f4")}
+    if kind == "safetensors":
+        source = torch_source(tmp_path, kind, arrays)
+        message = r"unexpected: 'x{199}\.\.\. \(1,000,002 characters\)$"
+    else:
+        source = tmp_path / "long.npz"
+        write_zip64(source, {**zip_members(state_dict()), "y" * 60_000: deflated(b"")})
+        message = r"its entry 'y{199}\.\.\. \(60,002 characters\) is not a \.npy array$"
+    text = refused(lambda model: load_torch_state_dict(model, source), message,
+                   TorchWeightsError, files=[source])
+    assert len(text) < 1000, len(text)
+
+
 def test_more_than_100000_tensors_are_refused_by_their_count(tmp_path):
     path = tmp_path / "many.safetensors"
     raw_safetensors(path, {f"t{i}": entry("F32", [0], 0, 0) for i in range(100_001)})
@@ -581,7 +599,7 @@ def test_load_weights_into_a_model_not_built_says_to_build_it(tmp_path, kind, fi
     else:
         path = tmp_path / "w.safetensors"
         write_safetensors(path, torch_state_dict(built))
-        load = lambda p: load_torch_state_dict(model, p)             # noqa: E731
+        load = functools.partial(load_torch_state_dict, model)
     stored = digest(path)
     with pytest.raises(ValueError, match=rf"model '{model.name}' has not been built yet, so it "
                                          r"has no weights to load into: build it first"):

@@ -38,7 +38,7 @@ import numpy as np
 from ..backend import like, to_device
 from .atomic import atomic_write
 from .npz import NpzArchive
-from .validate import cast_checked, dtype_problem, require_built
+from .validate import cast_checked, dtype_problem, quoted, require_built
 
 FORMAT_VERSION = 1
 _FORMAT_KEY = "__format__"
@@ -273,7 +273,7 @@ def _listing(keys):
     if not keys:
         return "none"
     more = f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else ""
-    return ", ".join(map(repr, keys[:_LISTED])) + more
+    return ", ".join(map(quoted, keys[:_LISTED])) + more
 
 
 def _check_fits(entry, layer, name, path):
@@ -304,6 +304,6 @@ def _check_size(entries, model, max_bytes, path):
     if total > limit:
         largest = max(entries, key=lambda entry: entry.nbytes)
         raise ValueError(f"{path}: its arrays would take {total:,} bytes, more than max_bytes="
-                         f"{limit:,} ({why}); the largest is {largest.info.filename!r}, "
+                         f"{limit:,} ({why}); the largest is {quoted(largest.info.filename)}, "
                          f"shape {largest.shape} of {largest.dtype}. Pass a larger max_bytes "
                          "to load_checkpoint if the file is trusted")

@@ -32,7 +32,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .validate import check_regular_file, shape_problem
+from .validate import check_regular_file, quoted, shape_problem
 
 MAX_HEADER_BYTES = 10_000      # bytes of one .npy header (numpy's own limit)
 
@@ -90,11 +90,11 @@ class NpzArchive:
         infos = {}
         for info in self._zip.infolist():
             if not info.filename.endswith(".npy"):
-                raise self.unreadable(f"its entry {info.filename!r} is not a .npy array")
+                raise self.unreadable(f"its entry {quoted(info.filename)} is not a .npy array")
             key = info.filename[:-len(".npy")]
             if key in infos:
-                raise self.unreadable(f"it holds two entries named {info.filename!r} (which one "
-                                      "is meant?)")
+                raise self.unreadable(f"it holds two entries named {quoted(info.filename)} (which "
+                                      "one is meant?)")
             infos[key] = info
         return infos
 
@@ -107,7 +107,7 @@ class NpzArchive:
     def _read_header(self, info):
         """One entry's shape and dtype from its .npy header, after which the
         entry must hold exactly the bytes they need (as its zip directory says)."""
-        name = info.filename
+        name = quoted(info.filename)
         try:
             with self._zip.open(info) as stream:
                 version = np.lib.format.read_magic(stream)
@@ -124,19 +124,19 @@ class NpzArchive:
                            else np.lib.format.read_array_header_2_0)
             shape, _, dtype = read_header(io.BytesIO(size_field + header))
         except READ_ERRORS as problem:
-            raise self.unreadable(f"entry {name!r}: {problem}") from None
+            raise self.unreadable(f"entry {name}: {problem}") from None
         if dtype.hasobject:
-            raise self.unreadable(f"entry {name!r} holds pickled Python objects (dtype {dtype}), "
+            raise self.unreadable(f"entry {name} holds pickled Python objects (dtype {dtype}), "
                                   "which minires never loads")
         if any(n < 0 for n in shape):
-            raise self.unreadable(f"entry {name!r} has shape {shape}")
+            raise self.unreadable(f"entry {name} has shape {shape}")
         problem = shape_problem(shape, dtype.itemsize)
         if problem:
-            raise self.unreadable(f"entry {name!r}: {problem}")
+            raise self.unreadable(f"entry {name}: {problem}")
         entry = Entry(info, shape, dtype)
         needed = np.lib.format.MAGIC_LEN + len(size_field) + length + entry.nbytes
         if info.file_size != needed:
-            raise self.unreadable(f"entry {name!r} declares {info.file_size:,} bytes, but its "
+            raise self.unreadable(f"entry {name} declares {info.file_size:,} bytes, but its "
                                   f"shape {shape} of {dtype} needs {needed:,} with its header (the "
                                   "file is damaged or was not written by numpy)")
         return entry
@@ -148,7 +148,7 @@ class NpzArchive:
             with self._zip.open(entry.info) as stream:
                 array = np.lib.format.read_array(stream, allow_pickle=False)
         except READ_ERRORS as problem:
-            raise self.unreadable(f"entry {entry.info.filename!r}: {problem}") from None
+            raise self.unreadable(f"entry {quoted(entry.info.filename)}: {problem}") from None
         if array.shape != entry.shape or array.dtype != entry.dtype:   # its header, read twice
-            raise self.unreadable(f"entry {entry.info.filename!r} changed while it was read")
+            raise self.unreadable(f"entry {quoted(entry.info.filename)} changed while it was read")
         return array

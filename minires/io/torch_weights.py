@@ -76,7 +76,7 @@ from ..layers import BatchNormalization, Conv2D, Dense
 from .atomic import atomic_write
 from .npz import NpzArchive
 from .validate import (MAX_LISTED_PROBLEMS, cast_checked, check_regular_file, dtype_problem,
-                       listing, require_built, shape_problem)
+                       listing, quoted, require_built, shape_problem)
 
 
 class TorchWeightsError(ValueError):
@@ -168,7 +168,7 @@ def _safetensors_header(handle, path):
     """({name: (dtype name, shape, begin, end)}, where the data starts), all checked
     against the file's size before any tensor's bytes are read."""
     def fail(problem, name=None):
-        where = f" (tensor {name!r})" if name is not None else ""
+        where = f" (tensor {quoted(name)})" if name is not None else ""
         raise TorchWeightsError(f"{path} is not a valid .safetensors file{where}: {problem}")
 
     size = os.fstat(handle.fileno()).st_size
@@ -200,7 +200,7 @@ def _check_tiling(entries, n_data, fail):
     end_so_far, last = 0, None
     for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
         if begin < end_so_far:
-            fail(f"its bytes [{begin}, {end}) overlap those of tensor {last!r}", name)
+            fail(f"its bytes [{begin}, {end}) overlap those of tensor {quoted(last)}", name)
         if begin > end_so_far:
             fail(f"bytes [{end_so_far}, {begin}) before it belong to no tensor", name)
         end_so_far, last = end, name
@@ -240,7 +240,8 @@ def _no_duplicates(pairs):
         return unique
     repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
     if repeated:
-        raise _DuplicateNames(f"names given more than once: {repeated[:MAX_LISTED_PROBLEMS]} "
+        raise _DuplicateNames(f"names given more than once: "
+                              f"{', '.join(map(quoted, repeated[:MAX_LISTED_PROBLEMS]))} "
                               f"({len(repeated):,} in all; which one is meant?)")
 
 
@@ -248,15 +249,15 @@ def _safetensors_entry(info, n_data, fail):
     """(dtype name, shape, begin, end) of one header entry, checked against the data size."""
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         fail("an entry must be an object with exactly 'dtype', 'shape' and 'data_offsets', "
-             f"got {_short(info)}")
+             f"got {quoted(info)}")
     dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
-        fail(f"dtype {_short(dtype_name)} is not one minires reads ({', '.join(SAFETENSORS_DTYPES)})")
+        fail(f"dtype {quoted(dtype_name)} is not one minires reads ({', '.join(SAFETENSORS_DTYPES)})")
     if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
-        fail(f"shape must be a list of non-negative integers, got {_short(shape)}")
+        fail(f"shape must be a list of non-negative integers, got {quoted(shape)}")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
             or offsets[0] > offsets[1]):
-        fail(f"data_offsets must be [begin, end] with 0 <= begin <= end, got {_short(offsets)}")
+        fail(f"data_offsets must be [begin, end] with 0 <= begin <= end, got {quoted(offsets)}")
     itemsize = SAFETENSORS_DTYPES[dtype_name].itemsize
     problem = shape_problem(shape, itemsize)
     if problem:
@@ -273,12 +274,6 @@ def _safetensors_entry(info, n_data, fail):
 
 def _is_count(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _short(value, limit=200):
-    """``repr(value)``, cut to ``limit`` characters: a hostile header's values can be huge."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def write_safetensors(path, arrays, metadata=None):
@@ -482,7 +477,7 @@ def _fit_problems(tensors, slots, counters, what):
     problems = [f"missing: {key!r} (for layer {slots[key][0].name!r} {slots[key][1]})"
                 for key in sorted(set(slots) - set(tensors))]
     unexpected = sorted(set(tensors) - set(slots) - counters)
-    problems += [f"unexpected: {key!r}" for key in unexpected]
+    problems += [f"unexpected: {quoted(key)}" for key in unexpected]
     for key in tensors:
         if key in counters:
             tensor = tensors[key]

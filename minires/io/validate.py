@@ -9,7 +9,8 @@ whatever the file's format (Keras HDF5, minires .npz checkpoint, PyTorch
   (weights are never cast from integers, booleans or text);
 - values are finite once cast to the model's dtype (a float64 beyond
   float32's range becomes inf);
-- an error message lists the first MAX_LISTED_PROBLEMS problems and counts the rest.
+- an error message lists the first MAX_LISTED_PROBLEMS problems and counts the
+  rest, and quotes a name or value from a file at most MAX_QUOTED characters long.
 """
 import math
 import os
@@ -17,6 +18,7 @@ import os
 import numpy as np
 
 MAX_LISTED_PROBLEMS = 20       # problems spelled out in one error message
+MAX_QUOTED = 200               # characters of one name or value from a file, in a message
 MAX_DIMS = 32                  # dimensions of one array: NumPy 1's limit (a weight has at most 4)
 MAX_ARRAY_BYTES = 1 << 62      # bytes of one array, zero-size dimensions counted as 1 (NumPy's
                                # own limit is 2**63, checked on its way to a MemoryError)
@@ -48,6 +50,15 @@ def listing(problems, limit=MAX_LISTED_PROBLEMS):
     if len(problems) > limit:
         shown += f"\n  ... and {len(problems) - limit:,} more"
     return shown
+
+
+def quoted(value):
+    """``repr(value)``, cut to MAX_QUOTED characters: what a hostile file names
+    (a key, an entry, a header value) may be megabytes long."""
+    text = repr(value)
+    if len(text) <= MAX_QUOTED:
+        return text
+    return f"{text[:MAX_QUOTED]}... ({len(text):,} characters)"
 
 
 def shape_problem(shape, itemsize):
