@@ -155,6 +155,8 @@ class LayersAndWeights:
         that is neither is reported by the checkpoint reader if its name ends in
         '.npz' (any case), else by the HDF5 reader. by_name and skip_mismatch
         apply to HDF5 files only: a checkpoint always pairs weights by name.
+        A model not built yet (a Sequential or subclassed model never called)
+        has no weights to load into: both readers refuse it, saying so.
         """
         from .io.checkpoint import file_kind, load_checkpoint
         kind = file_kind(filepath)
@@ -167,6 +169,8 @@ class LayersAndWeights:
         """Write every parameter and BN statistic to a ``.npz`` checkpoint at
         exactly ``filepath`` (no suffix is added), atomically. minires never
         writes HDF5 (Keras's files are only read), so a name ending in '.h5',
-        '.hdf5' or '.keras' is refused with a ValueError, before any file is touched."""
+        '.hdf5' or '.keras' is refused with a ValueError, before any file is
+        touched; so are an empty name, a directory, and a model not built yet
+        (which has no weights to save)."""
         from .io.checkpoint import save_checkpoint
         save_checkpoint(self, filepath)

@@ -20,43 +20,37 @@ error mid-save leaves any earlier checkpoint at ``path`` as it was.  The
 file lands at ``path`` exactly as given (no '.npz' is added); a name ending
 in '.h5', '.hdf5' or '.keras' is refused, since those promise Keras's HDF5.
 
-Loading reads the file's metadata before any data: the zip's directory (the
-size of every entry) and each ``.npy`` entry's header (its shape and dtype,
-a few hundred bytes), never inflating an array to look at it.  Everything is
-checked from that (format, architecture, keys, shapes, dtypes, that every
-entry holds exactly the bytes its shape needs, and that all the arrays to
-read fit in ``max_bytes``) before any array is read, and everything is read
-before any weight is written, so a load that fails costs little and leaves
-the model unchanged.
+Loading reads the file's metadata before any data (through
+``minires.io.npz``, which the PyTorch .npz reader shares): the zip's
+directory (the name and size of every entry) and the ``.npy`` header of each
+entry it will read (its shape and dtype, a few hundred bytes), never
+inflating an array to look at it.  Everything is checked from that (format,
+architecture, keys, shapes, float dtypes, that every entry holds exactly the
+bytes its shape needs, and that all the arrays to read fit in ``max_bytes``)
+before any array is read; every array read is checked finite once cast to
+its parameter's dtype, and everything is read before any weight is written,
+so a load that fails costs little and leaves the model unchanged.
 """
-import io
-import math
 import os
-import struct
-import zipfile
-import zlib
-from collections import namedtuple
 
 import numpy as np
 
 from ..backend import like, to_device
 from .atomic import atomic_write
+from .npz import NpzArchive
+from .validate import cast_checked, dtype_problem, quoted, require_built
 
 FORMAT_VERSION = 1
 _FORMAT_KEY = "__format__"
 _ARCHITECTURE_KEY = "__architecture__"
 _EXTRA_PREFIX = "__extra__/"
 _LISTED = 10               # how many missing/unexpected keys an error message names
-_MAX_HEADER = 10_000       # bytes of one .npy header (numpy's own limit)
 _MAX_NAME = 1024           # characters of an architecture name
 _SPARE_BYTES = 64 << 20    # the default max_bytes: 8 x the model's parameters + this
 _HDF5_NAMES = (".h5", ".hdf5", ".keras")
 
 ZIP_SIGNATURE = b"PK\x03\x04"                 # how a .npz file (a zip) starts
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"         # how a Keras .h5 file starts
-
-# One .npy entry of the file, as its header describes it.
-_Entry = namedtuple("_Entry", "info shape dtype")
 
 
 def parameter_key(layer, name):
@@ -66,7 +60,10 @@ def parameter_key(layer, name):
 
 def file_kind(path):
     """'npz' or 'hdf5' from the first bytes of the file at ``path`` (whatever its
-    name), or None: missing, unreadable, or neither."""
+    name), or None: missing, unreadable, not a regular file (opening a pipe
+    would wait for a writer), or neither."""
+    if not os.path.isfile(path):
+        return None
     try:
         with open(path, "rb") as handle:
             start = handle.read(len(HDF5_SIGNATURE))
@@ -91,18 +88,27 @@ def save_checkpoint(model, path, extra=None):
     ``path`` is used exactly as given: unlike ``np.savez``, no '.npz' is added
     to a name without it.  A name ending in '.h5', '.hdf5' or '.keras' (any
     case) is refused with a ValueError: minires never writes HDF5, and a file
-    so named would mislead Keras and h5py.  GPU (CuPy) arrays are copied to
-    the host.
+    so named would mislead Keras and h5py, and so are an empty name and a
+    directory.  A model not built yet (a Sequential or subclassed model
+    never called) has no weights: refused with a ValueError.  GPU (CuPy)
+    arrays are copied to the host.
     """
     path = check_checkpoint_path(path)
+    require_built(model, "save")
     arrays = _checkpoint_arrays(model, extra)        # every check before any file is touched
     with atomic_write(path, suffix=".npz") as handle:
         np.savez(handle, **arrays)                   # a file object: no '.npz' appended
 
 
 def check_checkpoint_path(path):
-    """``path`` as a string, or a ValueError if it names a Keras HDF5 file."""
-    path = os.fspath(path)
+    """``path`` as a string, or a ValueError if it cannot name a checkpoint file:
+    empty, a directory, or a Keras HDF5 file."""
+    path = os.fsdecode(path)                         # str, bytes or os.PathLike
+    if not path:
+        raise ValueError("the checkpoint path is empty (''): give a file name, e.g. 'weights.npz'")
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise ValueError(f"{path} is a directory: give the checkpoint a file name in it, e.g. "
+                         f"{os.path.join(path, 'weights.npz')!r}")
     if path.lower().endswith(_HDF5_NAMES):
         suffix = next(s for s in _HDF5_NAMES if path.lower().endswith(s))
         raise ValueError(f"{path}: minires writes its checkpoints as .npz files, never as HDF5, "
@@ -171,34 +177,31 @@ def load_checkpoint(model, path, strict=True, max_bytes=None, validate=None):
     state there).
 
     Raises FileNotFoundError for a missing file, and ValueError (naming the
-    file) for a file that is not a readable checkpoint, an unknown format
-    version, another architecture, missing or unexpected keys, a shape that
-    does not fit, or arrays larger than ``max_bytes``.  Values are cast to
-    each parameter's dtype.
+    file) for a model not built yet, a file that is not a readable
+    checkpoint, an unknown format version, another architecture, missing or
+    unexpected keys, a shape that does not fit, weights that are not floats
+    (integers, booleans: never cast silently), NaN or inf (also once cast:
+    a float64 beyond float32's range), or arrays larger than ``max_bytes``.
+    Values are cast to each parameter's dtype.
     """
     path = os.fspath(path)
+    require_built(model, "load into")
     slots = {parameter_key(layer, name): (layer, name)
              for layer, name in model.parameters(trainable_only=False)}
-    with _open_zip(path) as archive:
-        entries = _read_entries(archive, path)
-        _check_format(archive, entries, path)
-        _check_architecture(archive, entries, model, path, strict)
-        weights = {key: entry for key, entry in entries.items() if not _is_metadata(key)}
+    with NpzArchive(path, "minires checkpoint", ValueError) as archive:
+        _check_format(archive, path)
+        _check_architecture(archive, model, path, strict)
+        weights = [key for key in archive.keys if not _is_metadata(key)]
         _check_keys(slots, weights, model, path, strict)
-        to_load = [(key, entry) for key, entry in weights.items() if key in slots]
-        for key, entry in to_load:
+        to_load = {key: archive.entry(key) for key in weights if key in slots}
+        for key, entry in to_load.items():
             _check_fits(entry, *slots[key], path)
-        extras = {key: entry for key, entry in entries.items() if key.startswith(_EXTRA_PREFIX)}
-        _check_size([entries[_FORMAT_KEY], entries[_ARCHITECTURE_KEY], *dict(to_load).values(),
-                     *extras.values()], model, max_bytes, path)
-        ready = []
-        for key, entry in to_load:
-            layer, name = slots[key]
-            param = layer.params[name]
-            value = _read_array(archive, entry, key, path)
-            ready.append((param, like(value.astype(param.dtype, copy=False), param)))
-        extra = {key[len(_EXTRA_PREFIX):]: _read_array(archive, entry, key, path)
-                 for key, entry in extras.items()}
+        extras = {key: archive.entry(key) for key in archive.keys if key.startswith(_EXTRA_PREFIX)}
+        _check_size([archive.entry(_FORMAT_KEY), archive.entry(_ARCHITECTURE_KEY),
+                     *to_load.values(), *extras.values()], model, max_bytes, path)
+        ready = [(layer.params[name], _read_weight(archive, key, layer.params[name]))
+                 for key, (layer, name) in slots.items() if key in to_load]
+        extra = {key[len(_EXTRA_PREFIX):]: archive.read(key) for key in extras}
     extra = {name: (value.item() if value.ndim == 0 else value) for name, value in extra.items()}
     if validate is not None:
         validate(extra)
@@ -208,123 +211,42 @@ def load_checkpoint(model, path, strict=True, max_bytes=None, validate=None):
     return extra
 
 
+def _read_weight(archive, key, param):
+    """The array of ``key``, cast to ``param``'s dtype and device; NaN or inf
+    (once cast) raises ValueError naming the file and the key."""
+    value, problem = cast_checked(archive.read(key), param.dtype)
+    if problem:
+        raise ValueError(f"{archive.path}: {key!r} {problem}; a weight must be a finite number "
+                         "(nothing loaded)")
+    return like(value, param)
+
+
 def _is_metadata(key):
     return key in (_FORMAT_KEY, _ARCHITECTURE_KEY) or key.startswith(_EXTRA_PREFIX)
 
 
-def _unreadable(path, why):
-    return ValueError(f"{path} is not a readable minires checkpoint: {why}")
-
-
-# Errors that reading a damaged or foreign file can raise, from zipfile, zlib and numpy
-# (NotImplementedError: an unknown compression; RuntimeError: an encrypted entry).
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, struct.error,
-                NotImplementedError, RuntimeError)
-
-
-def _open_zip(path):
-    """The checkpoint as a ZipFile (only its directory is read now)."""
-    try:
-        return zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {path}") from None
-    except _READ_ERRORS as error:
-        raise ValueError(f"{path} is not a readable minires checkpoint (empty, truncated, "
-                         f"or another kind of file): {error}") from None
-
-
-def _read_entries(archive, path):
-    """{key: _Entry} of every entry in the file, from its header alone."""
-    entries = {}
-    for info in archive.infolist():
-        if not info.filename.endswith(".npy"):
-            raise _unreadable(path, f"its entry {info.filename!r} is not a .npy array")
-        key = info.filename[:-len(".npy")]
-        if key in entries:
-            raise _unreadable(path, f"it holds two entries named {info.filename!r}")
-        entries[key] = _read_header(archive, info, path)
-    return entries
-
-
-def _read_header(archive, info, path):
-    """One entry's shape and dtype from its .npy header: the first few hundred
-    bytes inflated, never the data. The entry must hold exactly the header
-    and the bytes its shape and dtype need, no more (the zip's directory says
-    how many it holds)."""
-    name = info.filename
-    try:
-        with archive.open(info) as stream:
-            version = np.lib.format.read_magic(stream)
-            if version not in ((1, 0), (2, 0)):
-                raise ValueError(f".npy format version {version[0]}.{version[1]} "
-                                 "(minires reads 1.0 and 2.0)")
-            size_field = stream.read(2 if version == (1, 0) else 4)
-            length = int.from_bytes(size_field, "little")
-            if length > _MAX_HEADER:
-                raise ValueError(f"a header of {length} bytes (at most {_MAX_HEADER} are read)")
-            header = stream.read(length)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read_header(io.BytesIO(size_field + header))
-    except _READ_ERRORS as error:
-        raise _unreadable(path, f"entry {name!r}: {error}") from None
-    if dtype.hasobject:
-        raise _unreadable(path, f"entry {name!r} holds pickled Python objects (dtype {dtype}), "
-                                "which minires never loads")
-    if any(n < 0 for n in shape):
-        raise _unreadable(path, f"entry {name!r} has shape {shape}")
-    needed = np.lib.format.MAGIC_LEN + len(size_field) + length + math.prod(shape) * dtype.itemsize
-    if info.file_size != needed:
-        raise _unreadable(path, f"entry {name!r} declares {info.file_size:,} bytes, but its shape "
-                                f"{shape} of {dtype} needs {needed:,} with its header (the file is "
-                                "damaged or was not written by numpy)")
-    return _Entry(info, shape, dtype)
-
-
-def _nbytes(entry):
-    return math.prod(entry.shape) * entry.dtype.itemsize
-
-
-def _read_array(archive, entry, key, path):
-    """The array of one entry (already checked from its header), read in full."""
-    try:
-        with archive.open(entry.info) as stream:
-            array = np.lib.format.read_array(stream, allow_pickle=False)
-    except _READ_ERRORS as error:
-        raise ValueError(f"{path} is not a readable minires checkpoint (damaged): entry "
-                         f"{key!r}: {error}") from None
-    if array.shape != entry.shape or array.dtype != entry.dtype:   # the same header, read twice
-        raise _unreadable(path, f"entry {key!r} changed while it was read")
-    return array
-
-
-def _read_small(archive, entries, key, path):
-    """A 0-d metadata entry's value (its header already checked to be small)."""
-    return _read_array(archive, entries[key], key, path)
-
-
-def _check_format(archive, entries, path):
-    entry = entries.get(_FORMAT_KEY)
-    if entry is None:
+def _check_format(archive, path):
+    if _FORMAT_KEY not in archive.keys:
         raise ValueError(f"{path} is a .npz file but not a minires checkpoint: it has no "
                          f"{_FORMAT_KEY!r} entry")
+    entry = archive.entry(_FORMAT_KEY)
     if entry.shape != () or entry.dtype.kind not in "iu":
         raise ValueError(f"{path}: the format version must be an integer, got "
                          f"{entry.dtype} array of shape {entry.shape}")
-    version = int(_read_small(archive, entries, _FORMAT_KEY, path))
+    version = int(archive.read(_FORMAT_KEY))
     if version != FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format version {version}; this minires "
                          f"reads version {FORMAT_VERSION}")
 
 
-def _check_architecture(archive, entries, model, path, strict):
-    entry = entries.get(_ARCHITECTURE_KEY)
+def _check_architecture(archive, model, path, strict):
+    entry = archive.entry(_ARCHITECTURE_KEY) if _ARCHITECTURE_KEY in archive.keys else None
     if entry is None or entry.shape != () or entry.dtype.kind != "U":
         raise ValueError(f"{path}: {_ARCHITECTURE_KEY!r} is missing or not a string")
     if entry.dtype.itemsize > 4 * _MAX_NAME:
         raise ValueError(f"{path}: {_ARCHITECTURE_KEY!r} is a string of "
                          f"{entry.dtype.itemsize // 4:,} characters, not a model name")
-    stored = str(_read_small(archive, entries, _ARCHITECTURE_KEY, path))
+    stored = str(archive.read(_ARCHITECTURE_KEY))
     if strict and stored != model.name:
         raise ValueError(f"{path} is a checkpoint of architecture {stored!r}, but the model "
                          f"is named {model.name!r} (pass name= when building the model, or "
@@ -351,7 +273,7 @@ def _listing(keys):
     if not keys:
         return "none"
     more = f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else ""
-    return ", ".join(map(repr, keys[:_LISTED])) + more
+    return ", ".join(map(quoted, keys[:_LISTED])) + more
 
 
 def _check_fits(entry, layer, name, path):
@@ -360,9 +282,9 @@ def _check_fits(entry, layer, name, path):
     if tuple(entry.shape) != tuple(param.shape):
         raise ValueError(f"{path}: layer {layer.name!r} parameter {name!r} has shape "
                          f"{tuple(entry.shape)} in the file, but {tuple(param.shape)} in the model")
-    if entry.dtype.kind not in "biuf":
-        raise ValueError(f"{path}: layer {layer.name!r} parameter {name!r} has non-numeric "
-                         f"dtype {entry.dtype} in the file")
+    problem = dtype_problem(entry.dtype)
+    if problem:
+        raise ValueError(f"{path}: layer {layer.name!r} parameter {name!r} has {problem}")
 
 
 def _check_size(entries, model, max_bytes, path):
@@ -378,10 +300,10 @@ def _check_size(entries, model, max_bytes, path):
                          f"got {max_bytes!r}")
     else:
         limit, why = int(max_bytes), "as given"
-    total = sum(_nbytes(entry) for entry in entries)
+    total = sum(entry.nbytes for entry in entries)
     if total > limit:
-        largest = max(entries, key=_nbytes)
+        largest = max(entries, key=lambda entry: entry.nbytes)
         raise ValueError(f"{path}: its arrays would take {total:,} bytes, more than max_bytes="
-                         f"{limit:,} ({why}); the largest is {largest.info.filename!r}, "
+                         f"{limit:,} ({why}); the largest is {quoted(largest.info.filename)}, "
                          f"shape {largest.shape} of {largest.dtype}. Pass a larger max_bytes "
                          "to load_checkpoint if the file is trusted")

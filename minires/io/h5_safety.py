@@ -20,7 +20,9 @@ metadata, which HDF5 reads without touching the data, so every check comes first
   is first inflated here, up to the chunk's declared size and no further (HDF5
   itself keeps inflating a chunk that lies about its size), and NaN or inf
   values are refused;
-- attributes must be text of bounded size;
+- attributes must be text of bounded size, known before the text is read
+  (for variable-length strings, from the lengths stored in the attribute
+  message: ``minires.io.h5_headers``);
 - the heaps that hold names and variable-length text are walked first
   (``check_heaps``): one damaged size or offset there sends HDF5 1.14 into an
   endless loop.
@@ -40,7 +42,10 @@ from collections import namedtuple
 
 import h5py
 import numpy as np
-from h5py import h5d, h5l, h5s, h5t, h5z
+from h5py import h5d, h5l, h5o, h5s, h5t, h5z
+
+from .h5_headers import HeaderError, base_address, vlen_string_lengths
+from .validate import check_regular_file, non_finite
 
 MAX_TEXT_ITEMS = 100_000          # names in one attribute (ResNet-152 has about 500 layers)
 MAX_TEXT_BYTES = 16 << 20         # bytes one text attribute may take in the file
@@ -85,12 +90,7 @@ def reading(filepath, key):
 def open_file(filepath):
     """The HDF5 file at ``filepath``, opened read-only (an h5py.File, to be closed)."""
     path = os.fspath(filepath)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if os.path.isdir(path):
-        raise WeightsFileError(f"{path} is a directory, not a weights file")
-    if not os.path.isfile(path):
-        raise WeightsFileError(f"{path} is not a regular file (a device, a pipe, a socket ...)")
+    check_regular_file(path, "weights file", WeightsFileError)
     try:
         handle = h5py.File(path, "r")
     except Exception as error:  # noqa: BLE001 - h5py's errors for files that are not HDF5
@@ -106,9 +106,6 @@ def open_file(filepath):
         handle.close()
         raise
     return handle
-
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def check_heaps(path, offset_size=8, length_size=8, file_size=0):
@@ -134,8 +131,7 @@ def check_heaps(path, offset_size=8, length_size=8, file_size=0):
     plain Python: at most MAX_HEAP_STEPS steps in all (a weights file needs a
     few thousand).  ``file_size``: HDF5's idea of it (reads stop there).
     """
-    with open(path, "rb") as handle, contextlib.closing(
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)) as data:
+    with mapped(path) as data:
         walk = _HeapWalk(path, data, offset_size, length_size, max(len(data), file_size))
         for signature, check in ((b"GCOL", walk.global_heap), (b"HEAP", walk.local_heap)):
             start = data.find(signature)
@@ -144,13 +140,21 @@ def check_heaps(path, offset_size=8, length_size=8, file_size=0):
                 start = data.find(signature, start + 1)
 
 
+@contextlib.contextmanager
+def mapped(path):
+    """The bytes of the file at ``path``, mapped read-only."""
+    with open(path, "rb") as handle, contextlib.closing(
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)) as data:
+        yield data
+
+
 class _HeapWalk:
     """The state of one check_heaps: the file's bytes and sizes, steps taken."""
 
     def __init__(self, path, data, offset_size, length_size, limit):
         self.path, self.data, self.limit = path, data, limit
         self.offset_size, self.length_size = offset_size, length_size
-        self.base = _base_address(data, offset_size)
+        self.base = base_address(data, offset_size)
         self.steps = 0
 
     def number(self, at, size):
@@ -195,18 +199,6 @@ class _HeapWalk:
             seen.add(free)
             self.step()
             free = self.number(self.base + address + free, self.length_size)
-
-
-def _base_address(data, offset_size):
-    """The superblock's base address, which the file's addresses count from."""
-    for at in [0] + [512 << k for k in range(20)]:          # where a superblock may start
-        if at >= len(data):
-            break
-        if data[at:at + 8] == HDF5_SIGNATURE:
-            version = data[at + 8]
-            field = at + (24 if version == 0 else 28 if version == 1 else 12)
-            return int.from_bytes(data[field:field + offset_size], "little")
-    return 0
 
 
 def path_of(obj):
@@ -288,7 +280,9 @@ def text_attribute(obj, name, filepath, default=None):
     """Attribute ``name`` of ``obj`` as a list of str (bytes are decoded as
     UTF-8; an empty array of any type, as Keras writes for a layer without
     weights, is []), or ``default`` if there is no such attribute.  Its size is
-    checked from its metadata before it is read."""
+    checked from its metadata before it is read: the bytes it takes in the
+    file, or for variable-length strings the lengths stored beside them
+    (``text_bytes``)."""
     key = f"attribute {name!r} of {path_of(obj)!r}"
     with reading(filepath, key):
         if name not in obj.attrs:
@@ -299,15 +293,33 @@ def text_attribute(obj, name, filepath, default=None):
         count = math.prod(attribute.shape)
         if count == 0:
             return []
-        stored = attribute.get_storage_size()               # h5py calls 0 bytes an error
-        if count > MAX_TEXT_ITEMS or stored > MAX_TEXT_BYTES:
-            raise WeightsFileError(f"{filepath}: {key} declares {count:,} values in {stored:,} "
-                                   f"bytes, more than any weights file needs (at most "
-                                   f"{MAX_TEXT_ITEMS:,} values, {MAX_TEXT_BYTES:,} bytes)")
         if h5py.check_string_dtype(attribute.dtype) is None:
             raise WeightsFileError(f"{filepath}: {key} holds {attribute.dtype} values, not text")
+        size = text_bytes(obj, name, attribute, count, filepath, key)
+        if count > MAX_TEXT_ITEMS or size > MAX_TEXT_BYTES:
+            raise WeightsFileError(f"{filepath}: {key} declares {count:,} values in {size:,} "
+                                   f"bytes, more than any weights file needs (at most "
+                                   f"{MAX_TEXT_ITEMS:,} values, {MAX_TEXT_BYTES:,} bytes)")
         values = np.asarray(obj.attrs[name]).ravel()
         return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def text_bytes(obj, name, attribute, count, filepath, key):
+    """The bytes text attribute ``name`` takes: fixed-length strings, its storage
+    size; variable-length ones, the sum of the lengths stored in its attribute
+    message (minires.io.h5_headers), since their storage size counts only the
+    16-byte reference of each string and HDF5 reads every string to say more."""
+    if not attribute.get_type().is_variable_str():
+        return attribute.get_storage_size()              # h5py calls 0 bytes an error
+    offset_size, length_size = obj.file.id.get_create_plist().get_sizes()
+    try:
+        with mapped(filepath) as data:
+            lengths = vlen_string_lengths(data, h5o.get_info(obj.id).addr, name.encode("utf8"),
+                                          count, offset_size, length_size)
+    except HeaderError as error:
+        raise WeightsFileError(f"{filepath}: {key} holds variable-length text whose size minires "
+                               f"cannot check before reading it: {error}") from None
+    return sum(lengths)
 
 
 class StoredArray(namedtuple("StoredArray", "filepath key shape dtype dataset")):
@@ -326,10 +338,9 @@ class StoredArray(namedtuple("StoredArray", "filepath key shape dtype dataset"))
             _check_chunks(self.dataset, self.filepath, self.key)
             if out.size:
                 self.dataset.read_direct(out)
-        if out.dtype.kind == "f" and not np.isfinite(out).all():
-            bad = out.size - int(np.count_nonzero(np.isfinite(out)))
-            raise WeightsFileError(f"{self.filepath}: {self.key} holds {bad:,} non-finite "
-                                   f"value(s) (NaN or inf, as {out.dtype}) among {out.size:,}")
+        problem = non_finite(out) if out.dtype.kind == "f" else None
+        if problem:
+            raise WeightsFileError(f"{self.filepath}: {self.key} {problem}")
         return out
 
 

@@ -25,8 +25,8 @@ A load happens in three steps, and the model is touched only in the last:
      ``minires.io.h5_safety``, which lists what it refuses);
   2. the plan: each model parameter paired with one stored array of exactly
      its shape; every problem is found here, before any data is read;
-  3. the data: all planned arrays read (within ``max_bytes`` in total), checked
-     finite and converted, and only then copied into the model.
+  3. the data: all planned arrays (floats, within ``max_bytes`` in total) read,
+     checked finite and converted, and only then copied into the model.
 So a failed load leaves the model as it was, whatever went wrong, and every
 failure is one WeightsFileError (a ValueError) naming the file and what in it;
 a missing file is a FileNotFoundError.
@@ -42,10 +42,10 @@ from ..backend import like
 from ..layers.base import snake_case
 from .h5_safety import (WeightsFileError, find, inspect, names, open_file, path_of, reading,
                         require, text_attribute)
+from .validate import MAX_LISTED_PROBLEMS, dtype_problem, listing, require_built
 
 MAX_READ_BYTES = 2 << 30      # the most one load reads, all arrays together (None: no bound;
                               # ResNet-50 takes 0.1 GB, VGG-19 0.57 GB)
-MAX_LISTED_PROBLEMS = 20      # problems spelled out in one error message
 
 # One layer of the file: its name, [(weight name, StoredArray)], its Keras 3 path (None
 # in the legacy layout).  A StoredArray knows its shape and dtype; its data waits.
@@ -113,10 +113,16 @@ class KerasWeightsFile:
 
     def read_plan(self, plan, max_bytes=None):
         """Read the arrays of ``plan`` ([(layer, [(param name, StoredArray), ...])],
-        shapes already checked): their total size is checked against ``max_bytes``
-        (None: ``MAX_READ_BYTES``) before anything is read; each array comes back
-        finite, in its parameter's dtype, on its parameter's device.  Nothing is
-        written into the layers here (see ``assign``)."""
+        shapes already checked): their stored dtypes must be floats (integers are
+        never cast into weights) and their total size is checked against
+        ``max_bytes`` (None: ``MAX_READ_BYTES``) before anything is read; each
+        array comes back finite, in its parameter's dtype, on its parameter's
+        device.  Nothing is written into the layers here (see ``assign``)."""
+        for _, weights in plan:
+            for _, stored in weights:
+                problem = dtype_problem(stored.dtype)
+                if problem:
+                    raise WeightsFileError(f"{self.filepath}: {stored.key} has {problem}")
         limit = MAX_READ_BYTES if max_bytes is None else max_bytes
         total = sum(stored.size * np.dtype(layer.params[slot].dtype).itemsize
                     for layer, weights in plan for slot, stored in weights)
@@ -207,7 +213,9 @@ def load_weights(model, filepath, by_name=False, skip_mismatch=False, max_bytes=
     ``max_bytes``: the most this load may read (default ``MAX_READ_BYTES``).
     Everything is checked and read before the model is changed: a failed load
     changes nothing.  ``filepath``: a path, or an open KerasWeightsFile.
+    A model not built yet raises ValueError (it has no weights to load into).
     """
+    require_built(model, "load into")
     with opened(filepath) as file:
         entries = [layer for layer in file.layers if layer.weights]
         if by_name:
@@ -312,7 +320,9 @@ def load_by_name(model, filepath, renames=None, strict=True, max_bytes=None):
     NaN or inf, or needs more than ``max_bytes`` (default ``MAX_READ_BYTES``)
     raises WeightsFileError and changes nothing.  A missing path raises
     FileNotFoundError.  ``filepath``: a path, or an open KerasWeightsFile.
+    A model not built yet raises ValueError (it has no weights to load into).
     """
+    require_built(model, "load into")
     renames = renames or {}
     with opened(filepath) as file:
         stored, ambiguous, problems = {}, set(), []
@@ -345,11 +355,8 @@ def load_by_name(model, filepath, renames=None, strict=True, max_bytes=None):
 
 
 def _listed(problems):
-    shown = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
-    if len(problems) > MAX_LISTED_PROBLEMS:
-        shown += (f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more (strict=False returns "
-                  "them all)")
-    return shown
+    more = " (strict=False returns them all)" if len(problems) > MAX_LISTED_PROBLEMS else ""
+    return listing(problems) + more
 
 
 def _layer_plan(layer, entry):

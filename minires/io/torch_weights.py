@@ -22,10 +22,15 @@ reads only the two pickle-free ways of storing one:
                 checks): unknown dtypes, a shape whose size does not match its
                 byte range, ranges outside the data, ranges that overlap, gaps
                 or trailing bytes (the ranges must tile the data exactly), and
-                a name given twice (JSON would silently keep the last one).
+                a name given twice (JSON would silently keep the last one);
+                the header's length is checked against the file's size before
+                it is read, and the header before any tensor's bytes.
                 Writing from PyTorch: ``safetensors.torch.save_file(model.state_dict(), path)``.
   .npz          ``np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})``,
-                read with ``np.load(allow_pickle=False)``.
+                read through ``minires.io.npz`` (as minires's checkpoints are):
+                keys from the zip's directory, shapes and dtypes from each
+                entry's .npy header, before any data is inflated; nothing
+                is unpickled.
 
 How a state dict maps onto minires: the model's layers are named after the
 PyTorch module paths (``minires.applications.TorchResNet18`` is), so layer
@@ -47,16 +52,21 @@ checked where present (an integer scalar), may be absent, and is not stored.
 (strict) takes minires's export whole.
 
 Loading is strict and all-or-nothing: every key of the state dict must be used
-and every parameter of the model must get one, every shape must match, and all
-the problems found are reported in one TorchWeightsError (one per line); the
-model is changed only once everything has been checked.  Values are cast to the
-model's dtype (a float64 file into a float32 model, bf16 widened exactly).
+and every parameter of the model must get one, every shape must match, every
+weight must be floating point, and all the problems found, from the file's
+metadata before any tensor is read, are reported in one TorchWeightsError (one
+per line, the first MAX_LISTED_PROBLEMS of them, and how many more).  Values
+are cast to the model's dtype (a float64 file into a float32 model, bf16
+widened exactly) and must then be finite (NaN, inf, and a float64 beyond
+float32's range are refused).  The model is changed only once everything has
+been checked and read.
 """
+import contextlib
+import functools
 import json
 import math
 import os
-import zipfile
-from collections import Counter
+from collections import Counter, namedtuple
 from collections.abc import Mapping
 
 import numpy as np
@@ -64,6 +74,9 @@ import numpy as np
 from ..backend import like, to_device
 from ..layers import BatchNormalization, Conv2D, Dense
 from .atomic import atomic_write
+from .npz import NpzArchive
+from .validate import (MAX_LISTED_PROBLEMS, cast_checked, check_regular_file, dtype_problem,
+                       listing, quoted, require_built, shape_problem)
 
 
 class TorchWeightsError(ValueError):
@@ -85,46 +98,119 @@ SAFETENSORS_DTYPES = {
     "BF16": np.dtype("<u2"),     # no NumPy bfloat16: read as bits, widened to float32 below
 }
 _NAMES_BY_DTYPE = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items() if name != "BF16"}
-MAX_HEADER_BYTES = 100 * 2**20        # the safetensors package's limit
+MAX_HEADER_BYTES = 16 << 20    # read whole, parsed into Python objects of several times its
+                               # size: 16 MiB describe 200,000 tensors (the safetensors package
+                               # allows 100 MiB; ResNet-152's header takes 100 kB)
+MAX_TENSORS = 100_000          # tensors in one file (ResNet-152's state dict has about 1,000)
 _METADATA_KEY = "__metadata__"
+
+# One tensor of a state dict, known before its data is read: its shape, the dtype
+# ``read()`` returns it in, and ``read``, which reads it.
+Tensor = namedtuple("Tensor", "shape dtype read")
 
 
 def read_safetensors(path):
     """{name: NumPy array} of every tensor in the ``.safetensors`` file ``path``,
     in header order; ValueError (a TorchWeightsError) naming the file, and the
     tensor where there is one, for anything the format does not allow."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"state-dict file not found: {path}") from None
-    entries, start = _safetensors_header(data, path)
-    view, arrays = memoryview(data), {}
-    for name, (dtype_name, shape, begin, end) in entries.items():
+    with SafetensorsFile(path) as file:
+        return {name: tensor.read() for name, tensor in file.tensors.items()}
+
+
+class SafetensorsFile:
+    """A ``.safetensors`` file opened read-only, its header read and checked at
+    once against the file's size (``tensors``: {name: Tensor}, in header
+    order); a tensor's bytes are read only by its ``read``.  Use as a context
+    manager, which closes it."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        check_regular_file(self.path, "state dict", TorchWeightsError)
+        self._handle = open(self.path, "rb")
+        try:
+            self._entries, self._start = _safetensors_header(self._handle, self.path)
+        except BaseException:
+            self.close()
+            raise
+        self.tensors = {name: Tensor(shape, _returned_dtype(dtype_name),
+                                     functools.partial(self._read, name))
+                        for name, (dtype_name, shape, _, _) in self._entries.items()}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        self._handle.close()
+
+    def _read(self, name):
+        dtype_name, shape, begin, end = self._entries[name]
         dtype = SAFETENSORS_DTYPES[dtype_name]
-        raw = np.frombuffer(view[start + begin:start + end], dtype)
+        raw = np.empty(math.prod(shape), dtype)
+        self._handle.seek(self._start + begin)
+        if self._handle.readinto(raw.view(np.uint8)) != end - begin:
+            raise TorchWeightsError(f"{self.path}: tensor {name!r} is cut short (the file "
+                                    "changed while it was read)")
         if dtype_name == "BF16":      # bfloat16 is the top half of a float32: shift the bits back
             raw = (raw.astype(np.uint32) << 16).view(np.float32)
-        arrays[name] = raw.astype(raw.dtype.newbyteorder("="), copy=True).reshape(shape)
-    return arrays
+        return raw.astype(raw.dtype.newbyteorder("="), copy=False).reshape(shape)
 
 
-def _safetensors_header(data, path):
-    """({name: (dtype name, shape, begin, end)}, where the data starts), all checked."""
+def _returned_dtype(dtype_name):
+    """The NumPy dtype a tensor of safetensors dtype ``dtype_name`` is read as."""
+    dtype = np.dtype(np.float32) if dtype_name == "BF16" else SAFETENSORS_DTYPES[dtype_name]
+    return dtype.newbyteorder("=")
+
+
+def _safetensors_header(handle, path):
+    """({name: (dtype name, shape, begin, end)}, where the data starts), all checked
+    against the file's size before any tensor's bytes are read."""
     def fail(problem, name=None):
-        where = f" (tensor {name!r})" if name is not None else ""
+        where = f" (tensor {quoted(name)})" if name is not None else ""
         raise TorchWeightsError(f"{path} is not a valid .safetensors file{where}: {problem}")
 
-    if len(data) < 8:
-        fail(f"it has {len(data)} bytes, fewer than the 8 of the header length")
-    header_len = int.from_bytes(data[:8], "little")
+    size = os.fstat(handle.fileno()).st_size
+    if size < 8:
+        fail(f"it has {size} bytes, fewer than the 8 of the header length")
+    header_len = int.from_bytes(handle.read(8), "little")
     if header_len > MAX_HEADER_BYTES:
         fail(f"the header length is {header_len} bytes, more than the {MAX_HEADER_BYTES} allowed")
-    if 8 + header_len > len(data):
-        fail(f"the header length is {header_len} bytes, but only {len(data) - 8} follow it "
+    if 8 + header_len > size:
+        fail(f"the header length is {header_len} bytes, but only {size - 8} follow it "
              "(truncated, or another kind of file)")
-    text = data[8:8 + header_len]
+    header = _parse_header(handle.read(header_len), fail)
+    if len(header) > MAX_TENSORS:
+        fail(f"the header lists {len(header):,} tensors, more than the {MAX_TENSORS:,} allowed")
+    metadata = header.pop(_METADATA_KEY, None)
+    if metadata is not None and (not isinstance(metadata, dict)
+                                 or not all(isinstance(v, str) for v in metadata.values())):
+        fail(f"{_METADATA_KEY!r} must map strings to strings")
+    n_data = size - 8 - header_len
+    entries = {name: _safetensors_entry(info, n_data, lambda p, n=name: fail(p, n))
+               for name, info in header.items()}
+    _check_tiling(entries, n_data, fail)
+    return entries, 8 + header_len
+
+
+def _check_tiling(entries, n_data, fail):
+    """The byte ranges must tile [0, n_data): sorted by start, each begins where
+    the last ended (no overlap, no gap, nothing after the last)."""
+    end_so_far, last = 0, None
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
+        if begin < end_so_far:
+            fail(f"its bytes [{begin}, {end}) overlap those of tensor {quoted(last)}", name)
+        if begin > end_so_far:
+            fail(f"bytes [{end_so_far}, {begin}) before it belong to no tensor", name)
+        end_so_far, last = end, name
+    if end_so_far != n_data:
+        fail(f"{n_data - end_so_far} bytes after the last tensor belong to no tensor")
+
+
+def _parse_header(text, fail):
+    """The header's JSON object as a dict (names given twice, text that is not
+    UTF-8 JSON, and JSON nested beyond Python's recursion limit are refused)."""
     if not text.startswith(b"{"):
         fail("the header does not start with '{' (not a JSON object)")
     header, problem = None, None
@@ -132,30 +218,15 @@ def _safetensors_header(data, path):
         header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except _DuplicateNames as error:
         problem = str(error)
+    except RecursionError:
+        problem = "the header's JSON is nested too deeply to read (a header is two levels deep)"
     except (UnicodeDecodeError, ValueError) as error:
         problem = f"the header is not valid UTF-8 JSON: {error}"
     if problem is not None:                   # raised here, not inside the except: no chained trace
         fail(problem)
     if not isinstance(header, dict):
         fail("the header is not a JSON object")
-    metadata = header.pop(_METADATA_KEY, None)
-    if metadata is not None and (not isinstance(metadata, dict)
-                                 or not all(isinstance(v, str) for v in metadata.values())):
-        fail(f"{_METADATA_KEY!r} must map strings to strings")
-    start, n_data = 8 + header_len, len(data) - 8 - header_len
-    entries = {name: _safetensors_entry(info, n_data, lambda p, n=name: fail(p, n))
-               for name, info in header.items()}
-    # the byte ranges must tile [0, n_data): sorted by start, each begins where the last ended
-    end_so_far, last = 0, None
-    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
-        if begin < end_so_far:
-            fail(f"its bytes [{begin}, {end}) overlap those of tensor {last!r}", name)
-        if begin > end_so_far:
-            fail(f"bytes [{end_so_far}, {begin}) before it belong to no tensor", name)
-        end_so_far, last = end, name
-    if end_so_far != n_data:
-        fail(f"{n_data - end_so_far} bytes after the last tensor belong to no tensor")
-    return entries, start
+    return header
 
 
 class _DuplicateNames(ValueError):
@@ -164,29 +235,37 @@ class _DuplicateNames(ValueError):
 
 def _no_duplicates(pairs):
     """A JSON object as a dict, refusing a name given twice (json keeps the last one)."""
+    unique = dict(pairs)
+    if len(unique) == len(pairs):
+        return unique
     repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
     if repeated:
-        raise _DuplicateNames(f"names given more than once: {repeated} (which one is meant?)")
-    return dict(pairs)
+        raise _DuplicateNames(f"names given more than once: "
+                              f"{', '.join(map(quoted, repeated[:MAX_LISTED_PROBLEMS]))} "
+                              f"({len(repeated):,} in all; which one is meant?)")
 
 
 def _safetensors_entry(info, n_data, fail):
     """(dtype name, shape, begin, end) of one header entry, checked against the data size."""
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         fail("an entry must be an object with exactly 'dtype', 'shape' and 'data_offsets', "
-             f"got {info!r}")
+             f"got {quoted(info)}")
     dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype_name not in SAFETENSORS_DTYPES:
-        fail(f"dtype {dtype_name!r} is not one minires reads ({', '.join(SAFETENSORS_DTYPES)})")
+    if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
+        fail(f"dtype {quoted(dtype_name)} is not one minires reads ({', '.join(SAFETENSORS_DTYPES)})")
     if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
-        fail(f"shape must be a list of non-negative integers, got {shape!r}")
+        fail(f"shape must be a list of non-negative integers, got {quoted(shape)}")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
             or offsets[0] > offsets[1]):
-        fail(f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
+        fail(f"data_offsets must be [begin, end] with 0 <= begin <= end, got {quoted(offsets)}")
+    itemsize = SAFETENSORS_DTYPES[dtype_name].itemsize
+    problem = shape_problem(shape, itemsize)
+    if problem:
+        fail(problem)
     begin, end = offsets
     if end > n_data:
         fail(f"its bytes [{begin}, {end}) run past the {n_data} bytes of data")
-    expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype_name].itemsize
+    expected = math.prod(shape) * itemsize
     if end - begin != expected:
         fail(f"shape {shape} of {dtype_name} needs {expected} bytes, but data_offsets "
              f"[{begin}, {end}) hold {end - begin}")
@@ -231,38 +310,84 @@ def write_safetensors(path, arrays, metadata=None):
 
 
 # --- state-dict files ------------------------------------------------------------
-def read_state_dict(path):
-    """{key: NumPy array} from a ``.safetensors`` or ``.npz`` file (by its suffix).
+MAX_READ_BYTES = 2 << 30       # the most read_state_dict reads, all tensors together (None: no bound)
+_PICKLED = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+def read_state_dict(path, max_bytes=MAX_READ_BYTES):
+    """{key: NumPy array} of every tensor in a ``.safetensors`` or ``.npz`` file
+    (by its suffix); their total size, as the file declares it, is checked
+    against ``max_bytes`` (None: no bound) before any tensor is read.
     Pickled PyTorch files (.pt, .pth, .bin, .ckpt) are refused: they can run code."""
-    path = os.fspath(path)
+    with opened_state_dict(path) as (what, tensors):
+        total = sum(math.prod(tensor.shape) * tensor.dtype.itemsize for tensor in tensors.values())
+        if max_bytes is not None and total > max_bytes:
+            raise TorchWeightsError(f"{what} declares {total:,} bytes of tensors, more than "
+                                    f"max_bytes={max_bytes:,} (pass a larger max_bytes, or None, "
+                                    "if the file is trusted)")
+        return {key: tensor.read() for key, tensor in tensors.items()}
+
+
+@contextlib.contextmanager
+def opened_state_dict(source):
+    """(what, {key: Tensor}) of a state dict: a ``.safetensors`` or ``.npz`` file,
+    its keys, shapes and dtypes read from its metadata, each tensor's data
+    only by its ``read``; or a mapping of key -> array. ``what`` names it in
+    messages."""
+    if isinstance(source, Mapping):
+        yield "the state dict", _mapping_tensors(source)
+        return
+    path = os.fspath(source)
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".safetensors":
-        return read_safetensors(path)
-    if suffix == ".npz":
-        return _read_npz(path)
-    if suffix in (".pt", ".pth", ".bin", ".ckpt", ".pkl"):
+        with SafetensorsFile(path) as file:
+            yield path, file.tensors
+    elif suffix == ".npz":
+        with NpzArchive(path, ".npz state dict", TorchWeightsError) as archive:
+            yield path, _NpzTensors(archive)
+    elif suffix in _PICKLED:
         raise TorchWeightsError(
             f"{path}: minires does not read pickled PyTorch files (loading one can run "
             "arbitrary code); in PyTorch, save the state dict as .safetensors "
             "(safetensors.torch.save_file(model.state_dict(), 'w.safetensors')) or as .npz "
             "(np.savez('w.npz', **{k: v.numpy() for k, v in model.state_dict().items()}))")
-    raise TorchWeightsError(f"{path}: a state dict must be a .safetensors or .npz file, "
-                            f"got suffix {suffix or '(none)'!r}")
+    else:
+        raise TorchWeightsError(f"{path}: a state dict must be a .safetensors or .npz file, "
+                                f"got suffix {suffix or '(none)'!r}")
 
 
-def _read_npz(path):
-    try:
-        with open(path, "rb") as handle:
-            data = np.load(handle, allow_pickle=False)
-            if isinstance(data, np.ndarray):
-                raise ValueError("it holds a single .npy array, not a .npz archive")
-            with data:
-                return {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"state-dict file not found: {path}") from None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-        raise TorchWeightsError(f"{path} is not a readable .npz state dict (empty, truncated, "
-                                f"pickled objects, or another kind of file): {error}") from None
+class _NpzTensors(Mapping):
+    """{key: Tensor} of an NpzArchive: its keys from the zip's directory, an
+    entry's .npy header read only when its Tensor is asked for."""
+
+    def __init__(self, archive):
+        self._archive = archive
+
+    def __getitem__(self, key):
+        entry = self._archive.entry(key)
+        return Tensor(entry.shape, entry.dtype, functools.partial(self._archive.read, key))
+
+    def __iter__(self):
+        return iter(self._archive.keys)
+
+    def __len__(self):
+        return len(self._archive.keys)
+
+
+def _mapping_tensors(source):
+    """{key: Tensor} of a mapping of key -> array (or anything NumPy can read)."""
+    tensors = {}
+    for key, value in source.items():
+        if not isinstance(key, str):
+            raise TorchWeightsError(f"the state dict's keys must be strings, got {key!r} "
+                                    f"({type(key).__name__})")
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TorchWeightsError(f"the state dict's {key!r} is not an array NumPy can read: "
+                                    f"{error}") from None
+        tensors[key] = Tensor(array.shape, array.dtype, functools.partial(np.asarray, array))
+    return tensors
 
 
 # --- the mapping -------------------------------------------------------------------
@@ -326,44 +451,74 @@ def load_torch_state_dict(model, source):
     ``source``: the path of a ``.safetensors`` or ``.npz`` file, or a mapping
     of key -> array (NumPy arrays, or CPU tensors NumPy can read).
     Raises TorchWeightsError (a ValueError) listing every missing key, every
-    unexpected key and every shape or dtype that does not fit; the model is
-    untouched then.
+    unexpected key and every shape or dtype that does not fit, all found from
+    the file's metadata before any tensor is read; then, every tensor that
+    holds NaN or inf once cast to its parameter's dtype.  The model is
+    untouched then (and a ValueError for a model not built yet).
     """
-    if isinstance(source, Mapping):
-        what, state = "the state dict", {str(k): np.asarray(v) for k, v in source.items()}
-    else:
-        what, state = os.fspath(source), read_state_dict(source)
-    slots, counters = torch_slots(model), _counter_keys(model)
-    problems, ready = [], []
-    for key in sorted(set(slots) - set(state)):
-        layer, name, _ = slots[key]
-        problems.append(f"missing: {key!r} (for layer {layer.name!r} {name})")
-    unexpected = sorted(set(state) - set(slots) - counters)
-    problems += [f"unexpected: {key!r} {tuple(state[key].shape)}" for key in unexpected]
-    for key, value in state.items():
-        if key in counters:
-            if value.shape != () or value.dtype.kind not in "iu":
-                problems.append(f"{key!r}: expected an integer scalar (a batch count), got "
-                                f"{value.dtype} of shape {value.shape}")
-        elif key in slots:
-            layer, name, axes = slots[key]
-            param = layer.params[name]
-            expected = _torch_shape(param.shape, axes)
-            if value.shape != expected:
-                problems.append(f"{key!r}: shape {value.shape} in {what}, but layer "
-                                f"{layer.name!r} {name} needs {expected}")
-            elif value.dtype.kind != "f":
-                problems.append(f"{key!r}: dtype {value.dtype}, expected floating point")
-            else:
-                ready.append((param, value if axes is None else value.transpose(axes)))
-    if problems:
-        hint = _prefix_hint(unexpected, slots)
-        raise TorchWeightsError(f"{what} does not fit model {model.name!r} "
-                                f"({len(problems)} problems, nothing loaded){hint}:\n  "
-                                + "\n  ".join(problems), problems)
+    require_built(model, "load into")
+    slots = torch_slots(model)
+    with opened_state_dict(source) as (what, tensors):
+        problems, unexpected = _fit_problems(tensors, slots, _counter_keys(model), what)
+        if problems:
+            _refuse(f"{what} does not fit model {model.name!r}", problems,
+                    _prefix_hint(unexpected, slots))
+        ready, problems = _read_fitting(tensors, slots, what)
+        if problems:
+            _refuse(f"{what} holds weights that are not finite numbers", problems)
     for param, value in ready:                # all checked: nothing below can fail
-        param[...] = like(np.ascontiguousarray(value, dtype=param.dtype), param)
+        param[...] = value
     model.weights_changed()                   # written in place: folded inference plans are stale
+
+
+def _fit_problems(tensors, slots, counters, what):
+    """(problems, unexpected keys): the state dict's keys, shapes and dtypes
+    against the model's, from metadata alone (no tensor is read)."""
+    problems = [f"missing: {key!r} (for layer {slots[key][0].name!r} {slots[key][1]})"
+                for key in sorted(set(slots) - set(tensors))]
+    unexpected = sorted(set(tensors) - set(slots) - counters)
+    problems += [f"unexpected: {quoted(key)}" for key in unexpected]
+    for key in tensors:
+        if key in counters:
+            tensor = tensors[key]
+            if tensor.shape != () or tensor.dtype.kind not in "iu":
+                problems.append(f"{key!r}: expected an integer scalar (a batch count), got "
+                                f"{tensor.dtype} of shape {tensor.shape}")
+        elif key in slots:
+            problems += _slot_problems(key, tensors[key], *slots[key], what)
+    return problems, unexpected
+
+
+def _slot_problems(key, tensor, layer, name, axes, what):
+    """[why ``tensor`` cannot fill ``layer.params[name]``], from its shape and dtype."""
+    expected = _torch_shape(layer.params[name].shape, axes)
+    if tensor.shape != expected:
+        return [f"{key!r}: shape {tensor.shape} in {what}, but layer {layer.name!r} {name} "
+                f"needs {expected}"]
+    problem = dtype_problem(tensor.dtype)
+    return [f"{key!r}: {problem}"] if problem else []
+
+
+def _read_fitting(tensors, slots, what):
+    """([(parameter, value in its layout, dtype and device)], problems): every
+    tensor the model takes, read and cast; NaN or inf (once cast) is a problem."""
+    ready, problems = [], []
+    for key in (key for key in tensors if key in slots):
+        layer, name, axes = slots[key]
+        param = layer.params[name]
+        value = tensors[key].read()
+        value, problem = cast_checked(value if axes is None else value.transpose(axes), param.dtype)
+        if problem:
+            problems.append(f"{key!r} in {what} {problem}")
+        else:
+            ready.append((param, like(value, param)))
+    return ready, problems
+
+
+def _refuse(headline, problems, hint=""):
+    count = f"{len(problems):,} problem{'s' * (len(problems) > 1)}"
+    raise TorchWeightsError(f"{headline} ({count}, nothing loaded){hint}:\n  {listing(problems)}",
+                            problems)
 
 
 def _prefix_hint(unexpected, slots):
