@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from ..backend import quiet_overflow
+
 MAX_LISTED_PROBLEMS = 20       # problems spelled out in one error message
 MAX_QUOTED = 200               # characters of one name or value from a file, in a message
 MAX_DIMS = 32                  # dimensions of one array: NumPy 1's limit (a weight has at most 4)
@@ -92,6 +94,6 @@ def cast_checked(value, dtype):
     """(``value`` as a new C-ordered array of ``dtype``, why it cannot be a weight or
     None): NaN and inf are refused after the cast, which turns a float64 beyond
     float32's range into inf."""
-    with np.errstate(over="ignore", invalid="ignore"):          # found below, and named
+    with quiet_overflow():                                      # found below, and named
         array = np.array(value, dtype=dtype, order="C")
     return array, non_finite(array)
