@@ -79,12 +79,14 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics
     left out); not both (see the module docstring).
     batch_size: None is 32. optimizer: default SGD(0.01) (or Keras's names,
     'adam', ...). loss: default by the model's output (see the module
-    docstring). metrics: names, objects or functions (minires.metrics). schedule: epoch
-    (float) -> learning rate, asked at every batch (epoch + batch / batches).
+    docstring). metrics: names, objects or functions (minires.metrics).
+    schedule: epoch (float) -> learning rate, asked at every batch (epoch +
+    batch / batches).
     validation_data: (x_val, y_val) or (x_val, y_val, sample_weight_val);
     validation_split: else the LAST fraction of x, y and sample_weight (taken
     before any shuffling, as Keras). shuffle: False keeps the data order; seed:
-    the shuffle's (None: drawn from minires's global generator). callbacks: minires.callbacks objects (one alone, or a list).
+    the shuffle's (None: drawn from minires's global generator). callbacks:
+    minires.callbacks objects (one alone, or a list).
     verbose: 'auto' or 1 (a progress bar on a terminal, one line per epoch
     elsewhere), 2 (one line per epoch), 0 (silent); progress=False is the older
     verbose=0. checkpoint: path of an .npz written atomically after every epoch

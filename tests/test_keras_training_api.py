@@ -116,6 +116,14 @@ def test_metric_objects_follow_the_formula(case):
     assert metric(*batches[0]) == pytest.approx(metric.result()) and metric.result() > 0
 
 
+def test_keras_metrics_holds_keras_s_names():
+    for name in ("Metric", "Mean", "MeanMetricWrapper", "Accuracy", "BinaryAccuracy",
+                 "CategoricalAccuracy", "SparseCategoricalAccuracy", "sparse_categorical_accuracy"):
+        assert getattr(mk.metrics, name) is getattr(__import__("minires.metrics").metrics, name)
+    with pytest.raises(AttributeError, match="keras.metrics.Precision is not in minires"):
+        mk.metrics.Precision
+
+
 @pytest.mark.parametrize("case", range(len(metric_cases())))
 def test_metric_objects_equal_keras(case):
     keras = real_keras()
@@ -206,12 +214,19 @@ def test_class_weight_is_the_sample_weight_of_each_class():
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_validation_split_holds_out_the_last_sample_weights_too():
+@pytest.mark.parametrize("how", ["validation_split", "validation_data triple"])
+def test_the_validation_loss_is_weighted_by_the_validation_weights(how):
+    """validation_split holds out the last sample weights with the samples;
+    validation_data may be (x_val, y_val, sample_weight_val), as Keras."""
     x, y = blobs(20)
     w = np.linspace(0.5, 2.0, 20)
     model = mlp()
     model.compile(KerasSGD(0.1), "sparse_categorical_crossentropy")
-    history = model.fit(x, y, sample_weight=w, validation_split=0.25, epochs=1, verbose=0)
+    if how == "validation_split":
+        history = model.fit(x, y, sample_weight=w, validation_split=0.25, epochs=1, verbose=0)
+    else:
+        history = model.fit(x[:15], y[:15], validation_data=(x[15:], y[15:], w[15:]), epochs=1,
+                            verbose=0)
     held_out = model.evaluate(x[15:], y[15:], sample_weight=w[15:], verbose=0)
     assert history.history["val_loss"][0] == pytest.approx(held_out, rel=1e-6)
     assert held_out != pytest.approx(model.evaluate(x[15:], y[15:], verbose=0), rel=1e-3)
@@ -355,6 +370,7 @@ def test_reduce_lr_on_plateau_against_keras(scores, kwargs, expected):
 
 
 def test_reduce_lr_on_plateau_defaults_are_keras_s():
+    assert mk.callbacks.ReduceLROnPlateau is ReduceLROnPlateau
     keras = real_keras()
     ours, theirs = ReduceLROnPlateau(), keras.callbacks.ReduceLROnPlateau()
     for name in ("monitor", "factor", "patience", "verbose", "min_delta", "cooldown", "min_lr"):
@@ -396,7 +412,8 @@ def test_reduce_lr_on_plateau_sets_the_rate_fit_trains_with():
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(factor=1.0), ValueError, r"ReduceLROnPlateau: factor \(new rate = rate \* factor\) must be in \[0, 1\)"),
+    (dict(factor=1.0), ValueError,
+     r"ReduceLROnPlateau: factor \(new rate = rate \* factor\) must be in \[0, 1\)"),
     (dict(factor="0.5"), TypeError, r"ReduceLROnPlateau: factor .* must be a number"),
     (dict(patience=-1), ValueError, r"ReduceLROnPlateau: patience must be a non-negative integer"),
     (dict(cooldown=1.5), TypeError, r"ReduceLROnPlateau: cooldown must be a non-negative integer"),
