@@ -31,11 +31,13 @@ import sys
 import time
 import warnings
 
+import numpy as np
+
 from .optim import check_learning_rate
 from .utils import check_int, check_number
 
 __all__ = ["Callback", "History", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler",
-           "ProgbarLogger"]
+           "ReduceLROnPlateau", "ProgbarLogger"]
 
 
 class Callback:
@@ -331,9 +333,8 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         lr = float(self.optimizer.learning_rate)
         asked = (epoch, lr)[:self.arguments]
-        rate = check_learning_rate(self.schedule(*asked), f"LearningRateScheduler: schedule"
-                                   f"({', '.join(map(str, asked))})")
-        self.optimizer.learning_rate = rate
+        rate = set_learning_rate(self.optimizer, self.schedule(*asked), "LearningRateScheduler: "
+                                 f"schedule({', '.join(map(str, asked))})")
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {rate}.",
                   flush=True)
@@ -341,6 +342,76 @@ class LearningRateScheduler(Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(self.optimizer.learning_rate)
+
+
+def set_learning_rate(optimizer, rate, where):
+    """Write ``rate`` into the optimizer through the one check of a rate
+    (minires.optim.check_learning_rate, naming ``where``); returns it as a float."""
+    rate = check_learning_rate(rate, where)
+    optimizer.learning_rate = rate
+    return rate
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the optimizer's learning rate by ``factor`` once ``monitor``
+    has not improved for ``patience`` epochs; Keras 3's rules, step for step:
+
+    - improving means beating the best so far by more than ``min_delta`` (mode
+      'min', 'max', or 'auto': 'max' for accuracies); the first value does, and
+      an improvement restarts the wait;
+    - for ``cooldown`` epochs after a reduction nothing waits: each of them
+      counts the cooldown down and sets the wait to 0;
+    - an epoch that neither improves nor cools down adds to the wait; at
+      ``patience`` the rate becomes max(rate * factor, min_lr), the wait
+      restarts and the cooldown begins; a rate at min_lr already stays, and
+      the wait goes on growing (compared as float32: Keras's rate is a float32
+      variable, so min_lr reached by multiplying counts as reached).
+
+    Logs the epoch's rate as 'learning_rate' (before this epoch's reduction).
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+        self.factor = check_number(factor, "ReduceLROnPlateau: factor (new rate = rate * factor)",
+                                   0.0, 1.0)
+        self.patience = check_int(patience, "ReduceLROnPlateau: patience")
+        self.cooldown = check_int(cooldown, "ReduceLROnPlateau: cooldown")
+        self.min_delta = abs(check_number(min_delta, "ReduceLROnPlateau: min_delta"))
+        self.min_lr = check_learning_rate(min_lr, "ReduceLROnPlateau: min_lr")
+        self.monitor, self.verbose = monitor, verbose
+        self.mode = monitor_mode(mode, monitor, "ReduceLROnPlateau")
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = float(self.optimizer.learning_rate)
+        current = monitored(logs, self.monitor, "ReduceLROnPlateau", "; the rate stays")
+        if current is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if improved(current, self.best, self.mode, self.min_delta):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience and self.reduce(epoch):
+                self.cooldown_counter, self.wait = self.cooldown, 0
+
+    def reduce(self, epoch):
+        """Lower the rate unless it is at min_lr already; whether it did."""
+        rate = float(self.optimizer.learning_rate)
+        if not np.float32(rate) > np.float32(self.min_lr):
+            return False
+        rate = set_learning_rate(self.optimizer, max(rate * self.factor, self.min_lr),
+                                 f"ReduceLROnPlateau at epoch {epoch + 1}")
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {rate}.",
+                  flush=True)
+        return True
 
 
 def schedule_arguments(schedule):

@@ -68,6 +68,12 @@ class CrossEntropy:
     The p_i cancel before anything is divided: (p - t)/N again, exact even
     where p underflowed, and the gradient of the unclipped loss. The graph
     then skips the softmax's own backward (it is already applied).
+
+    Sample weights (fit's sample_weight and class_weight), Keras's reduction
+    'sum_over_batch_size': L = sum_n w_n L_n / N, divided by the batch size,
+    not by the weights' sum. A weight scales its target row, t_n <- w_n t_n:
+    every formula above then holds with s = w_n (that row's sum), so the
+    value is sum_n w_n L_n / N and dL/dz_n = w_n (p_n - t_n) / N, no other code.
     """
     # Which targets a loss takes: True class indices, False (N, K) rows,
     # None either (an int array is indices, a float array rows).
@@ -80,10 +86,14 @@ class CrossEntropy:
         self.from_logits = bool(from_logits)
         self.probs = self.targets = None        # from the last forward, for backward
 
-    def forward(self, outputs, targets):
+    def forward(self, outputs, targets, sample_weight=None):
+        """The mean loss of the batch; sample_weight: None or one weight >= 0 per row."""
         xp = get_array_module(outputs)
         self._check_outputs(outputs)
         t = self._targets(targets, outputs.shape, outputs.dtype, xp)
+        if sample_weight is not None:
+            weights = sample_weights(sample_weight, len(t), type(self).__name__)
+            t = t * xp.asarray(weights, dtype=outputs.dtype)[:, None]
         if self.from_logits:
             log_p = log_softmax(outputs)
             p = xp.exp(log_p)
@@ -195,6 +205,22 @@ class CrossEntropy:
                              f"got entries down to {float(targets.min()):.4g}")
 
 
+def sample_weights(sample_weight, n, where):
+    """``sample_weight`` as one weight per sample, shape (n,), if it is one: an
+    array (n,) or (n, 1) of finite numbers >= 0 (a negative weight would reward
+    a sample's errors, a nan one make every weight nan)."""
+    xp = get_array_module(sample_weight)
+    weights = xp.asarray(sample_weight)
+    if weights.shape not in ((n,), (n, 1)) or weights.dtype.kind not in "fiub":
+        raise ValueError(f"{where}: sample_weight must hold one number per sample, shape "
+                         f"({n},), got {weights.dtype} of shape {tuple(weights.shape)}")
+    weights = weights.reshape(n)
+    if not all_finite(weights) or (n and float(weights.min()) < 0):
+        raise ValueError(f"{where}: sample_weight must be finite and >= 0, got values from "
+                         f"{float(weights.min()):.4g} to {float(weights.max()):.4g}")
+    return weights
+
+
 class SoftmaxCrossEntropy(CrossEntropy):
     """Cross-entropy of logits, p = softmax(z) taken stably: dL/dz = (p - t)/N.
 
@@ -212,7 +238,7 @@ class SoftmaxCrossEntropy(CrossEntropy):
         super().__init__(from_logits=True)
         self.refuse_probabilities = refuse_probabilities
 
-    def forward(self, outputs, targets):
+    def forward(self, outputs, targets, sample_weight=None):
         if (self.refuse_probabilities and getattr(outputs, "ndim", 0) == 2 and outputs.shape[1] > 1
                 and are_probabilities(outputs)):
             raise ValueError("SoftmaxCrossEntropy: the model's outputs are probabilities already "
@@ -220,7 +246,7 @@ class SoftmaxCrossEntropy(CrossEntropy):
                              "so this loss, picked for logits, would apply a second one; give the "
                              "loss: 'sparse_categorical_crossentropy' (class indices) or "
                              "'categorical_crossentropy' (one-hot rows), which take probabilities")
-        return super().forward(outputs, targets)
+        return super().forward(outputs, targets, sample_weight)
 
 
 class CategoricalCrossentropy(CrossEntropy):

@@ -6,9 +6,19 @@ move (``model.parameters()``): a layer with ``trainable = False`` keeps its
 weights, and BatchNormalization's moving statistics are never touched here
 (BN updates them itself in its training-mode forward).
 
-SGD and Adam follow PyTorch's conventions (``torch.optim.SGD`` and
-``torch.optim.Adam``), RMSprop Keras's; weight decay included: it is L2 regularisation added to the gradient,
-g <- g + weight_decay * p, before momentum or moments see it.
+Two conventions, each under its own name:
+
+  SGD, Adam        PyTorch's (``torch.optim.SGD``, ``torch.optim.Adam``), the forms
+                   the course derives; RMSprop Keras's rule. Weight decay is L2
+                   regularisation added to the gradient, g <- g + weight_decay * p,
+                   before momentum or moments see it.
+  KerasSGD, KerasAdam, KerasRMSprop
+                   Keras 3's (``keras.optimizers.SGD``, ``Adam``, ``RMSprop``: what
+                   ``minires.keras.optimizers`` gives under those names, and what
+                   compile's strings 'sgd', 'adam', 'rmsprop' pick), with Keras's
+                   names, signatures and defaults. Weight decay is decoupled, as in
+                   every Keras 3 optimiser: p <- p - lr * weight_decay * p beside the
+                   update, never through the gradient.
 
     optimizer = SGD(learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
     model.backward(loss.backward())
@@ -18,7 +28,7 @@ import math
 
 
 from .backend import get_array_module, quiet_overflow
-from .utils import all_finite, check_number
+from .utils import all_finite, check_flag, check_number
 
 
 def check_learning_rate(rate, where):
@@ -37,13 +47,18 @@ class Optimizer:
     A subclass writes ``direction(key, grad, t)``: the direction of step t for the
     parameter ``key`` from its gradient (weight decay added), and the new values
     of that parameter's state arrays, without writing them (``step`` does, once
-    every update was found finite).
+    every update was found finite). A rule whose state holds the rate itself
+    (Keras's momentum) writes ``update(key, grad, lr, t)`` instead.
     """
+    # False: weight decay is L2, wd * p added to the gradient (PyTorch's SGD and Adam);
+    # True: decoupled, p <- p - lr * wd * p beside the update (every Keras 3 optimiser)
+    decoupled_weight_decay = False
 
     def __init__(self, learning_rate, weight_decay):
         self._learning_rate = check_learning_rate(learning_rate,
                                                   f"{type(self).__name__}(learning_rate=...)")
-        self.weight_decay = check_number(weight_decay, f"{type(self).__name__}: weight_decay", 0.0)
+        self.weight_decay = None if weight_decay is None else \
+            check_number(weight_decay, f"{type(self).__name__}: weight_decay", 0.0)
         self.iterations = 0
         self.slots = {}            # {slot name: {'layer/param': array}}
 
@@ -87,10 +102,11 @@ class Optimizer:
             raise FloatingPointError(f"{type(self).__name__}: the gradient of {key!r} holds nan or "
                                      "inf (the backward pass overflowed: training diverged; lower "
                                      "the learning rate); no weight was changed")
-        if self.weight_decay:
+        if self.weight_decay and not self.decoupled_weight_decay:
             grad = grad + self.weight_decay * param
-        direction, slots = self.direction(key, grad, t)
-        update = lr * direction
+        update, slots = self.update(key, grad, lr, t)
+        if self.weight_decay and self.decoupled_weight_decay:
+            update = update + (lr * self.weight_decay) * param
         with quiet_overflow():                                 # found here, and raised as such
             finite = all_finite(param - update)
         if not finite:
@@ -98,6 +114,12 @@ class Optimizer:
                                      f"make {key!r} nan or inf (training diverged; lower the "
                                      "learning rate); no weight was changed")
         return update, slots
+
+    def update(self, key, grad, lr, t):
+        """(what step t subtracts from the parameter, its new state arrays): the
+        rate times the direction ``direction`` gives."""
+        direction, slots = self.direction(key, grad, t)
+        return lr * direction, slots
 
     def previous(self, kind, key, like):
         """The state array ``kind`` of parameter ``key`` so far: zeros before its first step."""
@@ -169,12 +191,16 @@ class Adam(Optimizer):
         self.epsilon = check_epsilon(epsilon, "Adam: epsilon")
 
     def direction(self, key, grad, t):
-        xp = get_array_module(grad)
-        m = self.previous("m", key, grad) * self.beta_1 + (1 - self.beta_1) * grad
-        v = self.previous("v", key, grad) * self.beta_2 + (1 - self.beta_2) * grad * grad
+        m, v = self.moments(key, grad)
         m_hat = m / (1 - self.beta_1 ** t)
         v_hat = v / (1 - self.beta_2 ** t)
-        return m_hat / (xp.sqrt(v_hat) + self.epsilon), {"m": m, "v": v}
+        return m_hat / (get_array_module(grad).sqrt(v_hat) + self.epsilon), {"m": m, "v": v}
+
+    def moments(self, key, grad):
+        """The running means of g and g^2, m and v, after this gradient."""
+        m = self.previous("m", key, grad) * self.beta_1 + (1 - self.beta_1) * grad
+        v = self.previous("v", key, grad) * self.beta_2 + (1 - self.beta_2) * grad * grad
+        return m, v
 
 
 class RMSprop(Optimizer):
@@ -193,18 +219,132 @@ class RMSprop(Optimizer):
         self.epsilon = check_epsilon(epsilon, "RMSprop: epsilon")
 
     def direction(self, key, grad, t):
-        v = self.previous("v", key, grad) * self.rho + (1 - self.rho) * grad * grad
+        v = self.velocity(key, grad)
         return grad / get_array_module(grad).sqrt(v + self.epsilon), {"v": v}
 
+    def velocity(self, key, grad):
+        """The running mean of g^2 after this gradient."""
+        return self.previous("v", key, grad) * self.rho + (1 - self.rho) * grad * grad
 
-OPTIMIZERS = {"adam": lambda: Adam(learning_rate=0.001),      # Keras's defaults
-              "sgd": lambda: SGD(learning_rate=0.01),
-              "rmsprop": lambda: RMSprop(learning_rate=0.001)}
+
+# --- Keras 3's optimisers (keras/src/optimizers/{sgd,adam,rmsprop}.py) ---------------
+# Keras's arguments that minires has no machinery for, with their defaults: given
+# so, they are harmless; given otherwise, refused by name (``name`` is a label).
+KERAS_OPTIONS = {"clipnorm": None, "clipvalue": None, "global_clipnorm": None, "use_ema": False,
+                 "ema_momentum": 0.99, "ema_overwrite_frequency": None, "loss_scale_factor": None,
+                 "gradient_accumulation_steps": None}
+
+
+def refuse_keras_options(owner, options):
+    """One TypeError for a Keras optimiser argument minires does not implement."""
+    for name, value in options.items():
+        if name == "name" or (name in KERAS_OPTIONS and value == KERAS_OPTIONS[name]):
+            continue
+        what = ("a Keras option minires does not implement (no gradient clipping, EMA, loss "
+                "scaling or gradient accumulation); leave it out" if name in KERAS_OPTIONS
+                else "not an argument of it")
+        raise TypeError(f"{owner}: {name}={value!r} is {what}")
+
+
+class KerasSGD(Optimizer):
+    """``keras.optimizers.SGD``, Keras 3's form: the rate enters the momentum,
+
+        m <- momentum m - lr g
+        p <- p + m                      (nesterov: p <- p + momentum m - lr g)
+
+    Without momentum p <- p - lr g, as SGD. With it, the same steps as SGD
+    (PyTorch's) while the rate is constant; after a change (ReduceLROnPlateau,
+    LearningRateScheduler) Keras's m keeps the old gradients at the rates they
+    came with, PyTorch's velocity rescales them by the new one. Weight decay:
+    decoupled.
+    """
+    decoupled_weight_decay = True
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None,
+                 **keras_options):
+        refuse_keras_options("SGD", keras_options)
+        super().__init__(learning_rate, weight_decay)
+        self.momentum = check_fraction(momentum, "SGD: momentum")
+        self.nesterov = check_flag(nesterov, "SGD: nesterov")
+
+    def update(self, key, grad, lr, t):
+        if not self.momentum:
+            return lr * grad, {}
+        m = self.momentum * self.previous("momentum", key, grad) - lr * grad
+        change = self.momentum * m - lr * grad if self.nesterov else m
+        return -change, {"momentum": m}
+
+
+class KerasAdam(Adam):
+    """``keras.optimizers.Adam``, Keras 3's form: Adam's moments m and v, the bias
+    correction folded into the rate, epsilon (1e-7) left uncorrected:
+
+        alpha = lr sqrt(1 - b2^t) / (1 - b1^t)
+        p <- p - alpha m / (sqrt(v) + epsilon)
+
+    Adam (PyTorch's) divides by sqrt(v_hat) + eps instead, that is by
+    (sqrt(v) + eps sqrt(1 - b2^t)) / sqrt(1 - b2^t): the same step unless
+    sqrt(v) is near epsilon. amsgrad: v is replaced by its largest value so
+    far. Weight decay: decoupled.
+    """
+    decoupled_weight_decay = True
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
+                 weight_decay=None, **keras_options):
+        refuse_keras_options("Adam", keras_options)
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay)
+        self.amsgrad = check_flag(amsgrad, "Adam: amsgrad")
+
+    def update(self, key, grad, lr, t):
+        xp = get_array_module(grad)
+        m, v = self.moments(key, grad)
+        slots = {"m": m, "v": v}
+        if self.amsgrad:
+            v = slots["v_hat"] = xp.maximum(self.previous("v_hat", key, grad), v)
+        alpha = lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        return m * alpha / (xp.sqrt(v) + self.epsilon), slots
+
+
+class KerasRMSprop(RMSprop):
+    """``keras.optimizers.RMSprop``, Keras 3's form: RMSprop's rule, and
+
+        centered: v - mean(g)^2 in the square root (mean(g) a running mean too)
+        momentum: m <- momentum m + lr g / sqrt(...);  p <- p - m
+
+    Keras's argument order (momentum third). Weight decay: decoupled.
+    """
+    decoupled_weight_decay = True
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
+                 weight_decay=None, **keras_options):
+        refuse_keras_options("RMSprop", keras_options)
+        super().__init__(learning_rate, rho, epsilon, weight_decay)
+        self.momentum = check_fraction(momentum, "RMSprop: momentum")
+        self.centered = check_flag(centered, "RMSprop: centered")
+
+    def update(self, key, grad, lr, t):
+        v = self.velocity(key, grad)
+        slots = {"v": v}
+        if self.centered:
+            mean = slots["mean_grad"] = \
+                self.previous("mean_grad", key, grad) * self.rho + (1 - self.rho) * grad
+            denominator = v - mean * mean + self.epsilon
+        else:
+            denominator = v + self.epsilon
+        increment = lr * grad / get_array_module(grad).sqrt(denominator)
+        if self.momentum:
+            increment = slots["momentum"] = \
+                self.momentum * self.previous("momentum", key, grad) + increment
+        return increment, slots
+
+
+OPTIMIZERS = {"adam": KerasAdam, "sgd": KerasSGD, "rmsprop": KerasRMSprop}   # Keras's defaults
 
 
 def get(identifier):
-    """An optimiser from Keras's name (a new one, with Keras's defaults) or an
-    optimiser object (anything with ``step``) as it is."""
+    """An optimiser from Keras's name (a new Keras one, with Keras's defaults:
+    KerasAdam(0.001), KerasSGD(0.01), KerasRMSprop(0.001)) or an optimiser
+    object (anything with ``step``) as it is."""
     if isinstance(identifier, str) and identifier.lower() in OPTIMIZERS:
         return OPTIMIZERS[identifier.lower()]()
     if not isinstance(identifier, (str, type)) and callable(getattr(identifier, "step", None)):

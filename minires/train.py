@@ -3,8 +3,9 @@
 One training step is the whole of backpropagation:
 
     outputs = model.forward(x_batch, training=True)     # BN uses batch statistics
-    value = loss.forward(outputs, y_batch)
+    value = loss.forward(outputs, y_batch) + sum(model.losses)   # + the weight penalties
     model.backward(loss.backward(), input_grads=False)  # every layer's grads, not the images'
+    model.add_penalty_gradients()                       # the penalties' share of dL/dW
     optimizer.step(model, learning_rate)                # params -= ...
 
     history = fit(model, x, y, epochs=10, optimizer=SGD(0.05, momentum=0.9),
@@ -29,12 +30,22 @@ fails, and the optimizer writes the weights only after the loss and every
 gradient and update were found finite. A fit that fails at a later step keeps
 the steps before it (as Keras does), and nothing of the failed one.
 
+Weighted samples, as Keras: sample_weight (one weight per sample) or
+class_weight ({class index: weight}) scale each sample's term of the loss,
+sum_n w_n L_n / N per batch (minires.losses), so the reported loss and the
+gradients both follow; the metrics are not weighted (Keras weighs only its
+weighted_metrics).
+
 Reproducible: epoch e shuffles with its own generator, seeded by (seed, e),
 so a run resumed from the checkpoint of epoch e continues exactly the
-trajectory of a run that never stopped.
+trajectory of a run that never stopped. seed=None (Model.fit's, as Keras)
+draws the seed from minires's global generator: runs repeat after
+keras.utils.set_random_seed(s), and differ without it.
 """
 import contextlib
+import inspect
 import math
+import numbers
 import os
 import warnings
 
@@ -44,8 +55,9 @@ from . import losses
 from . import metrics as metrics_module
 from . import optim
 from .backend import get_array_module, is_array, to_device
-from .callbacks import (History, LearningRateScheduler, Progbar, ProgbarLogger, callback_list,
-                        check_verbose)
+from .callbacks import (History, LearningRateScheduler, Progbar, ProgbarLogger, ReduceLROnPlateau,
+                        callback_list, check_verbose)
+from .initializers import draw_seed
 from .io.checkpoint import load_checkpoint, save_checkpoint
 from .optim import SGD, check_learning_rate
 from .utils import all_finite, check_flag, check_int, check_number
@@ -55,20 +67,26 @@ CHECK_CHUNK_BYTES = 64 << 20     # the finiteness check of a data set reads it i
 
 def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics=("accuracy",),
         schedule=None, validation_data=None, validation_split=0.0, shuffle=True, initial_epoch=0,
-        callbacks=None, seed=0, checkpoint=None, resume=False, verbose="auto", progress=None):
+        callbacks=None, seed=0, checkpoint=None, resume=False, verbose="auto", progress=None,
+        sample_weight=None, class_weight=None):
     """Train ``model`` on (x, y) for epochs ``initial_epoch`` to ``epochs - 1``;
     returns the history {'loss': [...], 'accuracy': [...], 'val_loss': ...}.
 
     x: (N, ...) inputs (a list of arrays, one per input, for several; Python
     lists and array-likes are converted with np.asarray, as Keras does); y: (N,)
-    class indices or (N, classes) targets.
+    class indices or (N, classes) targets. sample_weight: (N,) weights of the
+    samples' losses; or class_weight: {class index: weight} (1 for a class
+    left out); not both (see the module docstring).
     batch_size: None is 32. optimizer: default SGD(0.01) (or Keras's names,
     'adam', ...). loss: default by the model's output (see the module
-    docstring). metrics: names or functions (minires.metrics). schedule: epoch
-    (float) -> learning rate, asked at every batch (epoch + batch / batches).
-    validation_data: (x_val, y_val); validation_split: else the LAST fraction
-    of x and y (taken before any shuffling, as Keras). shuffle: False keeps
-    the data order. callbacks: minires.callbacks objects (one alone, or a list).
+    docstring). metrics: names, objects or functions (minires.metrics).
+    schedule: epoch (float) -> learning rate, asked at every batch (epoch +
+    batch / batches).
+    validation_data: (x_val, y_val) or (x_val, y_val, sample_weight_val);
+    validation_split: else the LAST fraction of x, y and sample_weight (taken
+    before any shuffling, as Keras). shuffle: False keeps the data order; seed:
+    the shuffle's (None: drawn from minires's global generator). callbacks:
+    minires.callbacks objects (one alone, or a list).
     verbose: 'auto' or 1 (a progress bar on a terminal, one line per epoch
     elsewhere), 2 (one line per epoch), 0 (silent); progress=False is the older
     verbose=0. checkpoint: path of an .npz written atomically after every epoch
@@ -78,17 +96,23 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics
     verbose = check_verbose(0 if progress is False else verbose, "fit")
     batch_size = check_batch_size(batch_size, "fit")
     epochs, initial_epoch = check_epochs(epochs, initial_epoch)
-    seed, shuffle = check_int(seed, "fit: seed"), check_flag(shuffle, "fit: shuffle")
+    seed = None if seed is None else check_int(seed, "fit: seed")
+    shuffle = check_flag(shuffle, "fit: shuffle")
     if schedule is not None and not callable(schedule):
         raise TypeError(f"fit: schedule must be a function epoch -> learning rate, got {schedule!r}")
+    refuse_custom_steps(model, "fit", "train_step")
     optimizer = optim.get(SGD(0.01) if optimizer is None else optimizer)
     metrics = metrics_module.get(metrics)
     callbacks = callback_list(callbacks, "fit")
     x, y = as_data(model, x, y, "fit")
-    (x, y), validation_data = split_validation(model, x, y, validation_split, validation_data)
-    loss = check_data(model, x, y, loss, "fit")
+    w = as_sample_weight(sample_weight, class_weight, len(y), "fit")
+    (x, y, w), validation_data = split_validation(model, x, y, w, validation_split, validation_data)
+    loss, w = check_weighted_data(model, x, y, w, class_weight, loss, "fit")
     if validation_data is not None:
-        check_data(model, *validation_data, loss, "fit: validation_data")
+        refuse_custom_steps(model, "fit: validation", "test_step")
+        check_weighted_data(model, *validation_data, None, loss, "fit: validation_data")
+    if shuffle and seed is None:
+        seed = draw_seed()                       # keras.utils.set_random_seed repeats a run
     callbacks, history = prepare_callbacks(callbacks, model, optimizer, schedule, verbose, {
         "epochs": epochs, "steps": math.ceil(samples(x) / batch_size), "verbose": verbose})
 
@@ -105,7 +129,7 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics
         send(callbacks, "on_epoch_begin", epoch)
         order = np.random.default_rng([seed, epoch]).permutation(samples(x)) if shuffle \
             else np.arange(samples(x))
-        logs = train_epoch(model, x, y, order, epoch, batch_size, optimizer, loss, metrics,
+        logs = train_epoch(model, (x, y, w), order, epoch, batch_size, optimizer, loss, metrics,
                            schedule, callbacks)
         if validation_data is not None:
             values = measure(model, *validation_data, 256, loss, metrics, 0, "fit: validation_data")
@@ -119,45 +143,58 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics
     return history.history
 
 
-def train_epoch(model, x, y, order, epoch, batch_size, optimizer, loss, metrics, schedule,
+def train_epoch(model, data, order, epoch, batch_size, optimizer, loss, metrics, schedule,
                 callbacks):
-    """One pass over the data in ``order``; the epoch's logs, means over its samples."""
+    """One pass over the data (x, y, sample weights or None) in ``order``; the
+    epoch's logs: the mean loss over its samples, the metrics' results."""
+    x, y, w = data
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    totals, seen = {}, 0
+    metrics_module.reset(metrics)
+    total, seen, logs = 0.0, 0, {}
     for b, index in enumerate(batches):
         send(callbacks, "on_train_batch_begin", b)
-        values = train_step(model, rows(x, index), y[index], optimizer, loss, metrics,
-                            rate(optimizer, schedule, epoch, b, len(batches)),
-                            at=f" at epoch {epoch + 1}, batch {b + 1}")
-        seen += len(index)
-        for name, value in values.items():
-            totals[name] = totals.get(name, 0.0) + value * len(index)
-        send(callbacks, "on_train_batch_end", b, {name: total / seen for name, total in totals.items()})
+        logs = train_step(model, rows(x, index), y[index], optimizer, loss, metrics,
+                          rate(optimizer, schedule, epoch, b, len(batches)),
+                          at=f" at epoch {epoch + 1}, batch {b + 1}", sample_weight=rows(w, index))
+        total, seen = total + logs["loss"] * len(index), seen + len(index)
+        logs["loss"] = total / seen              # the running mean of the epoch, as Keras logs it
+        send(callbacks, "on_train_batch_end", b, dict(logs))
         if model.stop_training:
             break
-    return {name: total / seen for name, total in totals.items()}
+    return logs
 
 
-def train_step(model, x_batch, y_batch, optimizer, loss, metrics, learning_rate, at=""):
-    """One step of gradient descent on one batch; {'loss': value, metric: value},
-    measured before the step. All or nothing: if anything fails (a loss that is
-    not finite, a metric, the backward pass, the optimizer), the model's BN
+def train_step(model, x_batch, y_batch, optimizer, loss, metrics, learning_rate, at="",
+               sample_weight=None):
+    """One step of gradient descent on one batch; {'loss': value, metric: result},
+    the loss (``total_loss``) measured before the step, the metrics updated
+    with this batch. All or nothing: if anything fails (a loss that is not
+    finite, a metric, the backward pass, the optimizer), the model's BN
     statistics are put back and no weight or optimizer state has changed."""
     learning_rate = check_learning_rate(learning_rate, "train_step")
-    x_batch, y_batch = to_model(model, x_batch), to_model(model, y_batch)
+    x_batch, y_batch, sample_weight = (to_model(model, a) for a in (x_batch, y_batch, sample_weight))
     with all_or_nothing(model) as undo:
         outputs = model.forward(x_batch, training=True)
-        value = float(loss.forward(outputs, y_batch))
+        value = total_loss(model, loss, outputs, y_batch, sample_weight)
         if not math.isfinite(value):
             undo()                               # first: the cause is read from the model as it was
             raise FloatingPointError(f"the loss became {value}{at}: "
                                      f"{why_not_finite(model, x_batch, y_batch, learning_rate)}; "
                                      "nothing of this step was applied")
         check_statistics(model, learning_rate, at)
-        logs = {"loss": value, **metric_values(metrics, outputs, y_batch)}
+        logs = {"loss": value, **metrics_module.update(metrics, y_batch, outputs)}
         backpropagate(model, loss)
+        model.add_penalty_gradients()            # once per step, whatever the calls of a layer
         optimizer.step(model, learning_rate)
     return logs
+
+
+def total_loss(model, loss, outputs, targets, sample_weight):
+    """The loss of a batch as Keras's fit and evaluate report it: the loss's
+    mean over the batch (each sample's term weighted: sum_n w_n L_n / N) plus
+    the weight penalties of the model's weights (``model.losses``)."""
+    weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
+    return float(loss.forward(outputs, targets, **weighted)) + sum(model.losses)
 
 
 @contextlib.contextmanager
@@ -198,10 +235,6 @@ def check_statistics(model, learning_rate, at):
                                      f"(now {learning_rate:g}); nothing of this step was applied")
 
 
-def metric_values(metrics, outputs, targets):
-    return {name: float(metric(outputs, targets)) for name, metric in metrics.items()}
-
-
 def backpropagate(model, loss):
     """Fill every layer's grads from the loss's last forward (the gradients of
     the input images are not wanted: input_grads=False skips their work)."""
@@ -221,42 +254,46 @@ def rate(optimizer, schedule, epoch, batch, n_batches):
     return check_learning_rate(schedule(progress), f"fit: schedule({progress:g})")
 
 
-def evaluate(model, x, y, batch_size=256, loss=None, metrics=("accuracy",), verbose=0):
-    """(mean loss, then each metric's mean) of ``model`` on (x, y), in inference
-    mode: (loss, accuracy) by default. verbose as fit's, one line at most. A
-    loss that is not finite comes with a RuntimeWarning naming the cause."""
+def evaluate(model, x, y, batch_size=256, loss=None, metrics=("accuracy",), verbose=0,
+             sample_weight=None):
+    """(mean loss, then each metric's result) of ``model`` on (x, y), in inference
+    mode: (loss, accuracy) by default; sample_weight weighs the loss as fit's.
+    verbose as fit's, one line at most. A loss that is not finite comes with a
+    RuntimeWarning naming the cause."""
     verbose = check_verbose(verbose, "evaluate")
     batch_size = check_batch_size(batch_size, "evaluate")
+    refuse_custom_steps(model, "evaluate", "test_step")
     metrics = metrics_module.get(metrics)
-    x, y = as_data(model, x, y, "evaluate")
-    loss = check_data(model, x, y, loss, "evaluate")
-    return measure(model, x, y, batch_size, loss, metrics, verbose, "evaluate")
+    x, y, w, loss = prepare(model, x, y, loss, "evaluate", sample_weight)
+    return measure(model, x, y, w, batch_size, loss, metrics, verbose, "evaluate")
 
 
-def measure(model, x, y, batch_size, loss, metrics, verbose, caller):
-    """evaluate on data already checked: the means over the samples, batch by batch."""
+def measure(model, x, y, w, batch_size, loss, metrics, verbose, caller):
+    """evaluate on data already checked: the mean loss over the samples and the
+    metrics' results, batch by batch."""
     n = samples(x)
     bar = Progbar(math.ceil(n / batch_size), verbose)
-    totals = {}
+    metrics_module.reset(metrics)
+    total, logs = 0.0, {}
     for b, start in enumerate(range(0, n, batch_size)):
         batch = slice(start, start + batch_size)
-        values = test_step(model, rows(x, batch), y[batch], loss, metrics)
-        for name, value in values.items():
-            totals[name] = totals.get(name, 0.0) + value * len(y[batch])
-        bar.update(b + 1, {name: total / min(start + batch_size, n) for name, total in totals.items()})
-    means = {name: total / n for name, total in totals.items()}
-    bar.finish(means)
-    if not math.isfinite(means["loss"]):
-        warnings.warn(f"{caller}: the loss is {means['loss']}: {why_not_finite(model, x, y)}",
+        logs = test_step(model, rows(x, batch), y[batch], loss, metrics, rows(w, batch))
+        total += logs["loss"] * len(y[batch])
+        logs["loss"] = total / min(start + batch_size, n)
+        bar.update(b + 1, logs)
+    bar.finish(logs)
+    if not math.isfinite(logs["loss"]):
+        warnings.warn(f"{caller}: the loss is {logs['loss']}: {why_not_finite(model, x, y)}",
                       RuntimeWarning, stacklevel=3)
-    return tuple(means.values())
+    return tuple(logs.values())
 
 
-def test_step(model, x_batch, y_batch, loss, metrics):
-    """{'loss': value, metric: value} of one batch, in inference mode."""
-    x_batch, y_batch = to_model(model, x_batch), to_model(model, y_batch)
+def test_step(model, x_batch, y_batch, loss, metrics, sample_weight=None):
+    """{'loss': value, metric: result} of one batch, in inference mode."""
+    x_batch, y_batch, sample_weight = (to_model(model, a) for a in (x_batch, y_batch, sample_weight))
     outputs = model.forward(x_batch, training=False)
-    return {"loss": float(loss.forward(outputs, y_batch)), **metric_values(metrics, outputs, y_batch)}
+    return {"loss": total_loss(model, loss, outputs, y_batch, sample_weight),
+            **metrics_module.update(metrics, y_batch, outputs)}
 
 
 def why_not_finite(model, x, y, learning_rate=None):
@@ -279,6 +316,60 @@ def why_not_finite(model, x, y, learning_rate=None):
 
 
 # --- the data: as Keras takes it, checked before anything runs ---------------------------
+def prepare(model, x, y, loss, caller, sample_weight=None, class_weight=None):
+    """(x, y, sample weights or None, loss), everything checked that can fail a
+    step: ``as_data``, ``as_sample_weight``, ``check_weighted_data``."""
+    x, y = as_data(model, x, y, caller)
+    w = as_sample_weight(sample_weight, class_weight, len(y), caller)
+    loss, w = check_weighted_data(model, x, y, w, class_weight, loss, caller)
+    return x, y, w, loss
+
+
+def as_sample_weight(sample_weight, class_weight, n, caller):
+    """fit's ``sample_weight`` as (n,) weights (minires.losses.sample_weights), or None."""
+    if sample_weight is not None and class_weight is not None:
+        raise ValueError(f"{caller}: give sample_weight or class_weight, not both (as Keras): "
+                         "fold the class weights into sample_weight")
+    if sample_weight is None:
+        return None
+    return losses.sample_weights(as_array(sample_weight, f"{caller}: sample_weight"), n, caller)
+
+
+def check_weighted_data(model, x, y, w, class_weight, loss, caller):
+    """``check_data``, then the weights the steps take: ``w``, or the class
+    weights of y (once the model is built: its classes are known); (loss, weights)."""
+    loss = check_data(model, x, y, loss, caller)
+    if w is None and class_weight is None:
+        return loss, None
+    takes = inspect.signature(loss.forward).parameters
+    if "sample_weight" not in takes and not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
+        raise TypeError(f"{caller}: the loss {type(loss).__name__} cannot weigh samples: its "
+                        "forward has no sample_weight argument; give it one (forward(outputs, "
+                        "targets, sample_weight=None)) or use a minires.losses loss")
+    if class_weight is not None:
+        w = class_weights(class_weight, y, model.outputs[0].shape[-1], caller)
+    return loss, w
+
+
+def class_weights(class_weight, y, classes, caller):
+    """Keras's class_weight {class index: weight} as one weight per sample: its
+    class's (the class of a one-hot row is its largest entry), 1.0 for a class
+    the dict leaves out."""
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"{caller}: class_weight must be a dict {{class index: weight}}, got "
+                        f"{type(class_weight).__name__}")
+    table = np.ones(classes)
+    for key, value in class_weight.items():
+        if isinstance(key, (bool, np.bool_)) or not isinstance(key, numbers.Integral) \
+                or not 0 <= key < classes:
+            raise ValueError(f"{caller}: class_weight has the key {key!r}, which is no class "
+                             f"index of the model's {classes} outputs (0 to {classes - 1})")
+        table[int(key)] = check_number(value, f"{caller}: class_weight[{key!r}]", 0.0)
+    xp = get_array_module(y)
+    labels = y.reshape(len(y)) if y.ndim == 1 or y.shape[1:] == (1,) else y.argmax(axis=1)
+    return xp.asarray(table)[xp.rint(labels).astype(np.int64)]
+
+
 def as_data(model, x, y, caller):
     """(x, y) as arrays (``as_inputs``, ``as_targets``) with as many samples, and
     some, and x finite: what can be checked before the model is built."""
@@ -428,13 +519,15 @@ def samples(x):
 
 
 def rows(x, index):
-    """The samples ``index`` of x (one array, or one per model input)."""
+    """The samples ``index`` of x (one array, or one per model input; None: no sample weights)."""
+    if x is None:
+        return None
     return [a[index] for a in x] if isinstance(x, list) else x[index]
 
 
 def to_model(model, x):
-    """``x`` (an array, or a list of them) on the device of the model's parameters."""
-    if model.device is None:
+    """``x`` (an array, or a list of them; None stays) on the device of the model's parameters."""
+    if model.device is None or x is None:
         return x
     return [to_device(a, model.device) for a in x] if isinstance(x, list) else to_device(x, model.device)
 
@@ -461,30 +554,35 @@ def choose_loss(model, loss, y):
     return loss
 
 
-def split_validation(model, x, y, validation_split, validation_data):
-    """((x_train, y_train), validation data): Keras's validation_split holds out
-    the LAST fraction of the samples; validation_data, when given, wins."""
+def split_validation(model, x, y, w, validation_split, validation_data):
+    """((x_train, y_train, w_train), validation data (x, y, w)): Keras's
+    validation_split holds out the LAST fraction of the samples (and of their
+    weights, w None without); validation_data, when given, wins."""
     validation_split = check_number(validation_split, "fit: validation_split", 0.0, 1.0)
     if validation_data is not None:
-        return (x, y), as_validation_data(model, validation_data)
+        return (x, y, w), as_validation_data(model, validation_data)
     if validation_split == 0:
-        return (x, y), None
+        return (x, y, w), None
     n = samples(x)
     keep = int(math.floor(n * (1 - validation_split)))
     if keep == 0 or keep == n:
         raise ValueError(f"fit: validation_split={validation_split} of {n} samples leaves "
                          f"{keep} for training and {n - keep} for validation; both need some")
-    return (rows(x, slice(None, keep)), y[:keep]), (rows(x, slice(keep, None)), y[keep:])
+    train, held_out = slice(None, keep), slice(keep, None)
+    return (rows(x, train), y[train], rows(w, train)), (rows(x, held_out), y[held_out], rows(w, held_out))
 
 
 def as_validation_data(model, validation_data):
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+    """(x_val, y_val, sample weights or None) from Keras's pair or triple."""
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         got = type(validation_data).__name__
         if isinstance(validation_data, (tuple, list)):
             got += f" of length {len(validation_data)}"
-        raise ValueError(f"fit: validation_data must be a pair (x_val, y_val), got {got} "
-                         "(minires takes no sample weights)")
-    return as_data(model, *validation_data, "fit: validation_data")
+        raise ValueError(f"fit: validation_data must be a pair (x_val, y_val) or a triple "
+                         f"(x_val, y_val, sample_weight_val), got {got}")
+    x, y = as_data(model, *validation_data[:2], "fit: validation_data")
+    weights = validation_data[2] if len(validation_data) == 3 else None
+    return x, y, as_sample_weight(weights, None, len(y), "fit: validation_data")
 
 
 def check_batch_size(batch_size, caller):
@@ -507,9 +605,11 @@ def prepare_callbacks(callbacks, model, optimizer, schedule, verbose, params):
     """(every callback of the run, its History): the user's, then the progress
     output (it shows what they log), then a History unless they gave one."""
     callbacks = list(callbacks)
-    if schedule is not None and any(isinstance(c, LearningRateScheduler) for c in callbacks):
+    if schedule is not None and any(isinstance(c, (LearningRateScheduler, ReduceLROnPlateau))
+                                    for c in callbacks):
         raise ValueError("fit: give either schedule= (a rate per batch) or a LearningRateScheduler "
-                         "callback (a rate per epoch), not both")
+                         "or ReduceLROnPlateau callback (a rate per epoch), not both: the "
+                         "schedule would overwrite the callback's rate at every batch")
     if verbose:
         callbacks.append(ProgbarLogger(verbose))
     history = next((c for c in callbacks if isinstance(c, History)), None)
@@ -521,6 +621,30 @@ def prepare_callbacks(callbacks, model, optimizer, schedule, verbose, params):
         callback.set_params(params)
         callback.optimizer = optimizer
     return callbacks, history
+
+
+# Keras's step methods that its guide "customizing what happens in fit" overrides, and
+# what to do instead: minires has no automatic differentiation to run them with
+CUSTOM_STEPS = {
+    "train_step": "compile(optimizer=..., loss=..., metrics=[...]) and fit train the model as "
+                  "it is, or write the loop with minires.train (its train_step(model, x, y, "
+                  "optimizer, loss, metrics, learning_rate) is one step of it)",
+    "test_step": "compile(loss=..., metrics=[...]) and evaluate measure the model as it is",
+    "predict_step": "predict runs the model's call() as it is",
+}
+
+
+def refuse_custom_steps(model, caller, *methods):
+    """A NotImplementedError if ``model``'s class overrides one of Keras's step
+    ``methods``: it is written with GradientTape, which minires cannot run, and
+    training past it would silently train something else."""
+    for method in methods:
+        owner = next((cls for cls in type(model).__mro__ if method in vars(cls)), None)
+        if owner is not None and not owner.__module__.startswith("minires."):
+            raise NotImplementedError(
+                f"{caller}: {type(model).__name__} overrides {method}(), which minires cannot "
+                "run (it has no automatic differentiation, no GradientTape) and will not "
+                f"silently skip; remove the override: {CUSTOM_STEPS[method]}")
 
 
 def send(callbacks, hook, *args):

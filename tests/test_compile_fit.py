@@ -17,9 +17,9 @@ from minires.callbacks import Callback, EarlyStopping, LearningRateScheduler, Mo
 from minires.initializers import set_random_seed
 from minires.layers import Dense, Input
 from minires.losses import CategoricalCrossentropy, SoftmaxCrossEntropy, SparseCategoricalCrossentropy
-from minires.metrics import accuracy, categorical_accuracy, sparse_categorical_accuracy
+from minires.metrics import categorical_accuracy, sparse_categorical_accuracy
 from minires.models import Model, Sequential
-from minires.optim import SGD, Adam
+from minires.optim import SGD, Adam, KerasAdam, KerasSGD
 from minires.train import fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,13 +106,15 @@ def test_without_metrics_evaluate_gives_the_loss_alone():
 
 
 def test_compile_takes_keras_names_and_defaults():
+    """Keras's strings give Keras's optimisers (minires.optim.KerasAdam: epsilon 1e-7)."""
     model = mlp()
     model.compile("adam", "categorical_crossentropy", metrics=["acc"])
-    assert type(model.compiled.optimizer) is Adam and model.compiled.optimizer.learning_rate == 0.001
+    assert type(model.compiled.optimizer) is KerasAdam and model.compiled.optimizer.learning_rate == 0.001
+    assert model.compiled.optimizer.epsilon == 1e-7
     assert type(model.compiled.loss) is CategoricalCrossentropy and not model.compiled.loss.from_logits
     assert list(model.compiled.metrics) == ["acc"]
     model.compile("SGD", "sparse_categorical_crossentropy", metrics=["sparse_categorical_accuracy"])
-    assert type(model.compiled.optimizer) is SGD and model.compiled.optimizer.learning_rate == 0.01
+    assert type(model.compiled.optimizer) is KerasSGD and model.compiled.optimizer.learning_rate == 0.01
     x, y = blobs(40)
     history = model.fit(x, y, epochs=1, validation_split=0.25, verbose=0)
     assert list(history.history) == ["loss", "sparse_categorical_accuracy", "val_loss",
@@ -235,7 +237,9 @@ def test_validation_split_holds_out_the_last_fraction():
     split, by_hand = mlp(), mlp()
     for model in (split, by_hand):
         model.compile(SGD(0.05), "sparse_categorical_crossentropy", ["accuracy"])
+    set_random_seed(1)                          # the same shuffles (Model.fit's are Keras's)
     a = split.fit(x, y, batch_size=8, epochs=2, validation_split=0.1, verbose=0)
+    set_random_seed(1)
     b = by_hand.fit(x[:45], y[:45], batch_size=8, epochs=2, validation_data=(x[45:], y[45:]),
                     verbose=0)
     assert a.history == b.history
@@ -528,12 +532,14 @@ def test_progress_to_a_real_file_from_a_script(tmp_path):
 
 # --- metrics ------------------------------------------------------------------------
 def test_accuracy_against_labels_and_one_hot_rows():
+    """Keras's per-sample functions, (y_true, y_pred): 1.0 where the argmax hits."""
     scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     labels = np.array([1, 1, 1, 0])
-    assert sparse_categorical_accuracy(scores, labels) == accuracy(scores, labels) == 0.75
-    assert categorical_accuracy(scores, np.eye(2)[labels]) == accuracy(scores, np.eye(2)[labels]) == 0.75
+    for targets in (labels, labels[:, None]):
+        np.testing.assert_array_equal(sparse_categorical_accuracy(targets, scores), [1, 0, 1, 1])
+    np.testing.assert_array_equal(categorical_accuracy(np.eye(2)[labels], scores), [1, 0, 1, 1])
     with pytest.raises(ValueError, match="use categorical_accuracy for one-hot targets"):
-        sparse_categorical_accuracy(scores, np.eye(2)[labels])
+        sparse_categorical_accuracy(np.eye(2)[labels], scores)
 
 
 # --- softmax outputs and logits learn alike ----------------------------------------------

@@ -19,6 +19,7 @@ from minires.initializers import GlorotUniform, set_random_seed
 from minires.layers import (BatchNormalization, Concatenate, Conv2D, Dense, Flatten,
                             GlobalAveragePooling2D, Input)
 from minires.losses import CategoricalCrossentropy, SoftmaxCrossEntropy, SparseCategoricalCrossentropy
+from minires.metrics import get as get_metrics
 from minires.models import Model, Sequential
 from minires.optim import SGD, Adam, CosineDecay, RMSprop, StepDecay
 
@@ -156,8 +157,9 @@ def plant_in_pooling(model, monkeypatch):
 
 STEP_FAILURES = [   # (where, how to plant it, the error, its message)
     ("forward halfway", plant_in_pooling, Planted, "^planted$"),
-    ("metric", lambda m, mp: setattr(m.compiled, "metrics", {"bad": planted()}), Planted, "^planted$"),
-    ("interrupt", lambda m, mp: setattr(m.compiled, "metrics", {"bad": planted(KeyboardInterrupt)}),
+    ("metric", lambda m, mp: setattr(m.compiled, "metrics", get_metrics([planted()])), Planted,
+     "^planted$"),
+    ("interrupt", lambda m, mp: setattr(m.compiled, "metrics", get_metrics([planted(KeyboardInterrupt)])),
      KeyboardInterrupt, "^planted$"),
     ("loss gradient", lambda m, mp: setattr(m.compiled, "loss", LossWithNanGradient()),
      FloatingPointError, r"^Adam: the gradient of 'conv/kernel' holds nan or inf .*no weight was changed"),
@@ -321,8 +323,9 @@ FIT_ARGUMENTS = [
      r"fit: validation_data: x has 16 samples but y has 15 labels"),
     (dict(validation_data=(x16, y16 + 3)), ValueError,
      r"fit: validation_data: SparseCategoricalCrossentropy: labels must lie in \[0, 3\)"),
-    (dict(validation_data=(x16, y16, np.ones(16))), ValueError,
-     r"fit: validation_data must be a pair \(x_val, y_val\), got tuple of length 3"),
+    (dict(validation_data=(x16, y16, np.ones(15))), ValueError,
+     r"fit: validation_data: sample_weight must hold one number per sample, shape \(16,\), got "
+     r"float64 of shape \(15,\)"),
     (dict(validation_data=x16), ValueError, r"fit: validation_data must be a pair"),
     (dict(shuffle="batch"), TypeError, r"fit: shuffle must be True or False, got 'batch'"),
     (dict(callbacks=print), TypeError,

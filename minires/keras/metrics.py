@@ -1,4 +1,5 @@
-"""keras.metrics."""
+"""keras.metrics: metric objects (update_state / result / reset_state) and the
+per-sample functions, Keras's (y_true, y_pred) order."""
 from ..metrics import *  # noqa: F401,F403
 from ..metrics import __all__  # noqa: F401
 from .coverage import missing_from
