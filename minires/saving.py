@@ -224,9 +224,9 @@ def model_from_config(cls, config, custom_objects=None):
     if not isinstance(config, dict):
         raise ConfigError(f"{cls.__name__}.from_config takes a dict, got {type(config).__name__}")
     if cls is sequential_class:
-        return builder.sequential(config, "config", 0)
+        return builder.sequential(config, "", 0)
     if cls is model_class:
-        return builder.functional(config, "config", 0)
+        return builder.functional(config, "", 0)
     return subclass_from_config(cls, config)
 
 
@@ -285,7 +285,7 @@ class _Builder:
 
     # --- classes ---------------------------------------------------------------------
     def top_level(self, entry):
-        return self.object(entry, "config", depth=0)
+        return self.object(entry, "", depth=0)
 
     def object(self, entry, where, depth):
         """A layer or model from its serialized entry."""
@@ -334,7 +334,10 @@ class _Builder:
         except ConfigError:
             raise
         except (TypeError, ValueError, NotImplementedError) as error:
-            raise ConfigError(f"{where}: {error}") from None
+            text, label = str(error), f"layer {config.get('name')!r}"
+            if text.startswith(label):            # the layer names itself: say it once
+                where = where.rpartition(f": {label}")[0] if where.endswith(label) else where
+            raise ConfigError(_where(where, text)) from None
         if isinstance(obj, Graph) and not obj.built:
             self.build_from_config(obj, entry, where)
         return obj

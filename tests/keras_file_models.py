@@ -80,7 +80,7 @@ COMPILE = {
                                 loss=k.losses.CategoricalCrossentropy(from_logits=True)),
     "nested": lambda k: dict(optimizer=k.optimizers.RMSprop(learning_rate=0.002, rho=0.8),
                              loss="sparse_categorical_crossentropy"),
-    "resnet_block": lambda k: dict(optimizer=k.optimizers.Adam(),
+    "resnet_block": lambda k: dict(optimizer=k.optimizers.Adam(epsilon=1e-7),     # Keras's default
                                    loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
                                    metrics=["accuracy"]),
     "merges": None,
