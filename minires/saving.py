@@ -47,7 +47,7 @@ from .layers import (Activation, Add, Average, AveragePooling2D, BatchNormalizat
                      LeakyReLU, Maximum, MaxPooling2D, Minimum, Multiply, ReLU, Rescaling, Reshape,
                      Softmax, UpSampling2D, ZeroPadding2D)
 from .layers.base import Layer, snake_case
-from .layers.config import dtype_policy, is_input_layer
+from .layers.config import dtype_policy
 from .layers.input_layer import InputLayer
 from .optim import SGD, Adam, RMSprop
 
@@ -280,7 +280,7 @@ class _Builder:
                             f"{type(custom_objects).__name__}")
         self.custom_objects, self.safe_mode = custom_objects, safe_mode
         self.layers = self.nodes = self.weights = 0
-        self.orders = {}
+        self.orders, self.shared = {}, {}
         self.model_class = self.sequential_class = None
 
     # --- classes ---------------------------------------------------------------------
@@ -288,14 +288,23 @@ class _Builder:
         return self.object(entry, "", depth=0)
 
     def object(self, entry, where, depth):
-        """A layer or model from its serialized entry."""
+        """A layer or model from its serialized entry; an entry carrying the
+        ``shared_object_id`` of one built before is that object (Keras writes a
+        layer two models share in both, with one id)."""
+        shared = entry.get("shared_object_id") if isinstance(entry, dict) else None
+        if isinstance(shared, int) and shared in self.shared:
+            return self.shared[shared]
         kind, cls = self.resolve(entry, where)
         config = _require(entry, "config", dict, where)
         if kind == "Functional":
-            return self.functional(config, where, depth)
-        if kind == "Sequential":
-            return self.sequential(config, where, depth)
-        return self.from_class(cls, entry, config, where)
+            obj = self.functional(config, where, depth)
+        elif kind == "Sequential":
+            obj = self.sequential(config, where, depth)
+        else:
+            obj = self.from_class(cls, entry, config, where)
+        if isinstance(shared, int):
+            self.shared[shared] = obj
+        return obj
 
     def resolve(self, entry, where):
         """('Functional' | 'Sequential' | 'layer', class) of a serialized entry; never imports."""
@@ -306,7 +315,7 @@ class _Builder:
                 return "layer", self._custom_class(name, where)
         module = entry.get("module")
         keras_module = isinstance(module, str) and (module == "keras" or module.startswith("keras."))
-        if class_name in ("Lambda", "__lambda__") or "lambda" in str(registered).lower():
+        if class_name in ("Lambda", "__lambda__"):
             raise ConfigError(f"{where}: a Lambda layer holds Python code, which minires never "
                               "runs from a file (safe_mode=True refuses it in Keras too); write "
                               "it as a minires layer and pass it in custom_objects")
@@ -328,7 +337,6 @@ class _Builder:
 
     def from_class(self, cls, entry, config, where):
         """A minires layer, or a class from custom_objects, by its ``from_config``."""
-        self.count_layer(where)
         try:
             obj = cls.from_config(config)
         except ConfigError:
@@ -363,8 +371,9 @@ class _Builder:
         return self.model_class, self.sequential_class
 
     # --- bounds ------------------------------------------------------------------------
-    def count_layer(self, where):
-        self.layers += 1
+    def count_layers(self, entries, where):
+        """Count a model's layer entries, before any is built."""
+        self.layers += len(entries)
         if self.layers > MAX_LAYERS:
             raise ConfigError(f"{where}: more than {MAX_LAYERS:,} layers; no model minires runs "
                               "has that many")
@@ -395,11 +404,18 @@ class _Builder:
                              for layer, name in model.parameters(trainable_only=False)), where)
 
     # --- Functional --------------------------------------------------------------------
-    def functional(self, config, where, depth):
+    def model_header(self, config, where, depth):
+        """(name, where, layer entries) of a model's config, its bounds checked."""
         name = _require(config, "name", str, where)
         where = _where(where, f"model {name!r}")
-        self.check_depth(depth, where)
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: models nested more than {MAX_DEPTH} deep")
         entries = _require(config, "layers", list, where)
+        self.count_layers(entries, where)
+        return name, where, entries
+
+    def functional(self, config, where, depth):
+        name, where, entries = self.model_header(config, where, depth)
         layers = {}
         for i, entry in enumerate(entries):
             layer_name = self.entry_name(entry, f"{where}: layer entry {i}")
@@ -450,16 +466,9 @@ class _Builder:
             raise ConfigError(f"{where}: {key!r} must be true or false, got {value!r}")
         return value
 
-    def check_depth(self, depth, where):
-        if depth > MAX_DEPTH:
-            raise ConfigError(f"{where}: models nested more than {MAX_DEPTH} deep")
-
     # --- Sequential --------------------------------------------------------------------
     def sequential(self, config, where, depth):
-        name = _require(config, "name", str, where)
-        where = _where(where, f"model {name!r}")
-        self.check_depth(depth, where)
-        entries = _require(config, "layers", list, where)
+        name, where, entries = self.model_header(config, where, depth)
         layers = [self.layer(entry, _where(where, f"layer {i}"), depth)
                   for i, entry in enumerate(entries)]
         start = None

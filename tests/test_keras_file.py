@@ -378,18 +378,26 @@ def test_a_lambda_is_refused_whatever_safe_mode(tmp_path):
             load_model(path, safe_mode=safe_mode)
 
 
-class TwoConvs(mk.Model):
-    """A subclassed model: Keras names its weights by attribute (conv, extra/dense ...)."""
+def two_convs_class(k):
+    """A subclassed model in library ``k``: Keras names its weights by attribute
+    (bn, conv, extra/dense, extra/dense_1)."""
+    class TwoConvs(k.Model):
+        def __init__(self, filters=3, **kwargs):
+            super().__init__(**kwargs)
+            self.filters = filters
+            self.conv = k.layers.Conv2D(filters, 3, padding="same")
+            self.bn = k.layers.BatchNormalization()
+            self.extra = [k.layers.Dense(4), k.layers.Dense(2)]
 
-    def __init__(self, filters=3, **kwargs):
-        super().__init__(**kwargs)
-        self.filters = filters
-        self.conv = mk.layers.Conv2D(filters, 3, padding="same")
-        self.bn = mk.layers.BatchNormalization()
-        self.extra = [mk.layers.Dense(4), mk.layers.Dense(2)]
+        def call(self, x, training=None):
+            return self.extra[1](self.extra[0](self.bn(self.conv(x), training=training)))
 
-    def call(self, x, training=None):
-        return self.extra[1](self.extra[0](self.bn(self.conv(x), training=training)))
+        def get_config(self):
+            return {**super().get_config(), "filters": self.filters}
+    return TwoConvs
+
+
+TwoConvs = two_convs_class(mk)
 
 
 def test_a_subclassed_model_needs_its_class(tmp_path):
@@ -470,7 +478,8 @@ def test_keras_reads_the_weights_files_minires_writes(keras, tmp_path):
     for name in ("w.weights.h5", "w.h5"):
         theirs = models.nested(keras)
         theirs.load_weights(tmp_path / name) if ours.save_weights(tmp_path / name) is None else None
-        assert relative_difference(theirs.predict(x, verbose=0), ours.predict(x, verbose=0)) <= TOLERANCE
+        difference = relative_difference(theirs.predict(x, verbose=0), ours.predict(x, verbose=0))
+        assert difference <= TOLERANCE
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
@@ -487,26 +496,13 @@ def test_get_config_is_keras_own(keras, name):
 
 
 def test_a_keras_subclassed_model_loads_into_its_minires_twin(keras, tmp_path):
-    class KerasTwoConvs(keras.Model):
-        def __init__(self, filters=3, **kwargs):
-            super().__init__(**kwargs)
-            self.filters = filters
-            self.conv = keras.layers.Conv2D(filters, 3, padding="same")
-            self.bn = keras.layers.BatchNormalization()
-            self.extra = [keras.layers.Dense(4), keras.layers.Dense(2)]
-
-        def call(self, x, training=None):
-            return self.extra[1](self.extra[0](self.bn(self.conv(x), training=training)))
-
-        def get_config(self):
-            return {**super().get_config(), "filters": self.filters}
-
-    theirs = KerasTwoConvs(filters=5, name="KerasTwoConvs")
+    theirs = two_convs_class(keras)(filters=5)
     x = np.random.default_rng(0).uniform(size=(2, 6, 6, 2)).astype("float32")
     theirs(x)                                       # built by a call, as Keras builds it
     models.randomize_keras(theirs)
     theirs.save(tmp_path / "k.keras")
-    ours = load_model(tmp_path / "k.keras", custom_objects={"KerasTwoConvs": TwoConvs})
+    ours = load_model(tmp_path / "k.keras", custom_objects={"TwoConvs": TwoConvs})
+    assert ours.filters == 5
     assert relative_difference(ours.predict(x, verbose=0), theirs.predict(x, verbose=0)) <= TOLERANCE
 
 

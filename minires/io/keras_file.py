@@ -244,12 +244,13 @@ def _zip64_sizes(handle, end_record_at):
 
 def _unique_keys(archive, name):
     def pairs(items):
-        keys = [key for key, _ in items]
-        if len(set(keys)) != len(keys):
+        unique = dict(items)
+        if len(unique) != len(items):
+            keys = [key for key, _ in items]
             repeated = sorted({k for k in keys if keys.count(k) > 1})
             raise archive.error(f"{name} repeats the key(s) {repeated[:5]} in one object: which "
                                 "value is meant is unclear")
-        return dict(items)
+        return unique
     return pairs
 
 
@@ -261,13 +262,18 @@ def _no_constant(archive, name):
 
 @contextlib.contextmanager
 def _opened_h5(path, shown):
-    """h5_safety.open_file, its errors naming ``shown`` instead of ``path``."""
+    """h5_safety.open_file(path), closed after; whatever minires.io.h5_safety refuses,
+    in it or in the block, raised as one KerasFileError naming ``shown``."""
     try:
         handle = open_file(path)
     except WeightsFileError as error:
         raise KerasFileError(str(error).replace(path, shown)) from None
     try:
         yield handle
+    except KerasFileError:
+        raise
+    except WeightsFileError as error:
+        raise KerasFileError(str(error)) from None
     finally:
         handle.close()
 
@@ -521,9 +527,10 @@ def save_model(model, filepath):
     """Write ``model`` as Keras 3's .keras file at ``filepath``, atomically: its
     config, metadata, weights and (if compiled) its optimizer's variables.
     Everything is computed before the file is touched."""
-    entry = saving.model_entry(model)
+    entry = saving.model_entry(model)            # refuses a compile Keras has no form for
+    with_optimizer = getattr(model, "compiled", None) is not None
     members = {METADATA: _json_bytes(metadata()), CONFIG: _json_bytes(entry),
-               WEIGHTS: _h5_bytes(lambda f: write_weights(f, model, getattr(model, "compiled", None) is not None))}
+               WEIGHTS: _h5_bytes(lambda f: write_weights(f, model, with_optimizer))}
     with atomic_write(filepath, suffix=".keras") as handle:
         with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
             for name, data in members.items():

@@ -179,7 +179,7 @@ def layer_arguments(cls, config, owner=None):
     if unknown:
         raise ValueError(f"{owner}: minires's {cls.__name__} takes no argument "
                          f"{', '.join(map(repr, unknown))}; refused rather than ignored")
-    return {name: deserialize(name, value, owner, cls) for name, value in arguments.items()}
+    return {name: deserialize(name, value, owner) for name, value in arguments.items()}
 
 
 def accepted_arguments(cls):
@@ -234,7 +234,7 @@ def _shown(value):
                 else value["class_name"])
 
 
-def deserialize(name, value, owner, cls=None):
+def deserialize(name, value, owner):
     """A config value as minires's constructor takes it."""
     if name == "dtype":
         return policy_dtype(value, owner)
@@ -313,10 +313,9 @@ def _serialized_class(value, table, module, owner, name):
     """The class of a serialized Keras object, if ``table`` has it."""
     class_name = value.get("class_name") if isinstance(value, dict) else None
     if class_name not in table or value.get("module") not in (module, None):
-        raise ValueError(f"{owner}: argument {name!r} is {_what(value)}"
-                         f"{' from module ' + repr(value.get('module')) if isinstance(value, dict) else ''}"
-                         f", which minires does not have; it has {', '.join(sorted(table))} "
-                         f"(from {module})")
+        source = f" from module {value.get('module')!r}" if isinstance(value, dict) else ""
+        raise ValueError(f"{owner}: argument {name!r} is {_what(value)}{source}, which minires "
+                         f"does not have; it has {', '.join(sorted(table))} (from {module})")
     if not isinstance(value.get("config", {}), (dict, type(None))):
         raise ValueError(f"{owner}: argument {name!r}: its config must be a JSON object")
     return table[class_name]

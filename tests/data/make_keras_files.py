@@ -34,6 +34,7 @@ def repack_deflated(path):
 def main():
     outputs = {}
     for name, build in models.BUILDERS.items():
+        keras.backend.clear_session()             # layer names from conv2d, dense ... in each
         keras.utils.set_random_seed(0)
         model = build(keras)
         models.randomize_keras(model)
@@ -46,7 +47,7 @@ def main():
         outputs[f"{name}/y"] = model.predict(x, verbose=0)
         outputs[f"{name}/params"] = np.array(model.count_params())
         print(name, os.path.getsize(path), "bytes")
-    np.savez(HERE / "keras_outputs.npz", **outputs)
+    np.savez_compressed(HERE / "keras_outputs.npz", **outputs)
 
 
 if __name__ == "__main__":
