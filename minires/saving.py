@@ -47,7 +47,7 @@ from .layers import (Activation, Add, Average, AveragePooling2D, BatchNormalizat
                      LeakyReLU, Maximum, MaxPooling2D, Minimum, Multiply, ReLU, Rescaling, Reshape,
                      Softmax, UpSampling2D, ZeroPadding2D)
 from .layers.base import Layer, snake_case
-from .layers.config import dtype_policy
+from .layers.config import accepted_arguments, dtype_policy, layer_config, policy_dtype
 from .layers.input_layer import InputLayer
 from .optim import SGD, Adam, RMSprop
 
@@ -110,11 +110,9 @@ def model_entry(model, with_compile=True):
              "class_name": type(model).__name__ if kind == "subclass" else kind,
              "config": model_config(model),
              "registered_name": {"Functional": "Functional", "Sequential": None}.get(
-                 kind, type(model).__name__)}
-    if kind != "Functional":
-        entry["build_config"] = {"input_shape": _input_shapes(model) if model.built else None}
-    else:
-        entry["build_config"] = {"input_shape": None}
+                 kind, type(model).__name__),
+             "build_config": {"input_shape": _input_shapes(model)
+                              if kind != "Functional" and model.built else None}}
     if with_compile:
         entry["compile_config"] = compile_entry(model)
     return entry
@@ -127,15 +125,14 @@ def model_config(model):
         return _functional_config(model)
     if kind == "Sequential":
         return _sequential_config(model)
-    from .layers.config import layer_config
     return layer_config(model)
 
 
 def _functional_config(model):
     return {"name": model.name, "trainable": model.trainable,
             "layers": [_layer_entry(layer, model) for layer in model.layers],
-            "input_layers": _references(model.inputs, model, model._single_input),
-            "output_layers": _references(model.outputs, model, model._single_output)}
+            "input_layers": _references(model.input, model),
+            "output_layers": _references(model.output, model)}
 
 
 def _sequential_config(model):
@@ -197,20 +194,22 @@ def _reference(tensor, model):
     return [layer.name, index, 0]
 
 
-def _references(tensors, model, single):
-    refs = [_reference(t, model) for t in tensors]
-    return refs[0] if single else refs
+def _references(tensors, model):
+    """Keras's input_layers / output_layers: one reference, or a list for a list."""
+    if isinstance(tensors, list):
+        return [_reference(t, model) for t in tensors]
+    return _reference(tensors, model)
 
 
 def _input_shapes(model):
-    shapes = [list(t.shape) for t in model.inputs]
-    return shapes[0] if model._single_input else shapes
+    inputs = model.input
+    return [list(t.shape) for t in inputs] if isinstance(inputs, list) else list(inputs.shape)
 
 
 # === config -> minires ===================================================================
-def model_from_entry(entry, custom_objects=None, safe_mode=True):
+def model_from_entry(entry, custom_objects=None):
     """(model, orders) rebuilt from a serialized model (``model_entry``'s form)."""
-    builder = _Builder(custom_objects or {}, safe_mode)
+    builder = _Builder(custom_objects or {})
     model = builder.top_level(entry)
     return model, builder.orders
 
@@ -220,7 +219,7 @@ def model_from_config(cls, config, custom_objects=None):
     form: Model and Sequential rebuild their graph; a subclass of the user's is
     built as Keras does, ``cls(**config)``, and traced at its first call."""
     model_class, sequential_class = model_classes()
-    builder = _Builder(custom_objects or {}, safe_mode=True)
+    builder = _Builder(custom_objects or {})
     if not isinstance(config, dict):
         raise ConfigError(f"{cls.__name__}.from_config takes a dict, got {type(config).__name__}")
     if cls is sequential_class:
@@ -233,7 +232,6 @@ def model_from_config(cls, config, custom_objects=None):
 def subclass_from_config(cls, config):
     """``cls(**config)``; name, trainable and dtype are set after if ``cls``'s
     constructor does not take them."""
-    from .layers.config import accepted_arguments, policy_dtype
     accepted = accepted_arguments(cls)
     owner = f"model class {cls.__name__}"
     unknown = sorted(set(config) - accepted - {"name", "trainable", "dtype"})
@@ -241,9 +239,9 @@ def subclass_from_config(cls, config):
         raise ConfigError(f"{owner}: its constructor takes no argument "
                           f"{', '.join(map(repr, unknown))} (override from_config to read them)")
     arguments = dict(config)
-    if "dtype" in arguments:
-        arguments["dtype"] = policy_dtype(arguments["dtype"], owner)
     try:
+        if "dtype" in arguments:
+            arguments["dtype"] = policy_dtype(arguments["dtype"], owner)
         model = cls(**{k: v for k, v in arguments.items() if k in accepted})
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{owner}: {error}") from None
@@ -274,14 +272,13 @@ def _require(mapping, key, kind, where):
 class _Builder:
     """One config being rebuilt: its bounds, classes and the orders found."""
 
-    def __init__(self, custom_objects, safe_mode):
+    def __init__(self, custom_objects):
         if not isinstance(custom_objects, dict):
             raise TypeError(f"custom_objects must be a dict of name -> class, got "
                             f"{type(custom_objects).__name__}")
-        self.custom_objects, self.safe_mode = custom_objects, safe_mode
+        self.custom_objects = custom_objects
         self.layers = self.nodes = self.weights = 0
         self.orders, self.shared = {}, {}
-        self.model_class = self.sequential_class = None
 
     # --- classes ---------------------------------------------------------------------
     def top_level(self, entry):
@@ -365,11 +362,6 @@ class _Builder:
             raise ConfigError(f"{where}: building it at input shape {shape}: {error}") from None
         self.count_built(model, where)
 
-    def classes(self):
-        if self.model_class is None:
-            self.model_class, self.sequential_class = model_classes()
-        return self.model_class, self.sequential_class
-
     # --- bounds ------------------------------------------------------------------------
     def count_layers(self, entries, where):
         """Count a model's layer entries, before any is built."""
@@ -426,9 +418,8 @@ class _Builder:
         tensors = _Graph(self, layers, where).run()
         inputs = self.endpoints(config, "input_layers", tensors, where)
         outputs = self.endpoints(config, "output_layers", tensors, where)
-        model_class, _ = self.classes()
         try:
-            model = model_class(inputs, outputs, name=name)
+            model = model_classes()[0](inputs, outputs, name=name)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{where}: {error}") from None
         unused = [n for n, (layer, _) in layers.items() if all(layer is not m for m in model.layers)]
@@ -481,9 +472,8 @@ class _Builder:
             raise ConfigError(f"{where}: an InputLayer may only come first")
         if start is not None:
             self.trace(layers, start, where)
-        _, sequential_class = self.classes()
         try:
-            model = sequential_class(name=name)
+            model = model_classes()[1](name=name)
             for layer in layers:                  # the input last: one trace, already checked
                 model.add(layer)
             if start is not None:
@@ -511,8 +501,7 @@ class _Builder:
         if self.nodes > MAX_NODES:
             raise ConfigError(f"{where}: more than {MAX_NODES:,} layer calls")
         self.check_weights(layer, inputs, where)
-        _, sequential_class = self.classes()
-        if isinstance(layer, sequential_class) and not layer.built:
+        if isinstance(layer, model_classes()[1]) and not layer.built:
             self.trace(layer.layers, as_list(inputs)[0], where)
         try:
             return layer(inputs)
@@ -618,9 +607,10 @@ def _node_inputs(node, where):
     if not isinstance(kwargs, dict):
         raise ConfigError(f"{where}: 'kwargs' must be a JSON object")
     for key, value in kwargs.items():
-        # training: Keras records the value at graph-building time and overrides it at
-        # every call, as minires does; mask: minires has no masking, so it must be null.
-        if not (key == "training" or (key == "mask" and value is None)):
+        # training=False: what Keras records while building the graph; the mode of each
+        # call replaces it, as in minires. training=True (dropout also at inference) and
+        # a mask minires does not have.
+        if not (key in ("training", "mask") and value in (None, False)):
             raise ConfigError(f"{where}: call argument {key}={value!r} is not supported")
     if len(args) != 1:
         raise ConfigError(f"{where}: a layer call takes one input (or one list of inputs), "

@@ -452,10 +452,13 @@ def optimizer_arrays(handle, shown, model, orders=None):
         return None
     shapes = saving.optimizer_shapes(model, orders)
     found = [array.shape for array in stored]
-    if found != shapes and found != shapes[:2]:
-        raise KerasFileError(f"{shown}: 'optimizer/vars' holds {len(found)} variables, but "
-                             f"{type(model.compiled.optimizer).__name__} on model "
-                             f"{model.name!r} has {len(shapes)}; load with compile=False to "
+    if found != shapes and found != shapes[:2]:         # two: Keras had not built its optimizer
+        optimizer = f"{type(model.compiled.optimizer).__name__} on model {model.name!r}"
+        wrong = next((i for i, (a, b) in enumerate(zip(found, shapes)) if a != b), None)
+        problem = (f"holds {len(found)} variables, but {optimizer} has {len(shapes)}"
+                   if wrong is None else f"variable {wrong} has shape {found[wrong]}, but "
+                   f"{optimizer} needs {shapes[wrong]} there")
+        raise KerasFileError(f"{shown}: 'optimizer/vars' {problem}; load with compile=False to "
                              "skip the optimizer")
     if sum(array.size for array in stored) * 8 > 2 * MAX_READ_BYTES:
         raise KerasFileError(f"{shown}: the optimizer's variables are larger than minires reads")
@@ -466,11 +469,13 @@ def optimizer_arrays(handle, shown, model, orders=None):
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """The model a .keras file holds: its architecture, every weight, and (with
     ``compile``) its compile configuration and optimizer state. See the module
-    docstring for what is checked; every problem is one KerasFileError."""
+    docstring for what is checked; every problem is one KerasFileError.
+    ``safe_mode`` is Keras's argument: minires never runs code from a file, so a
+    Lambda layer is refused whatever it says."""
     with KerasArchive(filepath) as archive:
         archive.check_metadata()
         entry = archive.read_json(CONFIG)
-        model, orders = _rebuild(archive, entry, custom_objects, safe_mode)
+        model, orders = _rebuild(archive, entry, custom_objects)
         if compile:
             _compile(archive, model, entry)
         with archive.weights() as (handle, shown):
@@ -484,9 +489,9 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     return model
 
 
-def _rebuild(archive, entry, custom_objects, safe_mode):
+def _rebuild(archive, entry, custom_objects):
     try:
-        return saving.model_from_entry(entry, custom_objects, safe_mode)
+        return saving.model_from_entry(entry, custom_objects)
     except saving.ConfigError as error:
         raise archive.error(f"config.json: {error}") from None
 
