@@ -125,6 +125,8 @@ def test_not_a_zip_empty_or_missing(tmp_path):
     (tmp_path / "empty.keras").write_bytes(b"")
     refused(tmp_path / "empty.keras", r"not a readable \.keras file")
     refused(tmp_path, r"is not a regular file")
+    h5py.File(tmp_path / "weights.keras", "w").close()
+    refused(tmp_path / "weights.keras", r"is an HDF5 file, not a \.keras zip")
     with pytest.raises(FileNotFoundError, match="missing.keras"):
         load_model(tmp_path / "missing.keras")
 

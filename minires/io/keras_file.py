@@ -59,11 +59,12 @@ from ..backend import like, to_device
 from ..graph import Graph
 from ..layers.base import Layer, snake_case
 from .atomic import atomic_write
+from .checkpoint import file_kind
 from .h5_safety import WeightsFileError, find, inspect, names, open_file, require, text_attribute
 from .keras_h5 import MAX_LISTED_PROBLEMS, MAX_READ_BYTES, assign
 
 METADATA, CONFIG, WEIGHTS = "metadata.json", "config.json", "model.weights.h5"
-KERAS_VERSION = "3.15.1"            # the Keras whose files these are (minires's own is in metadata)
+KERAS_VERSION = "3.15.1"            # the Keras whose files these are (metadata adds saved_by)
 MAX_MEMBERS = 16
 MAX_DIRECTORY_BYTES = 1 << 20
 MEMBER_BOUNDS = {METADATA: 1 << 16, CONFIG: 16 << 20,
@@ -209,6 +210,10 @@ def _check_regular_file(path):
         raise FileNotFoundError(f".keras file not found: {path}")
     if not os.path.isfile(path):
         raise KerasFileError(f"{path} is not a regular file")
+    if file_kind(path) == "hdf5":
+        raise KerasFileError(f"{path} is an HDF5 file, not a .keras zip: Keras's .h5 files hold "
+                             "weights that model.load_weights(path) reads into a model built in "
+                             "code")
 
 
 def _check_end_record(path):
