@@ -155,9 +155,14 @@ class LayersAndWeights:
         that is neither is reported by the checkpoint reader if its name ends in
         '.npz' (any case), else by the HDF5 reader. by_name and skip_mismatch
         apply to HDF5 files only: a checkpoint always pairs weights by name.
+        A '.keras' or '.weights.h5' name (without by_name) is Keras 3's: read by
+        Keras's object paths, nested models too (minires.io.keras_file).
         A model not built yet (a Sequential or subclassed model never called)
-        has no weights to load into: both readers refuse it, saying so.
+        has no weights to load into: every reader refuses it, saying so.
         """
+        if str(filepath).lower().endswith((".keras", ".weights.h5")) and not by_name:
+            from .io.keras_file import load_weights as load_keras3_weights
+            return load_keras3_weights(self, filepath, skip_mismatch=skip_mismatch)
         from .io.checkpoint import file_kind, load_checkpoint
         kind = file_kind(filepath)
         if kind == "npz" or (kind is None and str(filepath).lower().endswith(".npz")):
@@ -166,11 +171,45 @@ class LayersAndWeights:
         return load_weights(self, filepath, by_name=by_name, skip_mismatch=skip_mismatch)
 
     def save_weights(self, filepath):
-        """Write every parameter and BN statistic to a ``.npz`` checkpoint at
-        exactly ``filepath`` (no suffix is added), atomically. minires never
-        writes HDF5 (Keras's files are only read), so a name ending in '.h5',
-        '.hdf5' or '.keras' is refused with a ValueError, before any file is
-        touched; so are an empty name, a directory, and a model not built yet
-        (which has no weights to save)."""
+        """Write every parameter and BN statistic, atomically; the name decides
+        the format: '.weights.h5' Keras 3's weights file, '.h5' or '.hdf5' Keras's
+        classic layout (minires.io.keras_file), '.keras' is refused (that is
+        ``save``), any other name a ``.npz`` checkpoint at exactly ``filepath``
+        (no suffix is added). An empty name, a directory, and a model not built
+        yet (which has no weights to save) are refused before any file is touched."""
+        if str(filepath).lower().endswith((".h5", ".hdf5", ".keras")):
+            from .io.keras_file import save_weights as save_keras_weights
+            return save_keras_weights(self, filepath)
         from .io.checkpoint import save_checkpoint
         save_checkpoint(self, filepath)
+
+    # --- Keras 3's model file and config (minires.saving, minires.io.keras_file) ------
+    def save(self, filepath, overwrite=True):
+        """Keras's ``model.save('m.keras')``: architecture, weights, compile
+        configuration and optimizer state in Keras 3's .keras file, written
+        atomically; Keras 3's ``keras.saving.load_model`` reads it."""
+        import os
+        path = os.fspath(filepath)
+        if not path.lower().endswith(".keras"):
+            raise ValueError(f"{path}: minires saves whole models as Keras 3's '.keras' files "
+                             "(weights alone: save_weights with '.weights.h5', '.h5' or '.npz')")
+        if not overwrite and os.path.exists(path):
+            raise FileExistsError(f"{path} exists and overwrite=False")
+        from .io.keras_file import save_model
+        save_model(self, path)
+
+    def to_json(self, **kwargs):
+        """Keras's ``model.to_json()``: the architecture (keras.models.model_from_json reads it)."""
+        from .io.keras_file import to_json
+        return to_json(self, **kwargs)
+
+    def get_config(self):
+        """Keras's ``model.get_config()`` (Model.from_config reads it back)."""
+        from .saving import model_config
+        return model_config(self)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """A new model from ``get_config``'s dict, with fresh weights."""
+        from .saving import model_from_config
+        return model_from_config(cls, config, custom_objects)

@@ -12,13 +12,13 @@ tutorial code runs with only its imports changed::
 Everything here is minires's own code under Keras's names; nothing imports Keras.
 """
 from . import (applications, backend, callbacks, initializers, layers, losses, metrics, models,
-               optimizers, preprocessing, regularizers, utils)
+               optimizers, preprocessing, regularizers, saving, utils)
 from .layers import Input
 from .models import Model, Sequential
 from .coverage import missing_from
 
 __all__ = ["Input", "Model", "Sequential", "applications", "backend", "callbacks", "initializers",
-           "layers", "losses", "metrics", "models", "optimizers", "preprocessing", "regularizers",
+           "layers", "losses", "metrics", "models", "optimizers", "preprocessing", "regularizers", "saving",
            "utils"]
 
 __getattr__ = missing_from(__name__, __all__)

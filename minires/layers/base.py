@@ -337,6 +337,20 @@ class Layer:
                              f"{tuple(dy.shape)}, but its output has shape {tuple(expected_shape)}")
         return dy
 
+    # --- Keras's config (minires/layers/config.py) ---------------------------------
+    def get_config(self):
+        """Keras's config of this layer: its constructor arguments under Keras's
+        keys and in Keras's serialized forms (see minires/layers/config.py)."""
+        from .config import layer_config
+        return layer_config(self)
+
+    @classmethod
+    def from_config(cls, config):
+        """A new layer from ``get_config``'s dict (Keras's); an argument minires
+        does not implement raises a ValueError naming it."""
+        from .config import layer_arguments
+        return cls(**layer_arguments(cls, config))
+
 
 def check_real_array(x, owner):
     """Raise a TypeError naming ``owner`` unless ``x`` is a NumPy or CuPy array of
