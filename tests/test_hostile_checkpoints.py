@@ -265,16 +265,22 @@ def test_save_weights_then_load_weights_under_any_name(tmp_path, name):
     assert_unchanged(model, weights_of(source))
 
 
-@pytest.mark.parametrize("name", ["w.h5", "w.weights.h5", "W.H5", "w.hdf5", "m.keras"])
-def test_save_weights_refuses_a_name_that_says_hdf5(tmp_path, name):
-    path = tmp_path / name
+@pytest.mark.parametrize("name", ["w.h5", "w.weights.h5", "W.H5", "w.hdf5"])
+def test_save_weights_writes_keras_s_formats_for_hdf5_names(tmp_path, name):
+    """The suffix decides the format (issue 29): Keras's HDF5 layouts, read back whole."""
+    source, model = tiny_net(), tiny_net(seed=7)
+    source.save_weights(tmp_path / name)
+    assert os.listdir(tmp_path) == [name] and (tmp_path / name).read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    model.load_weights(tmp_path / name)
+    assert_unchanged(model, weights_of(source))
+
+
+def test_save_weights_refuses_a_keras_model_file_name(tmp_path):
+    path = tmp_path / "m.keras"
     path.write_bytes(b"an earlier file")
-    with pytest.raises(ValueError, match=r"minires writes its checkpoints as \.npz files, never "
-                                         r"as HDF5.*use a name ending in '\.npz'") as error:
+    with pytest.raises(ValueError, match=r"a \.keras file holds a whole model: write it with model\.save"):
         tiny_net().save_weights(path)
-    assert str(path) in str(error.value)
-    assert path.read_bytes() == b"an earlier file"
-    assert os.listdir(tmp_path) == [name]
+    assert path.read_bytes() == b"an earlier file" and os.listdir(tmp_path) == ["m.keras"]
 
 
 def test_load_weights_reads_hdf5_content_whatever_the_name(tmp_path):

@@ -62,6 +62,7 @@ from .atomic import atomic_write
 from .checkpoint import file_kind
 from .h5_safety import WeightsFileError, find, inspect, names, open_file, require, text_attribute
 from .keras_h5 import MAX_LISTED_PROBLEMS, MAX_READ_BYTES, assign
+from .validate import require_built
 
 METADATA, CONFIG, WEIGHTS = "metadata.json", "config.json", "model.weights.h5"
 KERAS_VERSION = "3.15.1"            # the Keras whose files these are (metadata adds saved_by)
@@ -602,6 +603,7 @@ def save_weights(model, filepath):
         raise ValueError(f"{path}: a .keras file holds a whole model: write it with "
                          "model.save(path); save_weights writes '.weights.h5' (Keras 3), "
                          "'.h5' (Keras's classic layout) or minires's '.npz' checkpoints")
+    require_built(model, "save")
     if lowered.endswith(".weights.h5"):
         data = _h5_bytes(lambda f: write_weights(f, model, saving.keras_optimizer(model)))
     else:
