@@ -8,8 +8,10 @@ import pytest
 
 import minires.keras
 
+REFUSED = ["datasets", "ops"]                   # out-of-scope modules: importing them says why
 MODULES = ["minires.keras"] + [f"minires.keras.{info.name}" for info in
-                               pkgutil.walk_packages(minires.keras.__path__, "") if info.name != "coverage"]
+                               pkgutil.walk_packages(minires.keras.__path__, "")
+                               if info.name not in ("coverage", *REFUSED)]
 
 
 @pytest.mark.parametrize("module_name", MODULES)
@@ -33,3 +35,11 @@ def test_every_module_names_what_it_lacks(module_name):
 def test_out_of_scope_apis_say_why(reach, why):
     with pytest.raises(AttributeError, match=why):
         reach(minires.keras)
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_importing_an_out_of_scope_module_says_why(name):
+    with pytest.raises(ImportError, match=rf"keras\.{name} is not in minires: .* out of scope"):
+        exec(f"from minires.keras import {name}", {})
+    with pytest.raises(ImportError, match=rf"keras\.{name} is not in minires"):
+        importlib.import_module(f"minires.keras.{name}")

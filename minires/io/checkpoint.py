@@ -87,9 +87,9 @@ def save_checkpoint(model, path, extra=None):
 
     ``path`` is used exactly as given: unlike ``np.savez``, no '.npz' is added
     to a name without it.  A name ending in '.h5', '.hdf5' or '.keras' (any
-    case) is refused with a ValueError: minires never writes HDF5, and a file
-    so named would mislead Keras and h5py, and so are an empty name and a
-    directory.  A model not built yet (a Sequential or subclassed model
+    case) is refused with a ValueError: a file so named would mislead Keras
+    and h5py (``Model.save_weights`` writes Keras's formats for those names),
+    and so are an empty name and a directory.  A model not built yet (a Sequential or subclassed model
     never called) has no weights: refused with a ValueError.  GPU (CuPy)
     arrays are copied to the host.
     """

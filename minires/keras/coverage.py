@@ -38,3 +38,10 @@ def missing_from(module_name, names):
         raise AttributeError(f"{shown}.{name} is not in minires: {why}. {shown} has: "
                              f"{', '.join(sorted(names))}")
     return __getattr__
+
+
+def refuse_import(module_name):
+    """Raise the ImportError that importing ``module_name`` (an out-of-scope Keras
+    module: ``from minires.keras import datasets``) deserves: what and why."""
+    name = module_name.rsplit(".", 1)[-1]
+    raise ImportError(f"keras.{name} is not in minires: {OUT_OF_SCOPE[name]}")
