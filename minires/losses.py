@@ -249,7 +249,15 @@ class SoftmaxCrossEntropy(CrossEntropy):
         return super().forward(outputs, targets, sample_weight)
 
 
-class CategoricalCrossentropy(CrossEntropy):
+class KerasCall:
+    """Keras's argument order for a loss object's call: ``loss_fn(y_true, y_pred)``
+    (``forward`` takes minires's order, outputs first, as every layer does)."""
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return self.forward(y_pred, y_true, sample_weight)
+
+
+class CategoricalCrossentropy(KerasCall, CrossEntropy):
     """Keras's categorical_crossentropy: targets (N, K), one-hot or soft rows;
     outputs are probabilities unless ``from_logits=True``."""
     sparse = False
@@ -258,7 +266,7 @@ class CategoricalCrossentropy(CrossEntropy):
         super().__init__(from_logits)
 
 
-class SparseCategoricalCrossentropy(CrossEntropy):
+class SparseCategoricalCrossentropy(KerasCall, CrossEntropy):
     """Keras's sparse_categorical_crossentropy: targets are class indices (N,)
     (or a column (N, 1)); outputs are probabilities unless ``from_logits=True``."""
     sparse = True

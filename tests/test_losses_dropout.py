@@ -134,9 +134,9 @@ def test_the_probability_gradient_is_zero_where_the_clip_cut():
 def test_keras_documented_values():
     """Keras's docstring example: 1.177 for both losses."""
     probs = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
-    assert float(CategoricalCrossentropy()(probs, np.array([[0, 1, 0], [0, 0, 1]]))) == \
+    assert float(CategoricalCrossentropy().forward(probs, np.array([[0, 1, 0], [0, 0, 1]]))) == \
         pytest.approx(1.1769392, abs=1e-6)
-    assert float(SparseCategoricalCrossentropy()(probs, np.array([1, 2]))) == \
+    assert float(SparseCategoricalCrossentropy().forward(probs, np.array([1, 2]))) == \
         pytest.approx(1.1769392, abs=1e-6)
 
 
@@ -146,9 +146,9 @@ def test_from_logits_is_softmax_cross_entropy(rng, device, cls, kind):
     logits = to_device(rng.standard_normal((N, K)) * 3, device)
     targets = to_device(targets_of(kind, rng), device)
     ours, reference = cls(from_logits=True), SoftmaxCrossEntropy()
-    assert float(ours(logits, targets)) == pytest.approx(float(reference(logits, targets)), rel=1e-14)
+    assert float(ours.forward(logits, targets)) == pytest.approx(float(reference(logits, targets)), rel=1e-14)
     np.testing.assert_allclose(on_cpu(ours.backward()), on_cpu(reference.backward()), rtol=1e-14)
-    assert float(cls()(softmax(logits), targets)) == pytest.approx(float(reference.forward(logits, targets)),
+    assert float(cls().forward(softmax(logits), targets)) == pytest.approx(float(reference.forward(logits, targets)),
                                                                    rel=1e-12)
 
 
@@ -157,7 +157,7 @@ def test_float32_stays_float32(rng, from_logits):
     logits = rng.standard_normal((N, K)).astype(np.float32)
     outputs = logits if from_logits else softmax(logits)
     loss = CategoricalCrossentropy(from_logits=from_logits)
-    assert loss(outputs, targets_of("one-hot", rng).astype(np.float32)).dtype == np.float32
+    assert loss.forward(outputs, targets_of("one-hot", rng).astype(np.float32)).dtype == np.float32
     assert loss.backward().dtype == np.float32
 
 
@@ -191,9 +191,9 @@ def test_logits_given_to_a_probability_loss(cls, targets, outputs):
 
 def test_a_probability_row_within_the_tolerance_is_accepted():
     probs = np.array([[0.3, 0.3, 0.4 + 9e-4]])
-    CategoricalCrossentropy()(probs, np.array([[0.0, 0.0, 1.0]]))
+    CategoricalCrossentropy().forward(probs, np.array([[0.0, 0.0, 1.0]]))
     with pytest.raises(ValueError, match="look like logits"):
-        CategoricalCrossentropy()(probs + np.array([[0, 0, 2e-4]]), np.array([[0.0, 0.0, 1.0]]))
+        CategoricalCrossentropy().forward(probs + np.array([[0, 0, 2e-4]]), np.array([[0.0, 0.0, 1.0]]))
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
@@ -203,26 +203,26 @@ def test_sparse_target_errors(from_logits):
     what = "logits" if from_logits else "probability"
     with pytest.raises(ValueError, match=r"SparseCategoricalCrossentropy: labels must lie in \[0, 4\), "
                                          r"got values from -1 to 2"):
-        loss(outputs, np.array([0, -1, 2]))
+        loss.forward(outputs, np.array([0, -1, 2]))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\), got values from 0 to 4"):
-        loss(outputs, np.array([0, 4, 2]))
+        loss.forward(outputs, np.array([0, 4, 2]))
     with pytest.raises(ValueError, match=rf"3 {what} rows but labels of shape \(2,\); class indices "
                                          r"must have shape \(3,\)"):
-        loss(outputs, np.array([0, 1]))
+        loss.forward(outputs, np.array([0, 1]))
     with pytest.raises(ValueError, match=r"3 .* rows but labels of shape \(3, 2\)"):
-        loss(outputs, np.zeros((3, 2), dtype=int))
+        loss.forward(outputs, np.zeros((3, 2), dtype=int))
     with pytest.raises(ValueError, match=r"labels must be int class indices of shape \(3,\), got float64 \(3,\)$"):
-        loss(outputs, np.array([0.0, 1.0, 2.0]))
+        loss.forward(outputs, np.array([0.0, 1.0, 2.0]))
     with pytest.raises(ValueError, match=r"got float64 \(3, 4\); for one-hot or probability rows use "
                                          r"CategoricalCrossentropy"):
-        loss(outputs, np.eye(4)[[0, 1, 2]])
+        loss.forward(outputs, np.eye(4)[[0, 1, 2]])
 
 
 def test_a_column_of_class_indices_is_accepted(rng):
     """keras.datasets.cifar10 gives labels of shape (N, 1); Keras takes them."""
     probs, labels = softmax_np(rng.standard_normal((N, K))), rng.integers(0, K, N)
     loss = SparseCategoricalCrossentropy()
-    assert float(loss(probs, labels[:, None])) == float(loss(probs, labels))
+    assert float(loss.forward(probs, labels[:, None])) == float(loss.forward(probs, labels))
 
 
 def test_categorical_target_errors():
@@ -230,23 +230,23 @@ def test_categorical_target_errors():
     with pytest.raises(ValueError, match=r"CategoricalCrossentropy: labels must be one-hot or probability "
                                          r"rows of shape \(3, 4\), got int64 \(3,\); for class indices "
                                          r"use SparseCategoricalCrossentropy"):
-        loss(outputs, np.array([0, 1, 2]))
+        loss.forward(outputs, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match=r"rows of shape \(3, 4\), got float64 \(3, 5\)$"):
-        loss(outputs, np.zeros((3, 5)))
+        loss.forward(outputs, np.zeros((3, 5)))
     # int one-hot rows are rows, as in Keras
-    assert float(loss(outputs, np.eye(4, dtype=int)[[0, 1, 2]])) == pytest.approx(np.log(4))
+    assert float(loss.forward(outputs, np.eye(4, dtype=int)[[0, 1, 2]])) == pytest.approx(np.log(4))
 
 
 @pytest.mark.parametrize("cls", [CategoricalCrossentropy, SparseCategoricalCrossentropy])
 def test_output_shape_and_dtype_errors(cls):
     with pytest.raises(ValueError, match=rf"{cls.__name__}: probabilities must be a float array of "
                                          r"shape \(N, classes\), got \(4,\) float64"):
-        cls()(np.full(4, 0.25), np.array([0]))
+        cls().forward(np.full(4, 0.25), np.array([0]))
     with pytest.raises(ValueError, match=r"logits must be a float array of shape \(N, classes\), got "
                                          r"\(2, 4\) int64"):
-        cls(from_logits=True)(np.zeros((2, 4), dtype=int), np.array([0, 1]))
+        cls(from_logits=True).forward(np.zeros((2, 4), dtype=int), np.array([0, 1]))
     with pytest.raises(ValueError, match=r"got list"):
-        cls()([[0.5, 0.5]], np.array([0]))
+        cls().forward([[0.5, 0.5]], np.array([0]))
 
 
 def test_backward_errors():
@@ -313,7 +313,7 @@ def test_against_keras(gap):
             value.backward()
             loss = ours(from_logits=from_logits)
             probs = softmax_np(logits)
-            ours_value = loss(logits if from_logits else probs, targets)
+            ours_value = loss.forward(logits if from_logits else probs, targets)
             assert float(ours_value) == pytest.approx(value.item(), rel=1e-10)
             dz = loss.backward() if from_logits else softmax_backward(loss.backward(), probs)
             np.testing.assert_allclose(dz, z.grad.numpy(), rtol=1e-8, atol=1e-12)
@@ -445,3 +445,18 @@ def test_dropout_keeps_no_mask_and_is_a_keras_layer(rng):
     assert not any(isinstance(value, np.ndarray) for value in vars(layer).values())
     assert layer.params == {} and layer.trainable_names() == []
     assert layer(Input((7, 3))).shape == (None, 7, 3)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_a_keras_loss_object_is_called_as_keras_calls_it(rng, from_logits):
+    """TensorFlow's quickstart: ``loss_fn(y_train[:1], predictions)``, targets first."""
+    logits = rng.standard_normal((N, K))
+    outputs = logits if from_logits else softmax_np(logits)
+    labels = rng.integers(0, K, N)
+    for loss, targets in ((SparseCategoricalCrossentropy(from_logits), labels),
+                          (CategoricalCrossentropy(from_logits), np.eye(K)[labels])):
+        expected = float(type(loss)(from_logits).forward(outputs, targets))
+        assert float(loss(targets, outputs)) == expected
+        weights = rng.uniform(0.5, 2.0, N)
+        assert float(loss(targets, outputs, weights)) == pytest.approx(
+            float(type(loss)(from_logits).forward(outputs, targets, weights)))
