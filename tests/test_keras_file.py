@@ -21,6 +21,7 @@ from conftest import relative_difference
 
 import keras_file_models as models
 from minires import keras as mk
+from minires import optim
 from minires.applications import CifarResNet, ResNet50, TorchResNet18
 from minires.io import keras_h5
 from minires.io.keras_file import KerasFileError, object_paths
@@ -203,9 +204,11 @@ def test_save_is_atomic_and_refuses_what_keras_cannot_hold(tmp_path):
     path = tmp_path / "m.keras"
     path.write_bytes(b"an earlier file")
     model = minires_model("resnet_block", train=False)
-    model.compile(optimizer=mk.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4),
+    model.compile(optimizer=optim.SGD(0.1, momentum=0.9, weight_decay=5e-4),
                   loss="sparse_categorical_crossentropy")
-    with pytest.raises(ValueError, match=r"SGD\(weight_decay=0.0005\).*no Keras equivalent"):
+    with pytest.raises(ValueError, match=r"minires\.optim\.SGD\(weight_decay=0\.0005\) adds "
+                                         r"weight_decay \* w to the gradient.*compile with "
+                                         r"minires\.keras\.optimizers"):
         model.save(path)
     assert path.read_bytes() == b"an earlier file" and os.listdir(tmp_path) == ["m.keras"]
     with pytest.raises(ValueError, match=r"whole models as Keras 3's '\.keras' files"):
@@ -341,10 +344,19 @@ def test_an_argument_minires_lacks_is_refused_by_name(tmp_path, key, value, mess
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c["compile_config"]["optimizer"]["config"].update(nesterov=True),
-     r"SGD argument nesterov is not supported"),
-    (lambda c: c["compile_config"]["optimizer"]["config"].update(weight_decay=0.01),
-     r"SGD argument weight_decay"),
+    (lambda c: c["compile_config"]["optimizer"]["config"].update(clipnorm=1.0),
+     r"optimizer: SGD: clipnorm=1\.0 is a Keras option minires does not implement"),
+    (lambda c: c["compile_config"]["optimizer"]["config"].update(use_ema=True),
+     r"optimizer: SGD: use_ema=True is a Keras option"),
+    (lambda c: c["compile_config"]["optimizer"]["config"].update(loss_scale_factor=128.0),
+     r"optimizer: SGD: loss_scale_factor=128\.0 is a Keras option"),
+    (lambda c: c["compile_config"]["optimizer"]["config"].update(flavour=1),
+     r"optimizer: SGD: flavour=1 is not an argument of it"),
+    (lambda c: c["compile_config"]["optimizer"]["config"].update(
+        learning_rate={"module": "keras.optimizers.schedules", "class_name": "CosineDecay"}),
+     r"SGD learning_rate .*a learning-rate schedule"),
+    (lambda c: c["compile_config"]["optimizer"]["config"].update(momentum=1.5),
+     r"optimizer: SGD: momentum"),
     (lambda c: c["compile_config"]["optimizer"].update(class_name="Nadam"),
      r"optimizer 'Nadam'.*minires has SGD, Adam, RMSprop"),
     (lambda c: c["compile_config"].update(loss="mse"), r"loss 'mse' is not supported"),
@@ -468,7 +480,7 @@ def test_minires_saves_keras_loads(keras, tmp_path, name):
     if name in models.HYPERPARAMETERS:
         cls, expected = models.HYPERPARAMETERS[name]
         config = theirs.optimizer.get_config()
-        assert type(theirs.optimizer).__name__ == cls
+        assert "Keras" + type(theirs.optimizer).__name__ == cls
         assert {k: config[k] for k in expected} == pytest.approx(expected, rel=1e-7)
         for a, b in zip(keras_optimizer_variables(theirs), optimizer_variables(ours)):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
