@@ -572,3 +572,77 @@ def test_minires_applications_load_in_keras(keras, tmp_path, make, shape):
     difference = relative_difference(theirs.predict(x, verbose=0), ours.predict(x, verbose=0))
     print(f"\n{ours.name}: minires -> Keras, {difference:.1e}, {ours.count_params():,} parameters")
     assert difference <= TOLERANCE and theirs.count_params() == ours.count_params()
+
+
+# === metrics in the compile configuration ======================================================
+def metric_choices(k):
+    """One of every metric form Keras writes: a name, keras.metrics objects (one with
+    an argument), a MeanMetricWrapper of a metric function, a bare function."""
+    return ["accuracy", k.metrics.SparseCategoricalAccuracy(name="sca"),
+            k.metrics.BinaryAccuracy(threshold=0.3), k.metrics.CategoricalAccuracy(name="cat"),
+            k.metrics.Accuracy(name="same"), k.metrics.Mean(name="average"),
+            k.metrics.MeanMetricWrapper(k.metrics.sparse_categorical_accuracy, name="wrapped"),
+            k.metrics.categorical_accuracy]
+
+
+def compiled_with_metrics(k):
+    model = models.BUILDERS["sequential_cnn"](k)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                  metrics=metric_choices(k))
+    return model
+
+
+def compile_config(path):
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("config.json"))["compile_config"]
+
+
+def described(metrics):
+    """(name, class, function, threshold) of each compiled metric of minires."""
+    return [(name, type(m).__name__, getattr(getattr(m, "fn", None), "__name__", None),
+             getattr(m, "fn_kwargs", {}).get("threshold")) for name, m in metrics.items()]
+
+
+def test_metrics_round_trip(tmp_path):
+    model = compiled_with_metrics(mk)
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert described(loaded.compiled.metrics) == described(model.compiled.metrics)
+    assert list(loaded.compiled.metrics) == ["accuracy", "sca", "binary_accuracy", "cat", "same",
+                                             "average", "wrapped", "categorical_accuracy"]
+    assert compile_config(tmp_path / "m.keras")["metrics"][2]["config"]["threshold"] == 0.3
+
+
+def test_metrics_minires_cannot_write_or_read_are_refused(tmp_path):
+    model = models.BUILDERS["sequential_cnn"](mk)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                  metrics=[lambda y_true, y_pred: y_pred[:, 0]])
+    with pytest.raises(ValueError, match=r"metric '<lambda>' \(MeanMetricWrapper of <lambda>\) "
+                                         r"has no Keras equivalent"):
+        model.save(tmp_path / "m.keras")
+    assert not (tmp_path / "m.keras").exists()
+    for metric, message in [({"module": "keras.metrics", "class_name": "AUC", "config": {}},
+                             r"metric 'AUC' \(module 'keras.metrics'\); minires has Mean, "),
+                            ("mse", r"metric 'mse' is not supported"),
+                            ({"module": "keras.metrics", "class_name": "BinaryAccuracy",
+                              "config": {"name": "b", "thresholds": [0.5]}},
+                             r"BinaryAccuracy config .*thresholds"),
+                            ({"module": "builtins", "class_name": "function", "config": "os.system",
+                              "registered_name": "function"}, r"metric function .*os\.system")]:
+        path = rewritten(tmp_path, DATA / "sequential_cnn.keras",
+                         lambda c: c["compile_config"].update(metrics=[metric]))
+        with pytest.raises(KerasFileError, match=r"compile_config: metrics: " + message
+                                                 + r".*compile=False"):
+            load_model(path)
+        assert load_model(path, compile=False).compiled is None
+
+
+def test_keras_writes_the_metrics_minires_writes(keras, tmp_path):
+    compiled_with_metrics(keras).save(tmp_path / "k.keras")
+    compiled_with_metrics(mk).save(tmp_path / "m.keras")
+    theirs, ours = compile_config(tmp_path / "k.keras"), compile_config(tmp_path / "m.keras")
+    assert ours["metrics"] == theirs["metrics"]
+    loaded = load_model(tmp_path / "k.keras")
+    assert described(loaded.compiled.metrics) == described(compiled_with_metrics(mk).compiled.metrics)
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    assert again.get_compile_config()["metrics"] == theirs["metrics"]
