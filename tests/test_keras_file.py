@@ -646,3 +646,57 @@ def test_keras_writes_the_metrics_minires_writes(keras, tmp_path):
     assert described(loaded.compiled.metrics) == described(compiled_with_metrics(mk).compiled.metrics)
     again = keras.saving.load_model(tmp_path / "m.keras")
     assert again.get_compile_config()["metrics"] == theirs["metrics"]
+
+
+# === ModelCheckpoint: Keras 3's two kinds of file ==============================================
+def test_model_checkpoint_saves_the_model_to_keras_and_weights_by_suffix(tmp_path):
+    clear_session()                             # the .npz checkpoint goes by layer names
+    model = minires_model("sequential_cnn", train=False)
+    model.compile(optimizer=mk.optimizers.SGD(0.05, momentum=0.9),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = models.inputs_for(model, count=6)
+    y = np.arange(6) % 3
+    whole = mk.callbacks.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"))
+    weights = mk.callbacks.ModelCheckpoint(str(tmp_path / "w.weights.h5"), save_weights_only=True)
+    npz = mk.callbacks.ModelCheckpoint(str(tmp_path / "w.npz"))        # minires's: weights only
+    model.fit(x, y, epochs=2, batch_size=3, shuffle=False, verbose=0,
+              callbacks=[whole, weights, npz])
+    assert sorted(os.listdir(tmp_path)) == ["m-1.keras", "m-2.keras", "w.npz", "w.weights.h5"]
+    loaded = load_model(tmp_path / "m-2.keras")
+    assert_same_weights(loaded, model)
+    assert loaded.compiled.optimizer.iterations == model.compiled.optimizer.iterations == 4
+    assert list(loaded.compiled.metrics) == ["accuracy"]
+    for name in ("w.weights.h5", "w.npz"):
+        clear_session()
+        fresh = minires_model("sequential_cnn", train=False)
+        fresh.load_weights(tmp_path / name)
+        assert_same_weights(fresh, model)
+
+
+@pytest.mark.parametrize("path, weights_only, message", [
+    ("m.h5", False, r"must end in '\.keras' .*minires writes no legacy '\.h5' models"),
+    ("m.weights.h5", None, r"to save the whole model the filepath must end in '\.keras'"),
+    ("m.npz", False, r"must end in '\.keras'"),
+    ("m.keras", True, r"must end in '\.weights\.h5' .*a \.keras file is a whole model"),
+    ("m.keras", "yes", r"save_weights_only must be True or False"),
+])
+def test_model_checkpoint_refuses_a_path_its_kind_is_not_written_to(path, weights_only, message):
+    with pytest.raises((ValueError, TypeError), match=f"^ModelCheckpoint: .*{message}"):
+        mk.callbacks.ModelCheckpoint(path, save_weights_only=weights_only)
+
+
+@pytest.mark.parametrize("path", ["m.keras", "m.weights.h5", "m.npz"])
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_model_checkpoint_takes_the_paths_keras_takes(keras, path, weights_only):
+    """Keras's suffixes are accepted and refused as Keras 3 does, but for two: '.npz'
+    is minires's own, and a whole model to a '.h5' name (even 'm.weights.h5', which
+    Keras writes as a legacy HDF5 model) minires refuses: it writes no such file."""
+    def accepts(library):
+        try:
+            library.callbacks.ModelCheckpoint(path, save_weights_only=weights_only)
+            return True
+        except ValueError:
+            return False
+    legacy_model = path.endswith(".h5") and not weights_only
+    expected = weights_only if path == "m.npz" else accepts(keras) and not legacy_model
+    assert accepts(mk) == expected
