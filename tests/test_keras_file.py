@@ -700,3 +700,65 @@ def test_model_checkpoint_takes_the_paths_keras_takes(keras, path, weights_only)
     legacy_model = path.endswith(".h5") and not weights_only
     expected = weights_only if path == "m.npz" else accepts(keras) and not legacy_model
     assert accepts(mk) == expected
+
+
+# === HDF5 weights of the depthwise, separable and transposed convolutions ======================
+def window_layers(k):
+    """One of each, named alike in both libraries."""
+    return k.Sequential([k.Input((6, 6, 2)),
+                         k.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw"),
+                         k.layers.SeparableConv2D(3, 2, name="sep"),
+                         k.layers.Conv2DTranspose(2, 3, strides=2, name="up"),
+                         k.layers.Conv2D(2, 1, use_bias=False, name="plain")])
+
+
+def stored_weight_names(path):
+    """Every dataset path of an HDF5 file."""
+    found = []
+    with h5py.File(path, "r") as f:
+        f.visit(lambda name: found.append(name) if isinstance(f[name], h5py.Dataset) else None)
+    return found
+
+
+def test_keras2_depthwise_kernel_name_fills_the_kernel():
+    ours = window_layers(mk)
+    assert [keras_h5.weight_slot(ours.get_layer(layer), layer, name) for layer, name in [
+        ("dw", "dw/depthwise_kernel:0"), ("dw", "dw_depthwise_kernel"),
+        ("sep", "sep/depthwise_kernel:0"),
+        ("sep", "sep/pointwise_kernel:0"), ("up", "up/kernel:0"), ("up", "up/bias:0"),
+        ("plain", "plain/depthwise_kernel:0")]] == \
+        ["kernel", "kernel", "depthwise_kernel", "pointwise_kernel", "kernel", "bias", None]
+
+
+@pytest.mark.parametrize("name", ["w.h5", "w.weights.h5"])
+def test_window_layers_weights_round_trip_by_name(tmp_path, name):
+    ours = window_layers(mk)
+    models.randomize_minires(ours)
+    ours.save_weights(tmp_path / name)
+    fresh = window_layers(mk)
+    if name == "w.h5":
+        keras_h5.load_by_name(fresh, tmp_path / name)
+    else:
+        fresh.load_weights(tmp_path / name)
+    assert_same_weights(fresh, ours)
+
+
+@pytest.mark.parametrize("save", ["legacy .h5 model", ".weights.h5"])
+def test_window_layers_load_from_the_files_keras_writes(keras, tmp_path, save):
+    theirs = window_layers(keras)
+    for weight in theirs.weights:
+        weight.assign(np.random.default_rng(len(weight.path)).normal(size=weight.shape))
+    path = tmp_path / ("m.h5" if save == "legacy .h5 model" else "w.weights.h5")
+    theirs.save(path) if save == "legacy .h5 model" else theirs.save_weights(path)
+    ours = window_layers(mk)
+    if save == "legacy .h5 model":
+        assert any(n.endswith("dw/kernel") for n in stored_weight_names(path))
+        keras_h5.load_by_name(ours, path)
+    else:
+        ours.load_weights(path)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 2)).astype("float32")
+    difference = relative_difference(ours.predict(x, verbose=0), theirs.predict(x, verbose=0))
+    print(f"\nwindow layers from Keras's {save}: relative difference {difference:.1e}")
+    assert difference <= TOLERANCE
