@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 
 from .optim import check_learning_rate
-from .utils import check_int, check_number
+from .utils import check_flag, check_int, check_number
 
 __all__ = ["Callback", "History", "ModelCheckpoint", "EarlyStopping", "LearningRateScheduler",
            "ReduceLROnPlateau", "ProgbarLogger"]
@@ -159,33 +159,34 @@ def check_optional_number(value, where):
 
 
 class ModelCheckpoint(Callback):
-    """Saves the weights after every epoch, to a minires ``.npz`` checkpoint
-    (``model.save_weights``: written atomically; ``model.load_weights`` reads it).
+    """Saves the model or its weights after every epoch, atomically, as Keras 3:
 
-    filepath may hold Keras's placeholders: 'run/w.{epoch:02d}-{val_loss:.2f}.npz'
+        save_weights_only=False   ``model.save(path)``: a '.keras' file (Keras 3's
+                                  only whole-model format; its legacy '.h5' models
+                                  minires does not write)
+        save_weights_only=True    ``model.save_weights(path)``, by suffix:
+                                  '.weights.h5' (Keras 3's; the only one Keras
+                                  takes here), '.h5' (the classic layout) or
+                                  '.npz' (minires's checkpoint)
+        None (minires's default)  False, as Keras's default, except for a '.npz'
+                                  path, which holds weights only
+
+    filepath may hold Keras's placeholders: 'run/m.{epoch:02d}-{val_loss:.2f}.keras'
     (epoch counts from 1 there, and any key of the epoch's logs can appear).
     save_best_only: save only when ``monitor`` improves on its best so far
     (mode 'min', 'max', or 'auto': 'max' for accuracies); with one fixed
-    filepath that keeps the best epoch's weights. initial_value_threshold: a
+    filepath that keeps the best epoch's model. initial_value_threshold: a
     best to beat from the start.
-
-    Only weights are saved (save_weights_only must stay True, minires's
-    default; Keras's False would save the whole model, which minires cannot).
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
-                 save_weights_only=True, mode="auto", initial_value_threshold=None):
+                 save_weights_only=None, mode="auto", initial_value_threshold=None):
         if not isinstance(filepath, (str, os.PathLike)) or not isinstance(os.fspath(filepath), str):
             raise TypeError(f"ModelCheckpoint: filepath must be a path (a str or a pathlib.Path), "
                             f"got {filepath!r}")
         self.filepath = os.fspath(filepath)
         check_placeholders(self.filepath)
-        if not self.filepath.endswith(".npz"):
-            raise ValueError(f"ModelCheckpoint: filepath must end in '.npz' (minires's "
-                             f"checkpoint format), got {self.filepath!r}")
-        if not save_weights_only:
-            raise ValueError("ModelCheckpoint: minires saves weights only (an .npz checkpoint, "
-                             "loaded by model.load_weights); pass save_weights_only=True")
+        self.save_weights_only = checkpoint_kind(self.filepath, save_weights_only)
         self.monitor, self.verbose, self.save_best_only = monitor, verbose, save_best_only
         self.mode = monitor_mode(mode, monitor, "ModelCheckpoint")
         self.best = check_optional_number(initial_value_threshold,
@@ -212,7 +213,7 @@ class ModelCheckpoint(Callback):
         directory = os.path.dirname(path)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        self.model.save_weights(path)
+        (self.model.save_weights if self.save_weights_only else self.model.save)(path)
 
     def path(self, epoch, logs):
         try:
@@ -224,6 +225,30 @@ class ModelCheckpoint(Callback):
     def say(self, message):
         if self.verbose:
             print(f"\n{message}", flush=True)
+
+
+WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".npz")     # what model.save_weights writes
+
+
+def checkpoint_kind(filepath, save_weights_only):
+    """Whether ModelCheckpoint saves weights only (True) or the model (False) at
+    ``filepath``, which must end in a suffix that kind is written to (the class
+    docstring); None picks by suffix, '.npz' weights, anything else the model."""
+    if save_weights_only is None:
+        save_weights_only = filepath.endswith(".npz")
+    save_weights_only = check_flag(save_weights_only, "ModelCheckpoint: save_weights_only")
+    if save_weights_only and not filepath.endswith(WEIGHT_SUFFIXES):
+        hint = "; a .keras file is a whole model: save_weights_only=False" \
+            if filepath.endswith(".keras") else ""
+        raise ValueError(f"ModelCheckpoint: with save_weights_only=True the filepath must end in "
+                         f"'.weights.h5' (Keras 3's weights file), '.h5' or '.npz', got "
+                         f"{filepath!r}{hint}")
+    if not save_weights_only and not filepath.endswith(".keras"):
+        raise ValueError(f"ModelCheckpoint: to save the whole model the filepath must end in "
+                         f"'.keras' (Keras 3's model format; minires writes no legacy '.h5' "
+                         f"models), got {filepath!r}; for weights alone pass "
+                         "save_weights_only=True with '.weights.h5', '.h5' or '.npz'")
+    return save_weights_only
 
 
 def check_placeholders(filepath):

@@ -49,7 +49,8 @@ from .layers import (Activation, Add, Average, AveragePooling2D, BatchNormalizat
 from .layers.base import Layer, snake_case
 from .layers.config import accepted_arguments, dtype_policy, layer_config, policy_dtype
 from .layers.input_layer import InputLayer
-from .optim import SGD, Adam, RMSprop
+from .backend import like, to_device
+from .optim import KERAS_OPTIONS, SGD, Adam, KerasAdam, KerasRMSprop, KerasSGD, RMSprop
 
 LAYER_CLASSES = {cls.__name__: cls for cls in (
     Activation, Add, Average, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, Dense,
@@ -632,21 +633,21 @@ def _tensor_reference(tensor, where):
 # === compile configuration ================================================================
 KERAS_LOSSES = {"SparseCategoricalCrossentropy": losses.SparseCategoricalCrossentropy,
                 "CategoricalCrossentropy": losses.CategoricalCrossentropy}
-KERAS_METRICS = {"SparseCategoricalAccuracy": "sparse_categorical_accuracy",
-                 "CategoricalAccuracy": "categorical_accuracy"}
-# Keras's optimizer arguments: minires's own, and the others at the value minires implements
-# (None: any value, as for the EMA settings when use_ema is false).
-OPTIMIZERS = {
-    "SGD": (SGD, ("learning_rate", "momentum"), {"nesterov": False}),
-    "Adam": (Adam, ("learning_rate", "beta_1", "beta_2", "epsilon"), {"amsgrad": False}),
-    "RMSprop": (RMSprop, ("learning_rate", "rho", "epsilon"), {"momentum": 0.0, "centered": False}),
+# keras.optimizers class name -> (minires's Keras-form class, Keras's default ``name``, the
+# arguments of its own beside learning_rate and weight_decay, in Keras's order).
+KERAS_OPTIMIZERS = {
+    "SGD": (KerasSGD, "sgd", ("momentum", "nesterov")),
+    "Adam": (KerasAdam, "adam", ("beta_1", "beta_2", "epsilon", "amsgrad")),
+    "RMSprop": (KerasRMSprop, "rm_sprop", ("rho", "momentum", "epsilon", "centered")),
 }
-OPTIMIZER_COMMON = {"weight_decay": None, "clipnorm": None, "global_clipnorm": None,
-                    "clipvalue": None, "use_ema": False, "ema_momentum": 0.99,
-                    "ema_overwrite_frequency": None, "loss_scale_factor": None,
-                    "gradient_accumulation_steps": None}
-ANY_VALUE = ("name", "ema_momentum", "ema_overwrite_frequency")
-KERAS_NAMES = {"SGD": "SGD", "Adam": "adam", "RMSprop": "rmsprop"}
+EMA_SETTINGS = ("ema_momentum", "ema_overwrite_frequency")    # any value while use_ema is false
+METRIC_CLASSES = {cls.__name__: cls for cls in (
+    metrics.Mean, metrics.Accuracy, metrics.BinaryAccuracy, metrics.CategoricalAccuracy,
+    metrics.SparseCategoricalAccuracy)}
+METRIC_FUNCTIONS = {fn.__name__: fn for fn in (
+    metrics.accuracy, metrics.binary_accuracy, metrics.categorical_accuracy,
+    metrics.sparse_categorical_accuracy)}
+BY_SHAPES = ("accuracy", "acc")       # compile's strings whose metric is chosen from the shapes
 
 
 def compile_entry(model):
@@ -655,7 +656,7 @@ def compile_entry(model):
     if state is None:
         return {}
     return {"optimizer": optimizer_entry(state.optimizer), "loss": loss_entry(state.loss),
-            "loss_weights": None, "metrics": [metric_entry(n, f) for n, f in state.metrics.items()]
+            "loss_weights": None, "metrics": [metric_entry(m) for m in state.metrics.values()]
             or None, "weighted_metrics": None, "run_eagerly": False, "steps_per_execution": 1,
             "jit_compile": False}
 
@@ -666,32 +667,112 @@ def _unwritable(what):
                       "or compile with choices Keras shares")
 
 
-def keras_optimizer(model):
-    """Whether ``model`` is compiled with an optimizer Keras has (whose state
-    ``optimizer_variables`` gives)."""
-    state = getattr(model, "compiled", None)
-    if state is None:
-        return False
-    optimizer = state.optimizer
-    return type(optimizer) is OPTIMIZERS.get(type(optimizer).__name__, (None,))[0] \
-        and not optimizer.weight_decay
+def _keras_object(module, class_name, config):
+    return {"module": module, "class_name": class_name, "config": config, "registered_name": None}
+
+
+# --- optimizers ------------------------------------------------------------------------
+def keras_class(optimizer):
+    """The keras.optimizers class name of a Keras-form optimizer (None for another)."""
+    return next((name for name, (cls, _, _) in KERAS_OPTIMIZERS.items()
+                 if type(optimizer) is cls), None)
+
+
+def keras_form(optimizer):
+    """The Keras-form optimizer (KerasSGD, KerasAdam, KerasRMSprop) that trains as
+    ``optimizer`` does from its present state, that state included: a Keras-form
+    one is itself; minires's PyTorch-form SGD and its RMSprop convert where the
+    update is the same formula, anything else is a ValueError saying why.
+
+    SGD: without momentum p -= lr (g + wd p) is Keras's step with decoupled decay;
+    with momentum, Keras's momentum is -lr times the velocity (v <- mu v + g,
+    p -= lr v; Keras m <- mu m - lr g, p += m), exact at the present rate, but the
+    decay would pass through v, so not with weight decay. RMSprop: Keras's rule,
+    when no decay enters g^2. Adam: epsilon is added to sqrt(v / (1 - b2^t)), in
+    Keras to sqrt(v), which no constant converts."""
+    if keras_class(optimizer):
+        return optimizer
+    kind, decay = type(optimizer), getattr(optimizer, "weight_decay", None) or None
+    if kind is SGD and not (optimizer.momentum and decay):
+        twin = KerasSGD(optimizer.learning_rate, optimizer.momentum, weight_decay=decay)
+        rate = optimizer.learning_rate
+        twin.slots = {"momentum": {key: -rate * v for key, v in
+                                   optimizer.slots.get("velocity", {}).items()}}
+    elif kind is RMSprop and not decay:
+        twin = KerasRMSprop(optimizer.learning_rate, optimizer.rho, epsilon=optimizer.epsilon)
+        twin.slots = {"v": dict(optimizer.slots.get("v", {}))}
+    else:
+        raise ValueError(f"optimizer {kind.__module__}.{kind.__name__}"
+                         f"{_why_not_keras(optimizer)}: Keras would train it differently, so it "
+                         "is not written as a Keras optimizer; compile with "
+                         "minires.keras.optimizers.SGD, Adam or RMSprop (Keras's forms) to save "
+                         "the model, or save the weights alone (model.save_weights)")
+    twin.iterations = optimizer.iterations
+    return twin
+
+
+def _why_not_keras(optimizer):
+    if type(optimizer) is Adam:
+        return (" (PyTorch's Adam) adds epsilon to sqrt(v / (1 - beta_2^t)), Keras's Adam to "
+                "sqrt(v)")
+    if type(optimizer) in (SGD, RMSprop):
+        return (f"(weight_decay={optimizer.weight_decay:g}) adds weight_decay * w to the "
+                "gradient, which its momentum or running mean then carries; Keras's weight decay "
+                "shrinks the weights directly")
+    return " has no Keras equivalent"
 
 
 def optimizer_entry(optimizer):
-    name = type(optimizer).__name__
-    if name not in OPTIMIZERS or type(optimizer) is not OPTIMIZERS[name][0]:
-        raise _unwritable(f"optimizer {name}")
-    if optimizer.weight_decay:
-        raise _unwritable(f"{name}(weight_decay={optimizer.weight_decay}) (minires adds "
-                          "weight_decay * w to the gradient; Keras's weight_decay shrinks the "
-                          "weights directly, which differs once momentum or moments act)")
-    _, arguments, fixed = OPTIMIZERS[name]
-    config = {"name": KERAS_NAMES[name].lower(), **OPTIMIZER_COMMON,
-              **{key: float(getattr(optimizer, key)) for key in arguments}, **fixed}
-    return {"module": "keras.optimizers", "class_name": name, "config": config,
-            "registered_name": None}
+    """Keras's serialized optimizer (``keras_form`` refuses what Keras trains otherwise)."""
+    optimizer = keras_form(optimizer)
+    name = keras_class(optimizer)
+    _, default_name, arguments = KERAS_OPTIMIZERS[name]
+    config = {"name": default_name, "learning_rate": float(optimizer.learning_rate),
+              "weight_decay": optimizer.weight_decay, **KERAS_OPTIONS,
+              **{key: _plain(getattr(optimizer, key)) for key in arguments}}
+    return _keras_object("keras.optimizers", name, config)
 
 
+def _plain(value):
+    return value if isinstance(value, bool) else float(value)
+
+
+def optimizer_from_entry(entry, where):
+    """A Keras-form optimizer from Keras's serialized one (or its name): every argument
+    the class takes; EMA settings ignored while use_ema is off, as Keras does."""
+    where = _where(where, "optimizer")
+    if isinstance(entry, str):
+        entry = {"class_name": {"sgd": "SGD", "adam": "Adam", "rmsprop": "RMSprop"}.get(
+            entry.lower(), entry), "module": "keras.optimizers", "config": {}}
+    name = _require(entry, "class_name", str, where)
+    module = entry.get("module")
+    if name not in KERAS_OPTIMIZERS or not str(module).startswith("keras"):
+        raise _refused(where, f"optimizer {name!r} (module {module!r}); minires has "
+                              f"{', '.join(KERAS_OPTIMIZERS)}")
+    config = dict(_require(entry, "config", dict, where))
+    if not config.get("use_ema"):
+        for key in EMA_SETTINGS:
+            config.pop(key, None)
+    rate = config.get("learning_rate")
+    if isinstance(rate, dict):
+        raise _refused(where, f"{name} learning_rate {str(rate)[:80]} (a learning-rate schedule)")
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+        config["learning_rate"] = float32_decimal(rate)
+    try:
+        return KERAS_OPTIMIZERS[name][0](**config)
+    except (TypeError, ValueError) as error:      # refuse_keras_options names the argument
+        raise ConfigError(f"{where}: {error} (load with compile=False to skip the compile "
+                          "configuration)") from None
+
+
+def float32_decimal(value):
+    """Keras keeps the learning rate in float32 (0.002 is written 0.0020000000949949026):
+    the shortest decimal of that float32, the number the user gave."""
+    single = np.float32(value)
+    return float(str(single)) if float(single) == value else float(value)
+
+
+# --- losses ------------------------------------------------------------------------------
 def loss_entry(loss):
     if loss is None:
         return None
@@ -701,81 +782,7 @@ def loss_entry(loss):
     config = {"name": snake_case(name), "reduction": "sum_over_batch_size",
               "from_logits": loss.from_logits}
     config.update({"ignore_class": None} if loss.sparse else {"label_smoothing": 0.0, "axis": -1})
-    return {"module": "keras.losses", "class_name": name, "config": config, "registered_name": None}
-
-
-def metric_entry(name, function):
-    if metrics.METRICS.get(name) is not function:
-        raise _unwritable(f"metric {name!r}")
-    return name
-
-
-def compile_from_entry(model, entry, where):
-    """Compile ``model`` as Keras's compile_config ``entry`` says ({} or None: not compiled)."""
-    if not entry:
-        return
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: compile_config must be a JSON object")
-    for key, value in entry.items():
-        if key in ("optimizer", "loss", "metrics") or key in EXECUTION_KEYS:
-            continue
-        if value is not None:
-            raise ConfigError(f"{where}: compile argument {key}={value!r} is not supported "
-                              "(load with compile=False to skip the compile configuration)")
-    optimizer = optimizer_from_entry(entry.get("optimizer", "rmsprop"), where)
-    loss = loss_from_entry(entry.get("loss"), where)
-    chosen = metrics_from_entry(entry.get("metrics"), where)
-    try:
-        model.compile(optimizer=optimizer, loss=loss, metrics=chosen)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where}: compiling it: {error}") from None
-
-
-def _refused(where, what):
-    return ConfigError(f"{where}: {what} is not supported by minires (load with compile=False to "
-                       "skip the compile configuration)")
-
-
-def optimizer_from_entry(entry, where):
-    where = _where(where, "optimizer")
-    if isinstance(entry, str):
-        entry = {"class_name": {"sgd": "SGD", "adam": "Adam", "rmsprop": "RMSprop"}.get(
-            entry.lower(), entry), "module": "keras.optimizers", "config": {}}
-    name = _require(entry, "class_name", str, where)
-    module = entry.get("module")
-    if name not in OPTIMIZERS or not str(module).startswith("keras"):
-        raise _refused(where, f"optimizer {name!r} (module {module!r}); minires has "
-                              f"{', '.join(OPTIMIZERS)}")
-    cls, arguments, fixed = OPTIMIZERS[name]
-    config = dict(_require(entry, "config", dict, where))
-    for key, supported in {**OPTIMIZER_COMMON, **fixed}.items():
-        if key in config and key not in ANY_VALUE and not _plain_equal(config.pop(key), supported):
-            raise _refused(where, f"{name} argument {key}")
-        config.pop(key, None)
-    config.pop("name", None)
-    unknown = sorted(set(config) - set(arguments))
-    if unknown:
-        raise _refused(where, f"{name} argument(s) {unknown}")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in config.values()):
-        raise _refused(where, f"{name} arguments {config} (a learning-rate schedule?)")
-    if "learning_rate" in config:
-        config["learning_rate"] = float32_decimal(config["learning_rate"])
-    try:
-        return cls(**config)
-    except ValueError as error:
-        raise ConfigError(f"{where}: {error}") from None
-
-
-def _plain_equal(value, supported):
-    return value is supported if isinstance(supported, bool) or isinstance(value, bool) \
-        else value == supported
-
-
-def float32_decimal(value):
-    """Keras keeps the learning rate in float32 (0.002 is written 0.0020000000949949026):
-    the shortest decimal of that float32, the number the user gave."""
-    single = np.float32(value)
-    return float(str(single)) if float(single) == value else float(value)
+    return _keras_object("keras.losses", name, config)
 
 
 def loss_from_entry(entry, where):
@@ -802,32 +809,116 @@ def loss_from_entry(entry, where):
         raise ConfigError(f"{where}: {error}") from None
 
 
+# --- metrics -----------------------------------------------------------------------------
+def metric_entry(metric):
+    """What Keras writes for one compiled metric: 'accuracy' / 'acc' as the string,
+    a keras.metrics class as its object, one of Keras's metric functions as the
+    function (given bare) or a MeanMetricWrapper of it."""
+    kind, fn = type(metric), getattr(metric, "fn", None)
+    if kind is metrics.MeanMetricWrapper and fn is metrics.accuracy_by_shapes \
+            and metric.name in BY_SHAPES:
+        return metric.name
+    config = {"name": metric.name, "dtype": metric.dtype or "float32"}
+    if METRIC_CLASSES.get(kind.__name__) is kind:
+        extra = {"threshold": float(metric.fn_kwargs["threshold"])} \
+            if kind is metrics.BinaryAccuracy else {}
+        return _keras_object("keras.metrics", kind.__name__, {**config, **extra})
+    if kind is metrics.MeanMetricWrapper and not metric.fn_kwargs \
+            and METRIC_FUNCTIONS.get(getattr(fn, "__name__", None)) is fn:
+        function = {"module": "builtins", "class_name": "function", "config": fn.__name__,
+                    "registered_name": "function"}
+        return function if metric.name == fn.__name__ else \
+            _keras_object("keras.metrics", "MeanMetricWrapper", {**config, "fn": function})
+    raise _unwritable(f"metric {metric.name!r} ({kind.__name__}"
+                      f"{' of ' + getattr(fn, '__name__', '?') if fn is not None else ''})")
+
+
 def metrics_from_entry(entry, where):
+    """compile's metrics from Keras's list: names, keras.metrics objects, functions."""
     where = _where(where, "metrics")
     if entry is None:
         return None
     if not isinstance(entry, list):
         raise _refused(where, f"metrics {str(entry)[:80]} (one list for one output)")
-    chosen = {}
-    for item in entry:
-        if isinstance(item, str) and item in metrics.METRICS:
-            chosen[item] = metrics.METRICS[item]
-        elif isinstance(item, dict) and item.get("class_name") in KERAS_METRICS \
-                and str(item.get("module")).startswith("keras"):
-            function = KERAS_METRICS[item["class_name"]]
-            name = (item.get("config") or {}).get("name", function)
-            chosen[name if isinstance(name, str) else function] = metrics.METRICS[function]
-        else:
-            raise _refused(where, f"metric {str(item)[:80]}")
-    return chosen
+    return [_metric_from_entry(item, where) for item in entry]
+
+
+def _metric_from_entry(item, where):
+    if isinstance(item, str):
+        if item.lower() in metrics.METRICS:
+            return item
+        raise _refused(where, f"metric {item!r}")
+    kind = _require(item, "class_name", str, where)
+    if kind == "function":
+        return _metric_function(item, where)
+    cls = metrics.MeanMetricWrapper if kind == "MeanMetricWrapper" else METRIC_CLASSES.get(kind)
+    if cls is None or not str(item.get("module")).startswith("keras"):
+        raise _refused(where, f"metric {kind!r} (module {item.get('module')!r}); minires has "
+                              f"{', '.join(METRIC_CLASSES)}, MeanMetricWrapper and the functions "
+                              f"{', '.join(METRIC_FUNCTIONS)}")
+    config = dict(_require(item, "config", dict, where))
+    allowed = {"name", "dtype"} | ({"threshold"} if cls is metrics.BinaryAccuracy else set())
+    fn = _metric_function(config.pop("fn", None), where) if cls is metrics.MeanMetricWrapper \
+        else None
+    unknown = sorted(set(config) - allowed)
+    if unknown or not all(isinstance(config.get(key), (str, type(None))) for key in ("name", "dtype")):
+        raise _refused(where, f"{kind} config {str(item['config'])[:120]}")
+    try:
+        return cls(fn, **config) if fn else cls(**config)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {kind}: {error}") from None
+
+
+def _metric_function(item, where):
+    """One of Keras's metric functions, serialized as Keras writes it."""
+    name = item.get("config") if isinstance(item, dict) and item.get("module") == "builtins" \
+        and item.get("class_name") == "function" else None
+    if name not in METRIC_FUNCTIONS:
+        raise _refused(where, f"metric function {str(item)[:80]}; minires has "
+                              f"{', '.join(METRIC_FUNCTIONS)}")
+    return METRIC_FUNCTIONS[name]
+
+
+# --- the whole compile configuration --------------------------------------------------
+def compile_from_entry(model, entry, where):
+    """Compile ``model`` as Keras's compile_config ``entry`` says ({} or None: not compiled)."""
+    if not entry:
+        return
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: compile_config must be a JSON object")
+    for key, value in entry.items():
+        if key in ("optimizer", "loss", "metrics") or key in EXECUTION_KEYS:
+            continue
+        if value is not None:
+            raise ConfigError(f"{where}: compile argument {key}={value!r} is not supported "
+                              "(load with compile=False to skip the compile configuration)")
+    optimizer = optimizer_from_entry(entry.get("optimizer", "rmsprop"), where)
+    loss = loss_from_entry(entry.get("loss"), where)
+    chosen = metrics_from_entry(entry.get("metrics"), where)
+    try:
+        model.compile(optimizer=optimizer, loss=loss, metrics=chosen)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: compiling it: {error}") from None
+
+
+def _refused(where, what):
+    return ConfigError(f"{where}: {what} is not supported by minires (load with compile=False to "
+                       "skip the compile configuration)")
 
 
 # === optimizer state as Keras's list of variables =========================================
-def slot_kinds(optimizer):
-    """minires's state kinds, in Keras's order of one parameter's variables."""
-    if isinstance(optimizer, SGD):
-        return ["velocity"] if optimizer.momentum else []
-    return {"Adam": ["m", "v"], "RMSprop": ["v"]}[type(optimizer).__name__]
+def slot_groups(optimizer):
+    """A Keras-form optimizer's state kinds in the order of Keras's variables: one
+    group per ``add_optimizer_variables`` call of its ``build``, which adds, for
+    each trainable weight in turn, that group's kinds (Adam: momentum and velocity
+    interleaved, then every velocity_hat)."""
+    name = keras_class(optimizer)
+    if name == "SGD":
+        return [["momentum"]] if optimizer.momentum else []
+    if name == "Adam":
+        return [["m", "v"]] + ([["v_hat"]] if optimizer.amsgrad else [])
+    return [["v"]] + ([["momentum"]] if optimizer.momentum > 0 else []) \
+        + ([["mean_grad"]] if optimizer.centered else [])
 
 
 def trainable_slots(model, orders=None):
@@ -849,42 +940,52 @@ def trainable_slots(model, orders=None):
     return slots
 
 
+def state_layout(model, orders=None):
+    """[(kind, layer, param)] of Keras's optimizer variables after the first two
+    (iterations, learning rate), in order."""
+    weights = trainable_slots(model, orders)
+    return [(kind, layer, name) for group in slot_groups(keras_form(model.compiled.optimizer))
+            for layer, name in weights for kind in group]
+
+
+def has_keras_state(model):
+    """Whether ``model`` is compiled with an optimizer Keras has (``keras_form``)."""
+    try:
+        return getattr(model, "compiled", None) is not None \
+            and keras_form(model.compiled.optimizer) is not None
+    except ValueError:
+        return False
+
+
 def optimizer_variables(model):
-    """Keras's variables of the compiled optimizer: [iterations, learning rate,
-    then each trainable weight's slots]; zeros where minires has none yet (a
-    fresh state in both libraries). SGD: Keras's momentum is -lr times minires's
-    velocity (v <- momentum v + g, p -= lr v; Keras: m <- momentum m - lr g, p += m)."""
-    optimizer = model.compiled.optimizer
+    """Keras's variables of the compiled optimizer: [iterations (int32), learning
+    rate (float32), then the state arrays in ``state_layout``'s order], zeros
+    where minires has none yet (a fresh state in both libraries)."""
+    optimizer = keras_form(model.compiled.optimizer)
     arrays = [np.array(optimizer.iterations, np.int32),
               np.array(optimizer.learning_rate, np.float32)]
-    for layer, name in trainable_slots(model):
-        for kind in slot_kinds(optimizer):
-            value = optimizer.slots.get(kind, {}).get(f"{layer.name}/{name}")
-            value = np.zeros(layer.params[name].shape, np.float32) if value is None else \
-                np.asarray(value, np.float32)
-            arrays.append(-optimizer.learning_rate * value if kind == "velocity" else value)
+    for kind, layer, name in state_layout(model):
+        value = optimizer.slots.get(kind, {}).get(f"{layer.name}/{name}")
+        arrays.append(np.zeros(layer.params[name].shape, np.float32) if value is None
+                      else to_device(value, "cpu").astype(np.float32))
     return arrays
 
 
 def optimizer_shapes(model, orders=None):
     """The shapes Keras's optimizer variables of ``model`` have, in order."""
-    optimizer = model.compiled.optimizer
-    return [(), ()] + [tuple(layer.params[name].shape) for layer, name in
-                       trainable_slots(model, orders) for _ in slot_kinds(optimizer)]
+    return [(), ()] + [tuple(layer.params[name].shape)
+                       for _, layer, name in state_layout(model, orders)]
 
 
 def set_optimizer_variables(model, arrays, orders=None):
-    """The inverse of ``optimizer_variables`` (shapes already checked); two
-    arrays (an optimizer Keras had not built yet) set the step count alone."""
+    """The inverse of ``optimizer_variables`` for a Keras-form optimizer (shapes
+    already checked); two arrays (an optimizer Keras had not built yet) set the
+    step count alone."""
     optimizer = model.compiled.optimizer
     optimizer.iterations = int(arrays[0])
     optimizer.slots = {}
-    values = iter(arrays[2:])
     if len(arrays) == 2:
         return
-    for layer, name in trainable_slots(model, orders):
-        for kind in slot_kinds(optimizer):
-            value = next(values).astype(layer.params[name].dtype)
-            if kind == "velocity":
-                value = value / -optimizer.learning_rate
-            optimizer.slots.setdefault(kind, {})[f"{layer.name}/{name}"] = value
+    for (kind, layer, name), value in zip(state_layout(model, orders), arrays[2:]):
+        optimizer.slots.setdefault(kind, {})[f"{layer.name}/{name}"] = \
+            like(value.astype(layer.params[name].dtype), layer.params[name])

@@ -86,10 +86,10 @@ COMPILE = {
     "merges": None,
 }
 HYPERPARAMETERS = {                 # what a loaded model's optimizer must hold
-    "sequential_cnn": ("SGD", {"learning_rate": 0.05, "momentum": 0.9}),
-    "inception": ("Adam", {"learning_rate": 0.003, "beta_1": 0.85, "beta_2": 0.999, "epsilon": 1e-6}),
-    "nested": ("RMSprop", {"learning_rate": 0.002, "rho": 0.8, "epsilon": 1e-7}),
-    "resnet_block": ("Adam", {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999,
+    "sequential_cnn": ("KerasSGD", {"learning_rate": 0.05, "momentum": 0.9}),
+    "inception": ("KerasAdam", {"learning_rate": 0.003, "beta_1": 0.85, "beta_2": 0.999, "epsilon": 1e-6}),
+    "nested": ("KerasRMSprop", {"learning_rate": 0.002, "rho": 0.8, "epsilon": 1e-7}),
+    "resnet_block": ("KerasAdam", {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999,
                               "epsilon": 1e-7}),
 }
 

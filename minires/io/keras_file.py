@@ -459,7 +459,7 @@ def optimizer_arrays(handle, shown, model, orders=None):
     shapes = saving.optimizer_shapes(model, orders)
     found = [array.shape for array in stored]
     if found != shapes and found != shapes[:2]:         # two: Keras had not built its optimizer
-        optimizer = f"{type(model.compiled.optimizer).__name__} on model {model.name!r}"
+        optimizer = f"{saving.keras_class(model.compiled.optimizer)} on model {model.name!r}"
         wrong = next((i for i, (a, b) in enumerate(zip(found, shapes)) if a != b), None)
         problem = (f"holds {len(found)} variables, but {optimizer} has {len(shapes)}"
                    if wrong is None else f"variable {wrong} has shape {found[wrong]}, but "
@@ -605,7 +605,7 @@ def save_weights(model, filepath):
                          "'.h5' (Keras's classic layout) or minires's '.npz' checkpoints")
     require_built(model, "save")
     if lowered.endswith(".weights.h5"):
-        data = _h5_bytes(lambda f: write_weights(f, model, saving.keras_optimizer(model)))
+        data = _h5_bytes(lambda f: write_weights(f, model, saving.has_keras_state(model)))
     else:
         data = _h5_bytes(lambda f: write_classic_weights(f, model))
     with atomic_write(path, suffix=".h5") as handle:

@@ -16,7 +16,9 @@ moving_mean, moving_variance), which is also the order of ``layer.params``.
 Weight names across Keras generations (``weight_slot`` maps them all):
   Keras 1  ``conv1_W:0``, ``conv1_b:0``, ``bn_conv1_gamma:0``, ``bn_conv1_running_mean:0``,
            ``bn_conv1_running_std:0`` (which holds the variance, despite its name)
-  Keras 2  ``conv1_conv/kernel:0``, ``conv1_bn/moving_variance:0``
+  Keras 2  ``conv1_conv/kernel:0``, ``conv1_bn/moving_variance:0``; DepthwiseConv2D's
+           ``dw/depthwise_kernel:0`` (Keras 3's ``kernel``); SeparableConv2D's
+           ``sep/depthwise_kernel:0``, ``sep/pointwise_kernel:0`` (Keras 3 too)
   Keras 3  legacy .h5: ``conv1_conv/kernel``; .weights.h5: positions 0, 1, ... only
 
 A load happens in three steps, and the model is touched only in the last:
@@ -281,6 +283,9 @@ def _mismatch(layer, entry):
 
 KERAS1_SLOTS = {"W": "kernel", "b": "bias", "running_mean": "moving_mean",
                 "running_std": "moving_variance"}   # Keras 1 stored the variance as "std"
+# Keras 2's DepthwiseConv2D named its kernel 'depthwise_kernel', Keras 3's (and minires's)
+# 'kernel'; SeparableConv2D keeps 'depthwise_kernel' and 'pointwise_kernel' in both.
+RENAMED_SLOTS = {"DepthwiseConv2D": {"depthwise_kernel": "kernel"}}
 
 
 def weight_slot(layer, file_layer_name, weight_name):
@@ -299,6 +304,7 @@ def weight_slot(layer, file_layer_name, weight_name):
         slots = list(layer.params)
         return slots[int(short)] if int(short) < len(slots) else None
     short = KERAS1_SLOTS.get(short, short)
+    short = RENAMED_SLOTS.get(type(layer).__name__, {}).get(short, short)
     return short if short in layer.params else None
 
 
