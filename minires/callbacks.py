@@ -162,8 +162,9 @@ class ModelCheckpoint(Callback):
     """Saves the model or its weights after every epoch, atomically, as Keras 3:
 
         save_weights_only=False   ``model.save(path)``: a '.keras' file (Keras 3's
-                                  only whole-model format; its legacy '.h5' models
-                                  minires does not write)
+                                  whole-model format); a '.h5' path (Keras 2
+                                  tutorials' legacy models) gets the weights in
+                                  Keras's classic layout, as ``model.save`` does
         save_weights_only=True    ``model.save_weights(path)``, by suffix:
                                   '.weights.h5' (Keras 3's; the only one Keras
                                   takes here), '.h5' (the classic layout) or
@@ -243,10 +244,10 @@ def checkpoint_kind(filepath, save_weights_only):
         raise ValueError(f"ModelCheckpoint: with save_weights_only=True the filepath must end in "
                          f"'.weights.h5' (Keras 3's weights file), '.h5' or '.npz', got "
                          f"{filepath!r}{hint}")
-    if not save_weights_only and not filepath.endswith(".keras"):
+    if not save_weights_only and not filepath.endswith((".keras", ".h5", ".hdf5")):
         raise ValueError(f"ModelCheckpoint: to save the whole model the filepath must end in "
-                         f"'.keras' (Keras 3's model format; minires writes no legacy '.h5' "
-                         f"models), got {filepath!r}; for weights alone pass "
+                         f"'.keras' (Keras 3's model format; '.h5' saves the weights in Keras's "
+                         f"classic layout), got {filepath!r}; for weights alone pass "
                          "save_weights_only=True with '.weights.h5', '.h5' or '.npz'")
     return save_weights_only
 

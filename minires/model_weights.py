@@ -187,14 +187,19 @@ class LayersAndWeights:
     def save(self, filepath, overwrite=True):
         """Keras's ``model.save('m.keras')``: architecture, weights, compile
         configuration and optimizer state in Keras 3's .keras file, written
-        atomically; Keras 3's ``keras.saving.load_model`` reads it."""
+        atomically; Keras 3's ``keras.saving.load_model`` reads it. A name
+        ending in '.h5', '.hdf5' or '.weights.h5' (tutorials written for
+        Keras 2 save so) gets the weights alone, as ``save_weights`` writes
+        them: Keras reads them with ``model.load_weights``."""
         import os
         path = os.fspath(filepath)
-        if not path.lower().endswith(".keras"):
+        if not path.lower().endswith((".keras", ".h5", ".hdf5")):
             raise ValueError(f"{path}: minires saves whole models as Keras 3's '.keras' files "
-                             "(weights alone: save_weights with '.weights.h5', '.h5' or '.npz')")
+                             "(weights alone: '.weights.h5', '.h5' or save_weights with '.npz')")
         if not overwrite and os.path.exists(path):
             raise FileExistsError(f"{path} exists and overwrite=False")
+        if not path.lower().endswith(".keras"):
+            return self.save_weights(path)
         from .io.keras_file import save_model
         save_model(self, path)
 

@@ -154,6 +154,11 @@ def _layer_entry(layer, graph_model=None):
         entry = model_entry(layer, with_compile=False)
     else:
         builtin = LAYER_CLASSES.get(type(layer).__name__) is type(layer)
+        if not builtin and type(layer).__module__.startswith("minires."):
+            raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}): minires does not write "
+                             "this layer's Keras configuration yet, so neither Keras nor minires "
+                             "could rebuild the file: save the weights alone (model.save_weights "
+                             "with '.weights.h5', '.h5' or '.npz')")
         entry = {"module": "keras.layers" if builtin else type(layer).__module__,
                  "class_name": type(layer).__name__, "config": layer.get_config(),
                  "registered_name": None if builtin else type(layer).__name__}

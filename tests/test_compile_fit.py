@@ -321,10 +321,10 @@ def test_model_checkpoint_save_best_only_keeps_the_best_epoch(tmp_path):
 
 
 def test_model_checkpoint_refuses_what_it_cannot_write():
-    with pytest.raises(ValueError, match="must end in '.npz'"):
-        ModelCheckpoint("weights.h5")
-    with pytest.raises(ValueError, match="saves weights only"):
+    with pytest.raises(ValueError, match=r"to save the whole model the filepath must end in '\.keras'"):
         ModelCheckpoint("model.npz", save_weights_only=False)
+    with pytest.raises(ValueError, match=r"with save_weights_only=True the filepath must end in "):
+        ModelCheckpoint("model.keras", save_weights_only=True)
     with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max'"):
         ModelCheckpoint("model.npz", mode="lowest")
 

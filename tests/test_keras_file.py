@@ -212,7 +212,7 @@ def test_save_is_atomic_and_refuses_what_keras_cannot_hold(tmp_path):
         model.save(path)
     assert path.read_bytes() == b"an earlier file" and os.listdir(tmp_path) == ["m.keras"]
     with pytest.raises(ValueError, match=r"whole models as Keras 3's '\.keras' files"):
-        model.save(tmp_path / "m.h5")
+        model.save(tmp_path / "m.json")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.save(path)
     assert load_model(path).compiled.optimizer.learning_rate == 0.001
@@ -674,8 +674,6 @@ def test_model_checkpoint_saves_the_model_to_keras_and_weights_by_suffix(tmp_pat
 
 
 @pytest.mark.parametrize("path, weights_only, message", [
-    ("m.h5", False, r"must end in '\.keras' .*minires writes no legacy '\.h5' models"),
-    ("m.weights.h5", None, r"to save the whole model the filepath must end in '\.keras'"),
     ("m.npz", False, r"must end in '\.keras'"),
     ("m.keras", True, r"must end in '\.weights\.h5' .*a \.keras file is a whole model"),
     ("m.keras", "yes", r"save_weights_only must be True or False"),
@@ -688,18 +686,34 @@ def test_model_checkpoint_refuses_a_path_its_kind_is_not_written_to(path, weight
 @pytest.mark.parametrize("path", ["m.keras", "m.weights.h5", "m.npz"])
 @pytest.mark.parametrize("weights_only", [False, True])
 def test_model_checkpoint_takes_the_paths_keras_takes(keras, path, weights_only):
-    """Keras's suffixes are accepted and refused as Keras 3 does, but for two: '.npz'
-    is minires's own, and a whole model to a '.h5' name (even 'm.weights.h5', which
-    Keras writes as a legacy HDF5 model) minires refuses: it writes no such file."""
+    """Keras's suffixes are accepted and refused as Keras 3 does, but for '.npz',
+    minires's own. (A whole model to a '.h5' name, which Keras writes as a legacy
+    HDF5 model, minires writes as the weights alone: see the test below.)"""
     def accepts(library):
         try:
             library.callbacks.ModelCheckpoint(path, save_weights_only=weights_only)
             return True
         except ValueError:
             return False
-    legacy_model = path.endswith(".h5") and not weights_only
-    expected = weights_only if path == "m.npz" else accepts(keras) and not legacy_model
+    expected = weights_only if path == "m.npz" else accepts(keras)
     assert accepts(mk) == expected
+
+
+@pytest.mark.parametrize("name", ["m.h5", "m.weights.h5", "m.hdf5"])
+def test_a_whole_model_to_an_hdf5_name_saves_its_weights(tmp_path, name):
+    """Keras 2 tutorials write ModelCheckpoint('...h5') and model.save('m.h5'):
+    minires writes the weights in Keras's layout for the suffix, read back whole."""
+    model = minires_model("sequential_cnn", train=False)
+    checkpoint = mk.callbacks.ModelCheckpoint(str(tmp_path / f"c-{{epoch}}-{name}"))
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+    model.save(tmp_path / name)
+    for path in (tmp_path / name, tmp_path / f"c-1-{name}"):
+        assert path.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+        clear_session()
+        fresh = minires_model("sequential_cnn", train=False)
+        fresh.load_weights(path)
+        assert_same_weights(fresh, model)
 
 
 # === HDF5 weights of the depthwise, separable and transposed convolutions ======================
@@ -762,3 +776,18 @@ def test_window_layers_load_from_the_files_keras_writes(keras, tmp_path, save):
     difference = relative_difference(ours.predict(x, verbose=0), theirs.predict(x, verbose=0))
     print(f"\nwindow layers from Keras's {save}: relative difference {difference:.1e}")
     assert difference <= TOLERANCE
+
+
+@pytest.mark.parametrize("make", [lambda: mk.layers.Conv2DTranspose(4, 3),
+                                  lambda: mk.layers.DepthwiseConv2D(3),
+                                  lambda: mk.layers.SeparableConv2D(4, 3)])
+def test_a_layer_whose_config_minires_cannot_write_is_refused_before_the_file(tmp_path, make):
+    """Neither Keras nor minires could rebuild it: refused, nothing written; its weights save."""
+    x_in = mk.Input((8, 8, 3))
+    layer = make()
+    model = mk.Model(x_in, mk.layers.GlobalAveragePooling2D()(layer(x_in)))
+    with pytest.raises(ValueError, match=rf"layer {layer.name!r} \({type(layer).__name__}\): minires does "
+                                         "not write this layer's Keras configuration yet"):
+        model.save(tmp_path / "m.keras")
+    assert os.listdir(tmp_path) == []
+    model.save_weights(tmp_path / "m.weights.h5")
