@@ -43,9 +43,10 @@ import numpy as np
 from . import losses, metrics
 from .graph import Graph, as_list
 from .layers import (Activation, Add, Average, AveragePooling2D, BatchNormalization, Concatenate,
-                     Conv2D, Dense, Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D,
-                     LeakyReLU, Maximum, MaxPooling2D, Minimum, Multiply, ReLU, Rescaling, Reshape,
-                     Softmax, UpSampling2D, ZeroPadding2D)
+                     Conv2D, Conv2DTranspose, Dense, DepthwiseConv2D, Dropout, Flatten,
+                     GlobalAveragePooling2D, GlobalMaxPooling2D, LeakyReLU, Maximum, MaxPooling2D,
+                     Minimum, Multiply, ReLU, Rescaling, Reshape, SeparableConv2D, Softmax,
+                     UpSampling2D, ZeroPadding2D)
 from .layers.base import Layer, snake_case
 from .layers.config import accepted_arguments, dtype_policy, layer_config, policy_dtype
 from .layers.input_layer import InputLayer
@@ -53,9 +54,10 @@ from .backend import like, to_device
 from .optim import KERAS_OPTIONS, SGD, Adam, KerasAdam, KerasRMSprop, KerasSGD, RMSprop
 
 LAYER_CLASSES = {cls.__name__: cls for cls in (
-    Activation, Add, Average, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, Dense,
-    Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, InputLayer, LeakyReLU, Maximum,
-    MaxPooling2D, Minimum, Multiply, ReLU, Rescaling, Reshape, Softmax, UpSampling2D, ZeroPadding2D)}
+    Activation, Add, Average, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
+    Conv2DTranspose, Dense, DepthwiseConv2D, Dropout, Flatten, GlobalAveragePooling2D,
+    GlobalMaxPooling2D, InputLayer, LeakyReLU, Maximum, MaxPooling2D, Minimum, Multiply, ReLU,
+    Rescaling, Reshape, SeparableConv2D, Softmax, UpSampling2D, ZeroPadding2D)}
 FUNCTIONAL_NAMES = ("Functional", "Model")
 MAX_LAYERS = 20_000           # layer entries in one config, nested models included (ResNet-152: ~520)
 MAX_NODES = 100_000           # layer calls in one config

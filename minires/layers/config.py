@@ -36,6 +36,13 @@ KERAS_ONLY = {
     "Conv2D": {**CHANNELS_LAST, "dilation_rate": (1, 1), "groups": 1, "kernel_constraint": None,
                "bias_constraint": None},
     "Dense": {"kernel_constraint": None, "bias_constraint": None, "quantization_config": None},
+    "Conv2DTranspose": {**CHANNELS_LAST, "dilation_rate": (1, 1), "kernel_constraint": None,
+                        "bias_constraint": None},
+    "DepthwiseConv2D": {**CHANNELS_LAST, "dilation_rate": (1, 1), "depthwise_regularizer": None,
+                        "depthwise_constraint": None, "bias_constraint": None},
+    "SeparableConv2D": {**CHANNELS_LAST, "dilation_rate": (1, 1), "depthwise_regularizer": None,
+                        "pointwise_regularizer": None, "depthwise_constraint": None,
+                        "pointwise_constraint": None, "bias_constraint": None},
     "BatchNormalization": {"center": True, "scale": True, "beta_initializer": ZEROS,
                            "gamma_initializer": ONES, "moving_mean_initializer": ZEROS,
                            "moving_variance_initializer": ONES, "beta_regularizer": None,
@@ -54,7 +61,10 @@ KERAS_ONLY_READ = {"Conv2D": {"lora_rank": None, "lora_alpha": None},
                    "Dense": {"lora_rank": None, "lora_alpha": None, "activity_regularizer": None}}
 # Arguments minires takes through **kwargs that Keras lists in the config.
 PASSED_ON = {"Conv2D": ("kernel_regularizer", "bias_regularizer", "activity_regularizer"),
-             "Dense": ("kernel_regularizer", "bias_regularizer")}
+             "Dense": ("kernel_regularizer", "bias_regularizer"),
+             "Conv2DTranspose": ("kernel_regularizer", "bias_regularizer", "activity_regularizer"),
+             "DepthwiseConv2D": ("bias_regularizer", "activity_regularizer"),
+             "SeparableConv2D": ("bias_regularizer", "activity_regularizer")}
 NOT_IN_CONFIG = {"self", "name", "dtype", "trainable"}
 OLD_NAMES = {"LeakyReLU": ("alpha",)}      # taken for Keras 2's configs, never written
 LAYER_KEYS = ("input_shape", "batch_input_shape", "input_dim", "batch_size")  # Keras 2's, not 3's

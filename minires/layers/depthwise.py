@@ -32,6 +32,7 @@ class DepthwiseStage(WindowKernelLayer):
         super().__init__(kernel_size, strides, padding, activation, use_bias,
                          depthwise_initializer, bias_initializer, name, **kwargs)
         self.depth_multiplier = check_positive_int(depth_multiplier, "depth_multiplier", self.name)
+        self.depthwise_initializer = self.kernel_initializer      # Keras's name, for get_config
 
     def add_depthwise_kernel(self, input_shape, like_array):
         """Creates W (kh, kw, C, M); returns C*M, the depthwise output's channels."""
