@@ -53,7 +53,8 @@ def test_both_variants_train_at_both_depths(quick_run):
         losses = record["loss"]
         assert len(losses) == 2 * 8, name                   # 2 epochs of 256 / 32 batches
         assert all(math.isfinite(value) for value in losses), name
-        assert np.mean(losses[-4:]) < 0.9 * losses[0], f"{name}: loss did not fall: {losses}"
+        # 16 iterations, all in the warm-up at rate 0.01: the loss falls, though not far
+        assert np.mean(losses[-4:]) < 0.95 * losses[0], f"{name}: loss did not fall: {losses}"
 
 
 def test_gradient_norms_for_every_weighted_layer(quick_run):
@@ -119,3 +120,18 @@ def test_option_a_shortcut_refuses_odd_sizes():
     layer = example.SubsampleAndPad(4, name="pad")
     with pytest.raises(ValueError, match="even height and width"):
         layer(np.zeros((1, 5, 4, 2), dtype="float32"))
+
+
+def test_the_recipe_warms_up_as_the_paper_then_steps_down():
+    """0.01 until the last 10 batches' error is below 80% (at most 400 iterations),
+    for good; then the full rate, /10 at 50% and again at 75% of the run."""
+    example = load_example()
+    rate = example.paper_schedule(0.1, 1000)
+    errors = [0.9] * 30
+    assert [rate(i, errors[:i]) for i in (0, 10, 29)] == [0.01] * 3
+    errors += [0.5] * 10                                  # the last 10 now average 50%
+    assert rate(40, errors) == 0.1
+    assert rate(41, errors + [1.0] * 10) == 0.1            # once over, for good
+    assert rate(500, errors) == pytest.approx(0.01) and rate(750, errors) == pytest.approx(0.001)
+    stuck = example.paper_schedule(0.1, 1000)
+    assert stuck(399, [1.0] * 399) == 0.01 and stuck(400, [1.0] * 400) == 0.1    # at most 400
