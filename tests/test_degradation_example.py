@@ -34,15 +34,36 @@ def load_example():
     return module
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """(stdout, the --json numbers, the output folder) of one --quick run."""
-    out = tmp_path_factory.mktemp("degradation")
+def run_quick(out):
+    """(stdout, the --json numbers, the output folder) of one --quick run into ``out``."""
     result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output-dir", str(out),
                              "--json", str(out / "run.json")],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     return result.stdout, json.loads((out / "run.json").read_text()), out
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    return run_quick(tmp_path_factory.mktemp("degradation"))
+
+
+def without_timings(value):
+    """The --json numbers without wall times ('seconds') and this run's own paths."""
+    if isinstance(value, dict):
+        return {key: without_timings(item) for key, item in value.items()
+                if key not in ("seconds", "output_dir", "json")}
+    if isinstance(value, list):
+        return [without_timings(item) for item in value]
+    return value
+
+
+def test_the_same_seed_gives_the_same_numbers_and_pictures(quick_run, tmp_path):
+    _, numbers, out = quick_run
+    _, again, out_again = run_quick(tmp_path)
+    assert without_timings(again) == without_timings(numbers)
+    for png in ("degradation_training.png", "degradation_gradients.png"):
+        assert (out_again / png).read_bytes() == (out / png).read_bytes(), png
 
 
 def test_both_variants_train_at_both_depths(quick_run):
