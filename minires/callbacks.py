@@ -33,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from . import collective
 from .optim import check_learning_rate
 from .utils import check_flag, check_int, check_number
 
@@ -211,6 +212,8 @@ class ModelCheckpoint(Callback):
             self.best = current
         else:
             self.say(f"Epoch {epoch + 1}: saving model to {path}")
+        if not collective.leads():           # one file per run, not one per rank (minires.distributed)
+            return
         directory = os.path.dirname(path)
         if directory:
             os.makedirs(directory, exist_ok=True)
@@ -224,7 +227,7 @@ class ModelCheckpoint(Callback):
                            f"not among epoch and the logs' keys {list(logs)}") from None
 
     def say(self, message):
-        if self.verbose:
+        if self.verbose and collective.leads():        # rank 0 alone speaks
             print(f"\n{message}", flush=True)
 
 
@@ -330,10 +333,10 @@ class EarlyStopping(Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.stopped_epoch > 0 and self.verbose:
+        if self.stopped_epoch > 0 and self.verbose and collective.leads():
             print(f"Epoch {self.stopped_epoch + 1}: early stopping", flush=True)
         if self.restore_best_weights and self.best_weights is not None:
-            if self.verbose:
+            if self.verbose and collective.leads():
                 print(f"Restoring model weights from the end of the best epoch: "
                       f"{self.best_epoch + 1}.", flush=True)
             self.model.set_weights(self.best_weights)
@@ -361,7 +364,7 @@ class LearningRateScheduler(Callback):
         asked = (epoch, lr)[:self.arguments]
         rate = set_learning_rate(self.optimizer, self.schedule(*asked), "LearningRateScheduler: "
                                  f"schedule({', '.join(map(str, asked))})")
-        if self.verbose:
+        if self.verbose and collective.leads():
             print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {rate}.",
                   flush=True)
 
@@ -434,7 +437,7 @@ class ReduceLROnPlateau(Callback):
             return False
         rate = set_learning_rate(self.optimizer, max(rate * self.factor, self.min_lr),
                                  f"ReduceLROnPlateau at epoch {epoch + 1}")
-        if self.verbose:
+        if self.verbose and collective.leads():
             print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {rate}.",
                   flush=True)
         return True
@@ -458,11 +461,12 @@ def schedule_arguments(schedule):
 
 # --- progress output ----------------------------------------------------------------
 def check_verbose(verbose, caller):
-    """Keras's verbose as 0, 1 or 2: 'auto' is 1."""
+    """Keras's verbose as 0, 1 or 2: 'auto' is 1; 0 on the ranks other than 0
+    of a distributed run (minires.distributed), which rank 0 reports."""
     if verbose == "auto":
-        return 1
+        verbose = 1
     if isinstance(verbose, (bool, int)) and verbose in (0, 1, 2):
-        return int(verbose)
+        return int(verbose) if collective.leads() else 0
     raise ValueError(f"{caller}: verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
 
 

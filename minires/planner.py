@@ -119,8 +119,12 @@ def gradient_steps(model):
 
 def relu_after_batch_norm(model, node):
     """The ReLU node that alone reads ``node``'s output, where ``node`` is a
-    BatchNormalization as written (not a subclass); else None."""
-    if type(node.layer) is BatchNormalization and node.layer.built:
+    BatchNormalization whose forward and backward are BN's own (a subclass may
+    change only its statistics' hooks: SyncBatchNormalization); else None."""
+    layer = node.layer
+    if (isinstance(layer, BatchNormalization) and layer.built
+            and type(layer).forward is BatchNormalization.forward
+            and type(layer).backward is BatchNormalization.backward):
         return relu_reading(model, node)
     return None
 

@@ -46,7 +46,7 @@ from .layers import (Activation, Add, Average, AveragePooling2D, BatchNormalizat
                      Conv2D, Conv2DTranspose, Dense, DepthwiseConv2D, Dropout, Flatten,
                      GlobalAveragePooling2D, GlobalMaxPooling2D, LeakyReLU, Maximum, MaxPooling2D,
                      Minimum, Multiply, ReLU, Rescaling, Reshape, SeparableConv2D, Softmax,
-                     UpSampling2D, ZeroPadding2D)
+                     SyncBatchNormalization, UpSampling2D, ZeroPadding2D)
 from .layers.base import Layer, snake_case
 from .layers.config import accepted_arguments, dtype_policy, layer_config, policy_dtype
 from .layers.input_layer import InputLayer
@@ -58,6 +58,9 @@ LAYER_CLASSES = {cls.__name__: cls for cls in (
     Conv2DTranspose, Dense, DepthwiseConv2D, Dropout, Flatten, GlobalAveragePooling2D,
     GlobalMaxPooling2D, InputLayer, LeakyReLU, Maximum, MaxPooling2D, Minimum, Multiply, ReLU,
     Rescaling, Reshape, SeparableConv2D, Softmax, UpSampling2D, ZeroPadding2D)}
+# minires classes that Keras writes as one of its own with an argument: their class
+# name in a file (the argument is in their config)
+KERAS_FORMS = {SyncBatchNormalization: "BatchNormalization"}     # BatchNormalization(synchronized=True)
 FUNCTIONAL_NAMES = ("Functional", "Model")
 MAX_LAYERS = 20_000           # layer entries in one config, nested models included (ResNet-152: ~520)
 MAX_NODES = 100_000           # layer calls in one config
@@ -155,14 +158,15 @@ def _layer_entry(layer, graph_model=None):
     if isinstance(layer, Graph):
         entry = model_entry(layer, with_compile=False)
     else:
-        builtin = LAYER_CLASSES.get(type(layer).__name__) is type(layer)
+        class_name = KERAS_FORMS.get(type(layer), type(layer).__name__)
+        builtin = type(layer) in KERAS_FORMS or LAYER_CLASSES.get(class_name) is type(layer)
         if not builtin and type(layer).__module__.startswith("minires."):
             raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}): minires does not write "
                              "this layer's Keras configuration yet, so neither Keras nor minires "
                              "could rebuild the file: save the weights alone (model.save_weights "
                              "with '.weights.h5', '.h5' or '.npz')")
         entry = {"module": "keras.layers" if builtin else type(layer).__module__,
-                 "class_name": type(layer).__name__, "config": layer.get_config(),
+                 "class_name": class_name, "config": layer.get_config(),
                  "registered_name": None if builtin else type(layer).__name__}
         if layer.call_outputs and layer.call_outputs[0].inbound:
             first = layer.call_outputs[0]                       # the call that built it

@@ -51,7 +51,7 @@ import warnings
 
 import numpy as np
 
-from . import losses
+from . import collective, losses
 from . import metrics as metrics_module
 from . import optim
 from .backend import get_array_module, is_array, to_device
@@ -135,7 +135,7 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, metrics
             values = measure(model, *validation_data, 256, loss, metrics, 0, "fit: validation_data")
             logs.update({f"val_{name}": value for name, value in zip(["loss", *metrics], values)})
         send(callbacks, "on_epoch_end", epoch, logs)
-        if checkpoint:
+        if checkpoint and collective.leads():    # one file per run (minires.distributed)
             save(model, optimizer, checkpoint, epoch + 1, history.history)
         if model.stop_training:
             break

@@ -8,13 +8,13 @@ from .core import Dense, Flatten, Rescaling, Reshape, UpSampling2D, ZeroPadding2
 from .input_layer import Input, InputLayer
 from .merge import (Add, Average, Concatenate, Maximum, Minimum, Multiply, add, average, concatenate,
                     maximum, minimum, multiply)
-from .normalization import BatchNormalization
+from .normalization import BatchNormalization, SyncBatchNormalization
 from .pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
 from .regularization import Dropout
 
 __all__ = [
     "Layer", "KerasTensor", "clear_session", "Input", "InputLayer", "add", "concatenate", "Activation", "ReLU", "Softmax", "Conv2D", "Dense", "Flatten",
-    "ZeroPadding2D", "Add", "Concatenate", "BatchNormalization", "AveragePooling2D",
+    "ZeroPadding2D", "Add", "Concatenate", "BatchNormalization", "SyncBatchNormalization", "AveragePooling2D",
     "GlobalAveragePooling2D", "GlobalMaxPooling2D", "MaxPooling2D", "Dropout",
     "LeakyReLU", "Reshape", "Rescaling", "UpSampling2D", "Average", "Multiply", "Maximum", "Minimum",
     "average", "multiply", "maximum", "minimum", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D",

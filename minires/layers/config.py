@@ -47,7 +47,7 @@ KERAS_ONLY = {
                            "gamma_initializer": ONES, "moving_mean_initializer": ZEROS,
                            "moving_variance_initializer": ONES, "beta_regularizer": None,
                            "gamma_regularizer": None, "beta_constraint": None,
-                           "gamma_constraint": None, "synchronized": False, "renorm": False,
+                           "gamma_constraint": None, "renorm": False,
                            "renorm_clipping": None, "renorm_momentum": 0.99},
     "ReLU": {"max_value": None, "negative_slope": 0.0, "threshold": 0.0},
     "MaxPooling2D": CHANNELS_LAST, "AveragePooling2D": CHANNELS_LAST,

@@ -2,7 +2,7 @@
 (moving statistics), with Keras's momentum convention."""
 import numpy as np
 
-from .. import kernels
+from .. import collective, kernels
 from ..backend import get_array_module
 from ..kernels.channelwise import per_channel
 from .base import Layer
@@ -38,13 +38,19 @@ class BatchNormalization(Layer):
     Numba when it is installed.
     """
 
-    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, name=None, **kwargs):
+    def __new__(cls, *args, synchronized=False, **kwargs):
+        # Keras 3's BatchNormalization(synchronized=True) is this SyncBatchNormalization
+        return super().__new__(SyncBatchNormalization if synchronized else cls)
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, name=None, synchronized=False,
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"layer {self.name!r}: momentum must be in [0, 1], got {momentum!r}")
         if not epsilon > 0:
             raise ValueError(f"layer {self.name!r}: epsilon must be positive, got {epsilon!r}")
         self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
+        self.synchronized = isinstance(self, SyncBatchNormalization)
 
     def build(self, input_shape, like_array):
         ndim = len(input_shape)
@@ -81,13 +87,21 @@ class BatchNormalization(Layer):
         if batch_stats:
             # float16's sums overflow (65504; a count of 32*48*48 alone is 73728):
             # float16 layers take their statistics in float32, as Keras does.
-            mean, var = kernels.channel_moments(x.astype(np.float32) if x.itemsize < 4 else x,
-                                                self.channel_axis)
+            mean, var = self.batch_moments(x.astype(np.float32) if x.itemsize < 4 else x)
             self._update_moving_statistics(mean, var)
         else:
             mean, var = self.params["moving_mean"], self.params["moving_variance"]
         inv_std = 1.0 / get_array_module(x).sqrt(var + self.epsilon)
         return mean.astype(x.dtype, copy=False), inv_std.astype(x.dtype, copy=False), batch_stats
+
+    def batch_moments(self, x):
+        """Each channel's mean and (biased) variance over the batch."""
+        return kernels.channel_moments(x, self.channel_axis)
+
+    def batch_totals(self, dbeta, dgamma, xhat):
+        """(sum dy, sum dy * xhat, m) over the values the batch statistics were
+        taken over: this batch's."""
+        return dbeta, dgamma, xhat.size // xhat.shape[self.channel_axis]
 
     def _update_moving_statistics(self, mean, var):
         for name, batch_value in (("moving_mean", mean), ("moving_variance", var)):
@@ -105,9 +119,64 @@ class BatchNormalization(Layer):
         scale = self.params["gamma"] * inv_std                                 # gamma s
         if not batch_stats:
             return dy * per_channel(scale, dy.ndim, self.channel_axis)
-        m = xhat.size // xhat.shape[self.channel_axis]
+        sum_dy, sum_dy_xhat, m = self.batch_totals(dbeta, dgamma, xhat)
         # dx = gamma s * (dy - dbeta / m - xhat * dgamma / m), in one pass over dy and xhat
-        return kernels.batch_norm_dx(dy, xhat, scale, dbeta / m, dgamma / m, self.channel_axis)
+        return kernels.batch_norm_dx(dy, xhat, scale, sum_dy / m, sum_dy_xhat / m, self.channel_axis)
+
+
+class SyncBatchNormalization(BatchNormalization):
+    """BatchNormalization whose batch is every rank's batch together (data-parallel
+    training, minires.distributed; also Keras's BatchNormalization(synchronized=True)).
+
+    With R ranks each normalising only its own m values per channel, the
+    statistics (and so the model) depend on how the batch was split: training
+    on R x m samples no longer equals training on the whole batch. Here the
+    statistics are those of all M = sum_r m_r values:
+
+        mean = (1/M) sum_r S1_r          S1_r = sum of x over rank r's values
+        var  = (1/M) sum_r S2_r - mean^2 S2_r = sum of x^2 over them
+    Each rank takes its own mean_r and var_r (two passes, as BN) and sends
+    m_r mean_r = S1_r, m_r (var_r + mean_r^2) = S2_r and m_r, in float64 (the
+    subtraction above loses digits in float32): one allreduce of 2C + 1 numbers.
+
+    Backward. The run's loss is the mean of the ranks' losses, L = (1/R) sum_r L_r,
+    and each rank's backward starts from dy = dL_r/dy; DistributedOptimizer
+    averages what the ranks' backwards leave. So rank r computes R dL/d(its
+    values), and for a y this is dy itself. Each x of rank r moves the
+    shared mean and var, which the y of EVERY rank read, so BN's derivation
+    holds with its sums taken over all M values:
+        dx = gamma s (dy - (sum_all dy) / M - xhat (sum_all dy xhat) / M)
+    sum_all: one allreduce of the two per-channel sums (2C numbers). dgamma
+    and dbeta stay this rank's sums: DistributedOptimizer averages them with
+    every other gradient. On one rank this is BatchNormalization exactly.
+    """
+
+    def batch_moments(self, x):
+        mean, var = super().batch_moments(x)
+        if collective.size() == 1:
+            return mean, var
+        xp, channels, m = get_array_module(x), mean.shape[0], x.size // mean.shape[0]
+        local = xp.concatenate([m * mean.astype(np.float64),
+                                m * (var.astype(np.float64) + mean.astype(np.float64) ** 2),
+                                xp.full(1, m, np.float64)])
+        collective.check_same(f"SyncBatchNormalization {self.name!r}: batch statistics",
+                              [f"{channels} channels"])
+        total = collective.allreduce_sum(local)
+        count = total[-1]
+        mean = total[:channels] / count
+        var = xp.maximum(total[channels:-1] / count - mean * mean, 0.0)   # rounding may go below 0
+        return mean, var
+
+    def batch_totals(self, dbeta, dgamma, xhat):
+        sum_dy, sum_dy_xhat, m = super().batch_totals(dbeta, dgamma, xhat)
+        if collective.size() == 1:
+            return sum_dy, sum_dy_xhat, m
+        xp, channels = get_array_module(dbeta), dbeta.shape[0]
+        local = xp.concatenate([sum_dy.astype(np.float64), sum_dy_xhat.astype(np.float64),
+                                xp.full(1, m, np.float64)])
+        total = collective.allreduce_sum(local)
+        dtype = dbeta.dtype
+        return total[:channels].astype(dtype), total[channels:-1].astype(dtype), total[-1].item()
 
 
 class BatchNormReLU:
@@ -149,5 +218,6 @@ class BatchNormReLU:
         scale = bn.params["gamma"] * inv_std
         if not batch_stats:                                         # dx = gamma s dL/dz
             return kernels.batch_norm_dx(dy, xhat, scale, 0 * scale, 0 * scale, bn.channel_axis, mask_of)
-        m = xhat.size // xhat.shape[bn.channel_axis]
-        return kernels.batch_norm_dx(dy, xhat, scale, dbeta / m, dgamma / m, bn.channel_axis, mask_of)
+        sum_dy, sum_dy_xhat, m = bn.batch_totals(dbeta, dgamma, xhat)
+        return kernels.batch_norm_dx(dy, xhat, scale, sum_dy / m, sum_dy_xhat / m, bn.channel_axis,
+                                     mask_of)

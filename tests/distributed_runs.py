@@ -1,0 +1,113 @@
+"""Programs that tests/test_distributed.py runs under ``mpiexec -n 2``, and the
+single-process twins it compares them with.
+
+    mpiexec -n 2 python tests/distributed_runs.py train OUT sync|plain
+    mpiexec -n 2 python tests/distributed_runs.py broadcast OUT
+    mpiexec -n 2 python tests/distributed_runs.py raise OUT
+    mpiexec -n 2 python tests/distributed_runs.py mismatch OUT gradients|broadcast
+
+Each rank writes what it ended with to OUT/rank<r>.npz (weights by
+'layer/param'), or ends as the test expects.
+"""
+import os
+import sys
+
+import numpy as np
+
+from minires import backend
+from minires import distributed as hvd
+from minires.initializers import set_random_seed
+from minires.layers import (Activation, Add, BatchNormalization, Conv2D, Dense,
+                            GlobalAveragePooling2D, Input, SyncBatchNormalization)
+from minires.losses import SparseCategoricalCrossentropy
+from minires.models import Model
+from minires.optim import SGD
+
+SAMPLES, CLASSES, STEPS = 16, 3, 3
+
+
+def small_resnet(seed, batch_norm=SyncBatchNormalization, width=4):
+    """conv-BN-ReLU, one residual block of two conv-BNs (no conv bias: BN's beta is
+    the bias, and a bias before BN has no gradient), pooling, a classifier:
+    float64, weights drawn from ``seed``."""
+    set_random_seed(seed)
+    with backend.floatx_scope("float64"):
+        x_in = Input((6, 6, 2))
+        x = Activation("relu")(batch_norm(momentum=0.9, name="bn0")(
+            Conv2D(width, 3, padding="same", use_bias=False, name="conv0")(x_in)))
+        y = Activation("relu")(batch_norm(momentum=0.9, name="bn1")(
+            Conv2D(width, 3, padding="same", use_bias=False, name="conv1")(x)))
+        y = batch_norm(momentum=0.9, name="bn2")(Conv2D(width, 3, padding="same", use_bias=False, name="conv2")(y))
+        x = Activation("relu")(Add()([x, y]))
+        out = Dense(CLASSES, name="logits")(GlobalAveragePooling2D()(x))
+        return Model(x_in, out, name="small_resnet")
+
+
+def data():
+    """16 samples and their classes, the same on every rank."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((SAMPLES, 6, 6, 2)) * 2.0 + 0.5
+    return x, np.arange(SAMPLES) % CLASSES
+
+
+def train(model, x, y, optimizer, callbacks=()):
+    """STEPS steps of SGD with momentum, the whole of (x, y) a batch."""
+    model.compile(optimizer=optimizer, loss=SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=len(x), epochs=STEPS, shuffle=False, verbose=0,
+              callbacks=list(callbacks))
+
+
+def optimizer():
+    return SGD(0.1, momentum=0.9)
+
+
+def weights(model):
+    return {f"{layer.name}/{name}": backend.to_device(layer.params[name], "cpu")
+            for layer, name in model.parameters(trainable_only=False)}
+
+
+def save(out, model):
+    np.savez(os.path.join(out, f"rank{hvd.rank()}.npz"), **weights(model))
+
+
+def run_train(out, kind):
+    """Each rank starts from its own random weights and trains on its 8 samples."""
+    batch_norm = SyncBatchNormalization if kind == "sync" else BatchNormalization
+    model = small_resnet(seed=100 + hvd.rank(), batch_norm=batch_norm)
+    x, y = hvd.shard(*data())
+    train(model, x, y, hvd.DistributedOptimizer(optimizer()),
+          [hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
+    save(out, model)
+
+
+def run_broadcast(out):
+    model = small_resnet(seed=100 + hvd.rank())
+    hvd.broadcast_weights(model, root_rank=1)
+    save(out, model)
+
+
+def run_raise(out):
+    """Rank 1 fails after a first reduction; rank 0 goes on to the next one,
+    which rank 1 never joins: without the abort it would wait forever."""
+    hvd.allreduce(np.ones(3), name="before")
+    if hvd.rank() == 1:
+        raise RuntimeError("planted failure on rank 1")
+    hvd.allreduce(np.ones(3), name="after")
+
+
+def run_mismatch(out, where):
+    """Rank r's classifier has 3 + r classes."""
+    model = small_resnet(seed=0, width=4)
+    x_in = model.inputs[0]
+    head = Dense(CLASSES + hvd.rank(), name="head")(model.outputs[0])
+    model = Model(x_in, head)
+    x, y = hvd.shard(*data())
+    callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0)] if where == "broadcast" else []
+    train(model, x, y, hvd.DistributedOptimizer(optimizer()), callbacks)
+
+
+if __name__ == "__main__":
+    program, out, *options = sys.argv[1:]
+    hvd.init()
+    {"train": run_train, "broadcast": run_broadcast, "raise": run_raise,
+     "mismatch": run_mismatch}[program](out, *options)
