@@ -2,6 +2,15 @@
 
     python examples/train_digits.py                 # about half a minute on 2 CPU cores
     python examples/train_digits.py --device cuda   # the same on a GPU, through CuPy
+    mpiexec -n 2 python examples/train_digits.py --distributed   # 2 processes, one model
+
+--distributed trains data-parallel over MPI (minires.distributed, Horovod's
+API; pip install -e '.[mpi]' gives mpiexec): each rank takes every R-th
+training image and batch_size / R of each batch, its BatchNormalization
+layers made SyncBatchNormalization, and the gradients are averaged over the
+ranks, so R processes train the model one process trains on the whole batch.
+Only rank 0 prints, plots and writes the checkpoint. Give each rank its own
+core: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 for 2 ranks on 2 cores.
 
 The data is scikit-learn's bundled digits set (1,797 8x8 grayscale images,
 no download), upsampled to 16x16 so that three stages of basic residual
@@ -32,6 +41,8 @@ def parse_args(argv):
     parser.add_argument("--width", type=int, default=16, help="filters of the first stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over the ranks of mpiexec (minires.distributed)")
     parser.add_argument("--checkpoint", help="save an .npz checkpoint here after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     parser.add_argument("--plot", default=os.path.join(HERE, "output", "train_digits.png"),
@@ -86,6 +97,7 @@ def save_png(figure, path):
 def main(argv=None):
     args = parse_args(argv)
     from minires import backend, set_random_seed
+    from minires import distributed as hvd
     from minires.applications import CifarResNet
     from minires.optim import SGD, CosineDecay
     from minires.train import evaluate, fit
@@ -95,19 +107,39 @@ def main(argv=None):
     set_random_seed(args.seed)
     model = CifarResNet(blocks=(1, 1, 1), width=args.width, input_shape=(16, 16, 1), classes=10,
                         classifier_activation=None, name="digits_resnet").to(args.device)
-    print(f"{model.name}: {model.count_params():,} parameters; {len(x_train)} training and "
-          f"{len(x_test)} test images")
+    optimizer = SGD(args.learning_rate, momentum=0.9, weight_decay=5e-4)
+    batch_size, callbacks = args.batch_size, []
+    if args.distributed:
+        model, optimizer, x_train, y_train, callbacks = distribute(model, optimizer, x_train, y_train)
+        batch_size = max(1, args.batch_size // hvd.size())
+    leads = hvd.rank() == 0                           # alone, or rank 0 of a distributed run
+    if leads:
+        print(f"{model.name}: {model.count_params():,} parameters; {len(x_train) * hvd.size()} "
+              f"training and {len(x_test)} test images; {hvd.size()} rank(s) of {batch_size} "
+              "images per batch")
     start = time.perf_counter()
-    history = fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                  optimizer=SGD(args.learning_rate, momentum=0.9, weight_decay=5e-4),
-                  schedule=CosineDecay(args.learning_rate, args.epochs),
-                  validation_data=(x_test, y_test), seed=args.seed,
+    history = fit(model, x_train, y_train, epochs=args.epochs, batch_size=batch_size,
+                  optimizer=optimizer, schedule=CosineDecay(args.learning_rate, args.epochs),
+                  validation_data=(x_test, y_test), seed=args.seed, callbacks=callbacks,
                   checkpoint=args.checkpoint, resume=args.resume)
     elapsed = time.perf_counter() - start
     _, accuracy = evaluate(model, x_test, y_test)
-    plot(history, args.plot)
-    print(f"test accuracy {accuracy:.2%} after {args.epochs} epochs, {elapsed:.1f} s on "
-          f"{args.device}; curves in {args.plot}")
+    if leads:
+        plot(history, args.plot)
+        print(f"test accuracy {accuracy:.2%} after {args.epochs} epochs, {elapsed:.1f} s on "
+              f"{args.device}, {hvd.size()} rank(s); curves in {args.plot}")
+
+
+def distribute(model, optimizer, x_train, y_train):
+    """What --distributed changes: this rank's share of the data, SyncBN, the
+    averaging optimizer, one starting model and averaged logs for every rank."""
+    from minires import distributed as hvd
+    hvd.init()
+    x_train, y_train = hvd.shard(x_train, y_train)
+    callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+                 hvd.callbacks.MetricAverageCallback()]
+    return (hvd.convert_sync_batchnorm(model), hvd.DistributedOptimizer(optimizer), x_train,
+            y_train, callbacks)
 
 
 if __name__ == "__main__":

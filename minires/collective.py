@@ -177,31 +177,38 @@ def broadcast(array, root):
 _checked = set()       # the reductions whose messages the ranks have compared
 
 
-def check_same(place, items, once=True):
+def check_same(place, items, labels=None, once=True):
     """Raise one ValueError on every rank unless every rank describes what it is
     about to send at ``place`` with the same ``items`` (strings such as
-    'dense/kernel (3, 4) float64'): it names the ranks that differ from rank 0
-    and the first item where they do. ``once``: compare at the first time only
-    (the same code sends the same arrays afterwards)."""
+    '(3, 4) float64', one per array): it names the ranks that differ from rank 0
+    and the first array where they do, by its ``labels`` entry ('dense/kernel';
+    labels are shown, not compared: layer names may differ between ranks).
+    ``once``: compare at the first time only (the same code sends the same
+    arrays afterwards)."""
     communicator = world()
-    signature = "\n".join(items)
-    if communicator.size == 1 or (once and (place, signature) in _checked):
+    lines = items if labels is None else [f"{label} {item}" for label, item in zip(labels, items)]
+    if communicator.size == 1 or (once and (place, tuple(lines)) in _checked):
         return
-    described = communicator.allgather_texts(signature)
-    differing = [r for r, text in enumerate(described) if text != described[0]]
+    # one line per array; what is compared is the item, after the last tab
+    gathered = communicator.allgather_texts("\n".join(
+        items if labels is None else [f"{label}\t{item}" for label, item in zip(labels, items)]))
+    described = [text.split("\n") if text else [] for text in gathered]
+    compared = [[line.rsplit("\t", 1)[-1] for line in lines] for lines in described]
+    differing = [r for r, these in enumerate(compared) if these != compared[0]]
     if differing:
         raise ValueError(f"{place}: the ranks send different arrays, so their numbers cannot be "
-                         f"combined: {difference(described, differing[0])}; ranks "
+                         f"combined: {difference(described, compared, differing[0])}; ranks "
                          f"{differing} differ from rank 0")
-    _checked.add((place, signature))
+    _checked.add((place, tuple(lines)))
 
 
-def difference(described, other):
+def difference(described, compared, other):
     """'rank 0 has 4 arrays, rank 1 has 4; first difference: ... on rank 0, ... on rank 1'."""
-    ours, theirs = described[0].split("\n"), described[other].split("\n")
+    ours, theirs = compared[0], compared[other]
     first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
 
-    def item(lines):
-        return repr(lines[first]) if first < len(lines) else "nothing"
+    def shown(rank):
+        lines = described[rank]
+        return repr(lines[first].replace("\t", " ")) if first < len(lines) else "nothing"
     return (f"rank 0 has {len(ours)} arrays, rank {other} has {len(theirs)}; first difference: "
-            f"{item(ours)} on rank 0, {item(theirs)} on rank {other}")
+            f"{shown(0)} on rank 0, {shown(other)} on rank {other}")

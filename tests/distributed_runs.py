@@ -2,6 +2,7 @@
 single-process twins it compares them with.
 
     mpiexec -n 2 python tests/distributed_runs.py train OUT sync|plain
+    mpiexec -n 2 python tests/distributed_runs.py renamed OUT
     mpiexec -n 2 python tests/distributed_runs.py broadcast OUT
     mpiexec -n 2 python tests/distributed_runs.py raise OUT
     mpiexec -n 2 python tests/distributed_runs.py mismatch OUT gradients|broadcast
@@ -80,6 +81,20 @@ def run_train(out, kind):
     save(out, model)
 
 
+def run_renamed(out):
+    """Rank 1's layers have other names (another script's auto-names, say): the
+    arrays match in shape and type, which is what the reductions need."""
+    model = small_resnet(seed=100 + hvd.rank())
+    if hvd.rank() == 1:
+        for layer in model.layers:
+            layer.name = f"rank1_{layer.name}"
+    x, y = hvd.shard(*data())
+    train(model, x, y, hvd.DistributedOptimizer(optimizer()),
+          [hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
+    np.savez(os.path.join(out, f"rank{hvd.rank()}.npz"),
+             **{name.removeprefix("rank1_"): value for name, value in weights(model).items()})
+
+
 def run_broadcast(out):
     model = small_resnet(seed=100 + hvd.rank())
     hvd.broadcast_weights(model, root_rank=1)
@@ -109,5 +124,5 @@ def run_mismatch(out, where):
 if __name__ == "__main__":
     program, out, *options = sys.argv[1:]
     hvd.init()
-    {"train": run_train, "broadcast": run_broadcast, "raise": run_raise,
+    {"train": run_train, "renamed": run_renamed, "broadcast": run_broadcast, "raise": run_raise,
      "mismatch": run_mismatch}[program](out, *options)

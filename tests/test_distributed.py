@@ -5,6 +5,7 @@ The tests marked ``mpi`` start ``mpiexec -n 2`` on tests/distributed_runs.py
 the rest run in this process, alone, or with a stand-in for the run's
 communicator where only the rank matters."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,14 +45,14 @@ def why_no_mpi():
 mpi = pytest.mark.skipif(bool(why_no_mpi()), reason=why_no_mpi() or "MPI is here")
 
 
-def on_two_ranks(program, out, *options):
-    """(exit code, what the ranks printed, seconds) of ``program`` on 2 ranks, one
-    thread each (the machine may have 2 cores)."""
+def on_two_ranks(*arguments, script=TESTS / "distributed_runs.py"):
+    """(exit code, what the ranks printed, seconds) of ``script arguments`` on 2
+    ranks, one thread each (the machine may have 2 cores)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]),
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     start = time.monotonic()
-    done = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(TESTS / "distributed_runs.py"),
-                           program, str(out), *options], env=env, capture_output=True, text=True,
+    done = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script),
+                           *map(str, arguments)], env=env, capture_output=True, text=True,
                           timeout=FAULT_SECONDS * 2)
     return done.returncode, done.stdout + done.stderr, time.monotonic() - start
 
@@ -101,6 +102,15 @@ def test_plain_batch_norm_on_two_ranks_trains_another_model(tmp_path):
 
 
 @mpi
+def test_ranks_whose_layers_are_named_otherwise_train_together(tmp_path):
+    code, output, _ = on_two_ranks("renamed", tmp_path)
+    assert code == 0, output
+    reference = one_process_on_all_samples(SyncBatchNormalization)
+    for weights in ranks_weights(tmp_path):
+        assert worst_relative_error(weights, reference, reference) <= 1e-9
+
+
+@mpi
 def test_broadcast_weights_gives_every_rank_the_roots_weights(tmp_path):
     code, output, _ = on_two_ranks("broadcast", tmp_path)
     assert code == 0, output
@@ -128,6 +138,23 @@ def test_models_that_differ_across_ranks_are_named_at_the_first_reduction(tmp_pa
     assert code != 0 and seconds < FAULT_SECONDS
     assert "first difference: 'head/kernel (3, 3) float32' on rank 0, 'head/kernel (3, 4) " \
            "float32' on rank 1; ranks [1] differ from rank 0" in output
+
+
+@mpi
+@pytest.mark.slow
+def test_the_digits_example_trains_one_model_on_two_ranks(tmp_path):
+    """mpiexec -n 2 examples/train_digits.py --distributed: the README's 97% at
+    least, and rank 0 alone prints, plots and checkpoints."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    code, output, _ = on_two_ranks("--distributed", "--plot", tmp_path / "curves.png",
+                                   "--checkpoint", tmp_path / "last.npz",
+                                   script=TESTS.parent / "examples" / "train_digits.py")
+    assert code == 0, output
+    accuracy = [float(a) for a in re.findall(r"test accuracy ([\d.]+)%", output)]
+    assert len(accuracy) == 1 and accuracy[0] >= 97.0, output
+    assert output.count("Epoch 15/15") == 1 and "2 rank(s) of 16 images per batch" in output
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "last.npz").exists()
 
 
 # --- one process ----------------------------------------------------------------------

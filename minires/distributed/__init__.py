@@ -26,6 +26,7 @@ Batch normalisation breaks the equation: in training it normalises with its
 batch's mean and variance, so L_r depends on how the batch was split (n samples'
 statistics, not R n's). SyncBatchNormalization reduces the statistics, and their
 gradients, over the ranks (its docstring derives it): the equation holds again.
+``convert_sync_batchnorm(model)`` makes a built model's BatchNormalization layers so.
 
 Alone (no mpiexec, or mpi4py not installed) size() is 1, every collective returns
 its input, and the same script trains on one process. Only rank 0 prints
@@ -36,8 +37,9 @@ rank naming the ranks that differ, at the first collective (minires/collective.p
 """
 from ..layers.normalization import SyncBatchNormalization
 from . import callbacks
-from .core import (Average, DistributedOptimizer, Sum, allreduce, broadcast_weights, init,
-                   local_rank, rank, shard, size)
+from .core import (Average, DistributedOptimizer, Sum, allreduce, broadcast_weights,
+                   convert_sync_batchnorm, init, local_rank, rank, shard, size)
 
 __all__ = ["init", "rank", "size", "local_rank", "allreduce", "Average", "Sum", "broadcast_weights",
-           "DistributedOptimizer", "shard", "SyncBatchNormalization", "callbacks"]
+           "DistributedOptimizer", "shard", "SyncBatchNormalization", "convert_sync_batchnorm",
+           "callbacks"]

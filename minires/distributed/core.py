@@ -5,7 +5,9 @@ import numpy as np
 
 from .. import collective, optim
 from ..backend import get_array_module
+from ..graph import Graph
 from ..io.validate import require_built
+from ..layers.normalization import BatchNormalization, SyncBatchNormalization
 from ..utils import check_int
 
 Average, Sum = "Average", "Sum"          # allreduce's ops, as hvd.Average and hvd.Sum
@@ -60,7 +62,7 @@ def broadcast_weights(model, root_rank=0):
     require_built(model, "broadcast")
     pairs = list(model.parameters(trainable_only=False))
     arrays = [layer.params[name] for layer, name in pairs]
-    collective.check_same(f"broadcast_weights (model {model.name!r})", described(pairs, arrays))
+    collective.check_same(f"broadcast_weights (model {model.name!r})", *described(pairs, arrays))
     for group, flat in flat_groups(arrays):
         # sent as bytes: a float16 weight needs no MPI type of its own
         flat = collective.broadcast(flat.view(np.uint8), root_rank).view(flat.dtype)
@@ -78,9 +80,10 @@ def check_root(root_rank, caller):
 
 
 def described(pairs, arrays):
-    """'layer/param (shape) dtype' for each array: what check_same compares."""
-    return [f"{layer.name}/{name} {array.shape} {array.dtype}"
-            for (layer, name), array in zip(pairs, arrays)]
+    """(['(shape) dtype' of each array], ['layer/param' of each]): what check_same
+    compares, and how it names them."""
+    return ([f"{array.shape} {array.dtype}" for array in arrays],
+            [f"{layer.name}/{name}" for layer, name in pairs])
 
 
 def flat_groups(arrays):
@@ -117,7 +120,7 @@ def average_gradients(model):
     pairs = [(layer, name) for layer, name in model.parameters() if name in layer.grads]
     grads = [layer.grads[name] for layer, name in pairs]
     collective.check_same(f"DistributedOptimizer (model {model.name!r}): gradients",
-                          described(pairs, grads))
+                          *described(pairs, grads))
     if size() == 1:
         return
     for group, flat in flat_groups(grads):
@@ -142,6 +145,21 @@ def DistributedOptimizer(optimizer):
     distributed.__class__ = type(kind.__name__, (AveragingGradients, kind),
                                  {"__module__": kind.__module__, "__doc__": kind.__doc__})
     return distributed
+
+
+def convert_sync_batchnorm(model):
+    """Make every BatchNormalization of ``model`` (nested models' too) a
+    SyncBatchNormalization, in place, as PyTorch's SyncBatchNorm.convert_sync_batchnorm:
+    the same weights and statistics, reduced over the ranks from now on (for
+    models built by code that writes BatchNormalization, such as
+    minires.applications). Returns ``model``."""
+    for layer in model.layers:
+        if isinstance(layer, Graph):
+            convert_sync_batchnorm(layer)
+        elif type(layer) is BatchNormalization:
+            layer.__class__ = SyncBatchNormalization      # the same object: the graph still holds it
+            layer.synchronized = True
+    return model
 
 
 def shard(x, y=None):
