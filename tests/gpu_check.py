@@ -23,6 +23,8 @@ import importlib.util
 import os
 import pathlib
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -97,10 +99,14 @@ def run_step(name, log, out, dry_run, timeout):
     with open(log, "w") as handle:
         handle.write(f"$ {' '.join(command)}\n(timeout {timeout:.0f} s)\n")
         handle.flush()
+        # a session of its own: a timeout ends the step's children too (pytest, benchmark's processes)
+        step = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                start_new_session=True)
         try:
-            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                                  timeout=timeout).returncode
+            code = step.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(step.pid, signal.SIGKILL)
+            step.wait()
             code = "timeout"
     seconds = time.monotonic() - start
     figures = FIGURE.findall(log.read_text(errors="replace"))
@@ -117,13 +123,17 @@ def device_for(dry_run):
     return "cpu" if dry_run else "cuda"
 
 
-def run(command, timeout=None):
-    """Run ``command`` (its output into this step's log); its CompletedProcess, output kept."""
+def run(command):
+    """Run ``command``, its output (stderr too) copied line by line into this step's log
+    (what a timeout cuts short is there); (exit status, the output)."""
     print(f"$ {' '.join(map(str, command))}", flush=True)
-    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, cwd=ROOT,
-                            timeout=timeout)
-    print(result.stdout + result.stderr, flush=True)
-    return result
+    process = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    lines = []
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        lines.append(line)
+    return process.wait(), "".join(lines)
 
 
 # --- (a) versions -----------------------------------------------------------------------
@@ -148,7 +158,8 @@ def step_versions(out, dry_run):
     name = runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
     figure("GPU", name.decode() if isinstance(name, bytes) else name)
     figure("CUDA runtime / driver", f"{runtime.runtimeGetVersion()} / {runtime.driverGetVersion()}")
-    run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv"])
+    if shutil.which("nvidia-smi"):
+        run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv"])
     return 0
 
 
@@ -195,9 +206,9 @@ def step_kernels(out, dry_run):
         count += 1
         try:
             check(cupy_kernels, *args, device_for(dry_run))
-        except AssertionError as error:
+        except Exception as error:  # noqa: BLE001 - a kernel that does not compile too: go on to the next
             failures += 1
-            print(f"FAILED {label}:\n{error}\n", flush=True)
+            print(f"FAILED {label}: {type(error).__name__}\n{error}\n", flush=True)
     figure("kernel checks", f"{count - failures} of {count} passed ({', '.join(dtypes)})")
     return 1 if failures else 0
 
@@ -206,7 +217,7 @@ def step_kernels(out, dry_run):
 def step_resnet50(out, dry_run):
     """predict and one training step on the device against NumPy, from the weights file;
     the same predict and step twice on the device give identical results."""
-    from conftest import on_cpu
+    from conftest import bias_before_training_bn, on_cpu
 
     from minires.applications import ResNet50
     from minires.backend import to_device
@@ -233,9 +244,13 @@ def step_resnet50(out, dry_run):
     # OpenBLAS, NumPy): each product's rounding is ~1e-7 relative, its sums of up to
     # 4608 terms and the backward's chain of ~150 ops grow it to ~1e-5..1e-4 of a
     # weight's step; 1e-3 of the largest step of each weight leaves room, and still
-    # fails on any real error (a wrong gradient is off by O(1) of the step)
-    worst, where = max((relative(step_dev[key], step_np[key]), key) for key in step_np)
-    failed |= check(f"training step, worst weight step max |difference| / max |NumPy's| ({where})", worst, 1e-3)
+    # fails on any real error (a wrong gradient is off by O(1) of the step). A conv
+    # bias read only by a training-mode BN has a zero gradient (BN subtracts the
+    # batch mean): both sides step it by rounding noise, which no ratio compares.
+    noise = bias_before_training_bn(reference)
+    worst, where = max((relative(step_dev[key], step_np[key]), key) for key in step_np if key not in noise)
+    failed |= check(f"training step, worst weight step max |difference| / max |NumPy's| ({where}; "
+                    f"{len(noise)} biases before BN aside)", worst, 1e-3)
     again_model = model(device)
     loss_again, step_again = training_step(again_model, to_device(x, device), to_device(y, device))
     same = loss_again == loss_dev and all(np.array_equal(step_again[k], step_dev[k]) for k in step_dev)
@@ -276,19 +291,34 @@ def check(name, value, limit):
 def step_predict(out, dry_run):
     """predict.py on the device with the random weights file; its classes must be the CPU run's."""
     common = [sys.executable, "examples/predict.py", "--weights", weights_path(out), "--top", "3"]
-    ours = run(common + ["--device", device_for(dry_run)], timeout=120)
-    theirs = run(common + ["--device", "cpu"], timeout=120)
-    if ours.returncode != 0 or theirs.returncode != 0:
+    (code, ours), (cpu_code, theirs) = (run(common + ["--device", device_for(dry_run)]),
+                                        run(common + ["--device", "cpu"]))
+    if code != 0 or cpu_code != 0:
         return 1
-    timing = re.search(r"image\(s\) in (\d+) ms on (\w+)", ours.stdout)
+    timing = re.search(r"image\(s\) in (\d+) ms on (\w+)", ours)
     figure("predict.py", timing.group(0) if timing else "no timing line")
-    same = classes(ours.stdout) == classes(theirs.stdout) and classes(ours.stdout)
+    same = same_classes(classes(ours), classes(theirs))
     figure("predict.py classes as on the CPU", "yes" if same else "NO")
     return 0 if timing and same else 1
 
 
 def classes(text):
-    return re.findall(r"^  (n\d{8})  ", text, re.M)
+    """[(wnid, score)] of every class predict.py printed."""
+    return [(wnid, float(score)) for wnid, score in re.findall(r"^  (n\d{8})  .*? (\d\.\d{4})$", text, re.M)]
+
+
+def same_classes(ours, theirs):
+    """The same scores (to the 4 decimals printed) rank by rank, and the same class
+    wherever its score is not within 2e-4 of a neighbour's (a tie may swap two)."""
+    if not ours or len(ours) != len(theirs):
+        return False
+    scores = [score for _, score in theirs]
+    for rank, ((wnid, score), (wnid_cpu, score_cpu)) in enumerate(zip(ours, theirs)):
+        neighbours = scores[max(rank - 1, 0):rank] + scores[rank + 1:rank + 2]
+        tied = any(abs(score_cpu - other) <= 2e-4 for other in neighbours)
+        if abs(score - score_cpu) > 2e-4 or (wnid != wnid_cpu and not tied):
+            return False
+    return True
 
 
 # --- (f) examples/benchmark.py ------------------------------------------------------------------
@@ -303,12 +333,12 @@ def step_benchmark(out, dry_run):
     else:
         options = ["--device", "cuda", "--batches", "1", "32", "--train-batches", "32", "--repeat", "10"]
     torch = importlib.util.find_spec("torch") is not None
-    result = run([sys.executable, "examples/benchmark.py", "--pairs", "1", *options,
-                  *([] if torch else ["--no-torch"])], timeout=600)
-    if result.returncode != 0:
+    code, output = run([sys.executable, "examples/benchmark.py", "--pairs", "1", *options,
+                        *([] if torch else ["--no-torch"])])
+    if code != 0:
         return 1
     rows = re.findall(r"^  (\S+(?: \S+)? batch +\d+):(?: +[\d.]+)*(?:  median ([\d.]+);)? minires ([\d.]+) s"
-                      r"(?:, pytorch ([\d.]+) s)?$", result.stdout, re.M)
+                      r"(?:, pytorch ([\d.]+) s)?$", output, re.M)
     for label, ratio, ours, theirs in rows:
         figure(label, f"minires {ours} s" + (f", pytorch {theirs} s, minires / pytorch {ratio}" if ratio else ""))
     failed = not rows
@@ -332,10 +362,10 @@ def step_pytest(out, dry_run):
     if importlib.util.find_spec("pytest_timeout") is not None:
         options += ["--timeout", "120"]
     where = ["tests/test_optim.py", "tests/test_cuda.py"] if dry_run else ["tests"]
-    result = run([sys.executable, "-m", "pytest", *options, *where])
-    counts = re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", result.stdout)
+    code, output = run([sys.executable, "-m", "pytest", *options, *where])
+    counts = re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", (output.splitlines() or [""])[-1])
     figure("pytest", ", ".join(f"{n} {what}" for n, what in counts) or "no result line")
-    return result.returncode
+    return code
 
 
 def pytest_collection_modifyitems(config, items):
