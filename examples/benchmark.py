@@ -79,6 +79,8 @@ def parse_args(argv):
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=["default"],
                         help="minires's speed settings to time (default: as a user gets them)")
     parser.add_argument("--load", type=int, default=0, help="busy processes running meanwhile")
+    parser.add_argument("--pairs-only", action="store_true",
+                        help="only the timed pairs, as --device cuda runs (no RSS, breakdown, kernels)")
     # internal: this process is one of minires's measuring processes
     parser.add_argument("--measure", nargs="+", metavar="JOB", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -417,6 +419,8 @@ def main(argv=None):
         if args.device != "cpu":
             print("\n(peak RSS, the per-layer breakdown and Numba kernels are CPU figures: "
                   "run without --device)")
+            return
+        if args.pairs_only:
             return
         peak_memory(weights, args, use_torch)
     breakdown(model, args.train_batches[0], max(1, args.repeat // 2))

@@ -16,7 +16,7 @@ both, and the stable gradient for the second: ``backward(logits_grad=True)``.
 """
 
 from .backend import get_array_module, is_array, quiet_overflow
-from .utils import all_finite
+from .utils import all_true, finite_flag
 
 EPSILON = 1e-7                # Keras's backend.epsilon(): probabilities are clipped to [eps, 1 - eps]
 ROW_SUM_TOLERANCE = 1e-3      # rows of probabilities further than this from 1 are not a softmax's
@@ -35,9 +35,30 @@ def log_softmax(z):
 
 
 def are_probabilities(p):
-    """Whether the rows of ``p`` (N, K) lie in [0, 1] and sum to 1: what a softmax gives."""
+    """Whether the rows of ``p`` (N, K) lie in [0, 1] and sum to 1: what a softmax
+    gives. A 0-d boolean array on p's device, not read yet."""
     deviation = get_array_module(p).abs(p.sum(axis=1) - 1)
-    return not bool((p < 0).any() or (p > 1).any() or (deviation > ROW_SUM_TOLERANCE).any())
+    return ~((p < 0).any() | (p > 1).any() | (deviation > ROW_SUM_TOLERANCE).any())
+
+
+# A loss checks the values of its inputs at every forward (labels in range, weights
+# >= 0 ...). On a GPU each check read on the host waits for all the work queued
+# before it, so forward queues them (each a 0-d boolean on the device and the
+# function that raises its error) and reads them all at once.
+def check_later(checks, good, refuse):
+    """Queue the check ``good`` (True: the values pass) in ``checks``, or with
+    ``checks`` None read it now; ``refuse()`` raises the error where it is False."""
+    if checks is None:
+        if not bool(good):
+            refuse()
+    else:
+        checks.append((good, refuse))
+
+
+def run_checks(checks):
+    """Read every queued check at once; raise the first failing one's error."""
+    if not all_true(good for good, _ in checks):
+        next(refuse for good, refuse in checks if not bool(good))()
 
 
 class CrossEntropy:
@@ -86,19 +107,24 @@ class CrossEntropy:
         self.from_logits = bool(from_logits)
         self.probs = self.targets = None        # from the last forward, for backward
 
-    def forward(self, outputs, targets, sample_weight=None):
-        """The mean loss of the batch; sample_weight: None or one weight >= 0 per row."""
+    def forward(self, outputs, targets, sample_weight=None, checks=None):
+        """The mean loss of the batch; sample_weight: None or one weight >= 0 per row.
+        ``checks``: value checks queued before (a subclass's), read with this
+        forward's own in one go."""
         xp = get_array_module(outputs)
+        checks = [] if checks is None else checks
         self._check_outputs(outputs)
-        t = self._targets(targets, outputs.shape, outputs.dtype, xp)
+        t = self._targets(targets, outputs.shape, outputs.dtype, xp, checks)
         if sample_weight is not None:
-            weights = sample_weights(sample_weight, len(t), type(self).__name__)
+            weights = sample_weights(sample_weight, len(t), type(self).__name__, checks)
             t = t * xp.asarray(weights, dtype=outputs.dtype)[:, None]
+        if not self.from_logits:
+            self._check_probabilities(outputs, checks)
+        run_checks(checks)
         if self.from_logits:
             log_p = log_softmax(outputs)
             p = xp.exp(log_p)
         else:
-            self._check_probabilities(outputs)
             p = outputs
             log_p = xp.log(xp.clip(p, EPSILON, 1 - EPSILON))
         self.probs, self.targets = p, t
@@ -135,10 +161,10 @@ class CrossEntropy:
                              f"{getattr(outputs, 'shape', type(outputs).__name__)} "
                              f"{getattr(outputs, 'dtype', '')}")
 
-    def _check_probabilities(self, p):
+    def _check_probabilities(self, p, checks):
         """Logits passed to a loss that expects probabilities give a finite, wrong
         loss (log of a clipped logit) and a wrong gradient: say so instead."""
-        if p.size and not are_probabilities(p):
+        def refuse():
             sums = p.sum(axis=1)
             name = type(self).__name__
             raise ValueError(
@@ -146,22 +172,25 @@ class CrossEntropy:
                 f"to 1), got values from {float(p.min()):.4g} to {float(p.max()):.4g} and row sums "
                 f"from {float(sums.min()):.4g} to {float(sums.max()):.4g}: they look like logits. "
                 f"Use {name}(from_logits=True) for logits, or end the model with a softmax")
+        if p.size:
+            check_later(checks, are_probabilities(p), refuse)
 
-    def _targets(self, labels, shape, dtype, xp):
+    def _targets(self, labels, shape, dtype, xp, checks):
         """(N, K) float targets from class indices or from one-hot/probability rows."""
         labels = xp.asarray(labels)
-        if self.check_targets(labels, shape):
+        if self.check_targets(labels, shape, checks=checks):
             if labels.ndim == 2:                 # a column, as keras.datasets.cifar10 gives
                 labels = labels[:, 0]
             return (labels[:, None] == xp.arange(shape[1])[None, :]).astype(dtype)
         return labels.astype(dtype)
 
-    def check_targets(self, labels, shape, where=None):
+    def check_targets(self, labels, shape, where=None, checks=None):
         """Whether ``labels`` are class indices (True) or target rows (False) for
         outputs of ``shape`` (N, K); one clear error if they are neither: indices
         (N,) or (N, 1) of ints in [0, K), rows (N, K) of finite values >= 0.
-        forward checks every batch with it; fit checks all of y before its first
-        (``where``: the caller, named first)."""
+        forward checks every batch with it (the values' checks queued in
+        ``checks``); fit checks all of y before its first (``where``: the
+        caller, named first)."""
         name = type(self).__name__ if where is None else f"{where}: {type(self).__name__}"
         if len(shape) != 2:
             raise ValueError(f"{name}: takes {self._what()} of shape (N, classes), but the "
@@ -169,10 +198,10 @@ class CrossEntropy:
         n, classes = shape
         indices = labels.dtype.kind in "iu" if self.sparse is None else self.sparse
         if indices and labels.dtype.kind in "iu":
-            self._check_indices(labels, n, classes, name)
+            self._check_indices(labels, n, classes, name, checks)
             return True
         if not indices and labels.dtype.kind in "fiub" and labels.shape == (n, classes):
-            self._check_rows(labels, name)
+            self._check_rows(labels, name, checks)
             return False
         expected = {None: f"int class indices of shape ({n},) or float targets of shape {shape}",
                     True: f"int class indices of shape ({n},)",
@@ -185,39 +214,46 @@ class CrossEntropy:
         raise ValueError(f"{name}: labels must be {expected}, "
                          f"got {labels.dtype} {labels.shape}{hint}")
 
-    def _check_indices(self, labels, n, classes, name):
+    def _check_indices(self, labels, n, classes, name, checks):
         if labels.shape not in ((n,), (n, 1)):   # (N, 1): a column, as keras.datasets.cifar10 gives
             rows = "logits" if self.from_logits else "probability"
             raise ValueError(f"{name}: {n} {rows} rows but labels of shape "
                              f"{labels.shape}; class indices must have shape ({n},)")
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+
+        def refuse():
             raise ValueError(f"{name}: labels must lie in [0, {classes}), got "
                              f"values from {int(labels.min())} to {int(labels.max())}")
+        if n:
+            check_later(checks, ((labels >= 0) & (labels < classes)).all(), refuse)
 
-    def _check_rows(self, targets, name):
+    def _check_rows(self, targets, name, checks):
         """Target rows are weights of log p: a negative or nan one would reward a
         wrong class, or make every weight nan."""
-        if not all_finite(targets):
-            raise ValueError(f"{name}: target rows (one-hot or probabilities) must be finite, "
-                             "got nan or inf")
-        if targets.size and float(targets.min()) < 0:
+        def refuse():
+            if not bool(finite_flag(targets)):
+                raise ValueError(f"{name}: target rows (one-hot or probabilities) must be finite, "
+                                 "got nan or inf")
             raise ValueError(f"{name}: target rows (one-hot or probabilities) must be >= 0, "
                              f"got entries down to {float(targets.min()):.4g}")
+        check_later(checks, finite_flag(targets) & (targets >= 0).all(), refuse)
 
 
-def sample_weights(sample_weight, n, where):
+def sample_weights(sample_weight, n, where, checks=None):
     """``sample_weight`` as one weight per sample, shape (n,), if it is one: an
     array (n,) or (n, 1) of finite numbers >= 0 (a negative weight would reward
-    a sample's errors, a nan one make every weight nan)."""
+    a sample's errors, a nan one make every weight nan). ``checks``: where to
+    queue the values' check (None: read now)."""
     xp = get_array_module(sample_weight)
     weights = xp.asarray(sample_weight)
     if weights.shape not in ((n,), (n, 1)) or weights.dtype.kind not in "fiub":
         raise ValueError(f"{where}: sample_weight must hold one number per sample, shape "
                          f"({n},), got {weights.dtype} of shape {tuple(weights.shape)}")
     weights = weights.reshape(n)
-    if not all_finite(weights) or (n and float(weights.min()) < 0):
+
+    def refuse():
         raise ValueError(f"{where}: sample_weight must be finite and >= 0, got values from "
                          f"{float(weights.min()):.4g} to {float(weights.max()):.4g}")
+    check_later(checks, finite_flag(weights) & (weights >= 0).all(), refuse)
     return weights
 
 
@@ -239,14 +275,16 @@ class SoftmaxCrossEntropy(CrossEntropy):
         self.refuse_probabilities = refuse_probabilities
 
     def forward(self, outputs, targets, sample_weight=None):
-        if (self.refuse_probabilities and getattr(outputs, "ndim", 0) == 2 and outputs.shape[1] > 1
-                and are_probabilities(outputs)):
+        def refuse():
             raise ValueError("SoftmaxCrossEntropy: the model's outputs are probabilities already "
                              "(rows in [0, 1] summing to 1), but no softmax was seen at its output, "
                              "so this loss, picked for logits, would apply a second one; give the "
                              "loss: 'sparse_categorical_crossentropy' (class indices) or "
                              "'categorical_crossentropy' (one-hot rows), which take probabilities")
-        return super().forward(outputs, targets, sample_weight)
+        checks = []
+        if self.refuse_probabilities and getattr(outputs, "ndim", 0) == 2 and outputs.shape[1] > 1:
+            check_later(checks, ~are_probabilities(outputs), refuse)
+        return super().forward(outputs, targets, sample_weight, checks)
 
 
 class KerasCall:

@@ -26,9 +26,8 @@ Two conventions, each under its own name:
 """
 import math
 
-
 from .backend import get_array_module, quiet_overflow
-from .utils import all_finite, check_flag, check_number
+from .utils import all_true, check_flag, check_number, finite_flag
 
 
 def check_learning_rate(rate, where):
@@ -86,7 +85,10 @@ class Optimizer:
                                    f"for {param_name!r}; run model.backward(...) before step()")
         t = self.iterations + 1
         updates = [self.planned_update(layer, param_name, lr, t) for layer, param_name in pairs]
-        for (layer, param_name), (update, slots) in zip(pairs, updates):
+        # every flag read at once: on CuPy one wait for the GPU per step, not two per parameter
+        if not all_true(flag for _, _, flags in updates for flag in flags):
+            self.refuse_non_finite(pairs, [flags for _, _, flags in updates], lr)
+        for (layer, param_name), (update, slots, _) in zip(pairs, updates):
             layer.params[param_name] -= update
             layer.weights_changed()              # in place, so say so: a folded inference plan is stale
             key = f"{layer.name}/{param_name}"
@@ -95,25 +97,35 @@ class Optimizer:
         self.iterations = t
 
     def planned_update(self, layer, param_name, lr, t):
-        """(what step t subtracts from the parameter, its new state arrays),
-        checked finite, nothing written."""
+        """(what step t subtracts from the parameter, its new state arrays, two flags:
+        the gradient is finite, the parameter after the step would be), nothing
+        written. The flags stay on the array's device, unread: ``step`` reads
+        every parameter's in one go."""
         key, param, grad = f"{layer.name}/{param_name}", layer.params[param_name], layer.grads[param_name]
-        if not all_finite(grad):
-            raise FloatingPointError(f"{type(self).__name__}: the gradient of {key!r} holds nan or "
-                                     "inf (the backward pass overflowed: training diverged; lower "
-                                     "the learning rate); no weight was changed")
-        if self.weight_decay and not self.decoupled_weight_decay:
-            grad = grad + self.weight_decay * param
-        update, slots = self.update(key, grad, lr, t)
-        if self.weight_decay and self.decoupled_weight_decay:
-            update = update + (lr * self.weight_decay) * param
-        with quiet_overflow():                                 # found here, and raised as such
-            finite = all_finite(param - update)
-        if not finite:
-            raise FloatingPointError(f"{type(self).__name__}: a step at learning rate {lr:g} would "
-                                     f"make {key!r} nan or inf (training diverged; lower the "
-                                     "learning rate); no weight was changed")
-        return update, slots
+        with quiet_overflow():                   # a nan or inf is found by the flags, and raised as such
+            if self.weight_decay and not self.decoupled_weight_decay:
+                grad = grad + self.weight_decay * param
+            update, slots = self.update(key, grad, lr, t)
+            if self.weight_decay and self.decoupled_weight_decay:
+                update = update + (lr * self.weight_decay) * param
+            after = finite_flag(param - update)
+        return update, slots, (finite_flag(layer.grads[param_name]), after)
+
+    def refuse_non_finite(self, pairs, flags, lr):
+        """The error for the first parameter (in ``step``'s order) whose gradient,
+        or else whose value after the step, is not finite (read flag by flag: a
+        step that fails may wait for the GPU)."""
+        name = type(self).__name__
+        for (layer, param_name), (grad_finite, after_finite) in zip(pairs, flags):
+            key = f"{layer.name}/{param_name}"
+            if not bool(grad_finite):
+                raise FloatingPointError(f"{name}: the gradient of {key!r} holds nan or inf (the "
+                                         "backward pass overflowed: training diverged; lower the "
+                                         "learning rate); no weight was changed")
+            if not bool(after_finite):
+                raise FloatingPointError(f"{name}: a step at learning rate {lr:g} would make "
+                                         f"{key!r} nan or inf (training diverged; lower the "
+                                         "learning rate); no weight was changed")
 
     def update(self, key, grad, lr, t):
         """(what step t subtracts from the parameter, its new state arrays): the

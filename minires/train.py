@@ -60,7 +60,8 @@ from .callbacks import (History, LearningRateScheduler, Progbar, ProgbarLogger, 
 from .initializers import draw_seed
 from .io.checkpoint import load_checkpoint, save_checkpoint
 from .optim import SGD, check_learning_rate
-from .utils import all_finite, check_flag, check_int, check_number
+from .utils import (all_finite, check_flag, check_int, check_number, finite_flag, flags_all,
+                    read_on_host)
 
 CHECK_CHUNK_BYTES = 64 << 20     # the finiteness check of a data set reads it in pieces of this
 
@@ -175,13 +176,17 @@ def train_step(model, x_batch, y_batch, optimizer, loss, metrics, learning_rate,
     x_batch, y_batch, sample_weight = (to_model(model, a) for a in (x_batch, y_batch, sample_weight))
     with all_or_nothing(model) as undo:
         outputs = model.forward(x_batch, training=True)
-        value = total_loss(model, loss, outputs, y_batch, sample_weight)
+        statistics_finite = flags_all(finite_flag(layer.params[name])       # not read yet
+                                      for layer, name in state_arrays(model))
+        value, statistics_finite = total_loss(model, loss, outputs, y_batch, sample_weight,
+                                              statistics_finite)
         if not math.isfinite(value):
             undo()                               # first: the cause is read from the model as it was
             raise FloatingPointError(f"the loss became {value}{at}: "
                                      f"{why_not_finite(model, x_batch, y_batch, learning_rate)}; "
                                      "nothing of this step was applied")
-        check_statistics(model, learning_rate, at)
+        if not statistics_finite:
+            check_statistics(model, learning_rate, at)
         logs = {"loss": value, **metrics_module.update(metrics, y_batch, outputs)}
         backpropagate(model, loss)
         model.add_penalty_gradients()            # once per step, whatever the calls of a layer
@@ -189,12 +194,18 @@ def train_step(model, x_batch, y_batch, optimizer, loss, metrics, learning_rate,
     return logs
 
 
-def total_loss(model, loss, outputs, targets, sample_weight):
+def total_loss(model, loss, outputs, targets, sample_weight, statistics_finite=None):
     """The loss of a batch as Keras's fit and evaluate report it: the loss's
     mean over the batch (each sample's term weighted: sum_n w_n L_n / N) plus
-    the weight penalties of the model's weights (``model.losses``)."""
+    the weight penalties of the model's weights (``model.losses``). Given
+    ``statistics_finite`` (a 0-d boolean array), (that loss, the flag): the
+    two read on the host together, one wait for a GPU instead of two."""
     weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
-    return float(loss.forward(outputs, targets, **weighted)) + sum(model.losses)
+    value = loss.forward(outputs, targets, **weighted)
+    if statistics_finite is None:
+        return float(value) + sum(model.losses)
+    value, statistics_finite = read_on_host(value, statistics_finite)
+    return value + sum(model.losses), bool(statistics_finite)
 
 
 @contextlib.contextmanager
@@ -227,7 +238,8 @@ def state_arrays(model):
 def check_statistics(model, learning_rate, at):
     """A FloatingPointError if the forward left a non-trainable weight (a BN
     moving statistic) nan or inf: a batch variance that overflowed, though the
-    loss (which reads the batch's statistics) may still be finite."""
+    loss (which reads the batch's statistics) may still be finite. Array by
+    array: train_step calls it once it knows that one is not finite."""
     for layer, name in state_arrays(model):
         if not all_finite(layer.params[name]):
             raise FloatingPointError(f"{layer.name}/{name} became nan or inf{at}: the activations "

@@ -56,9 +56,37 @@ def plot_model(model, to_file="model.png", show_shapes=False, show_layer_names=T
     return to_file
 
 
-def all_finite(array):
-    """True when no entry of ``array`` (NumPy or CuPy) is nan or inf."""
-    return bool(get_array_module(array).isfinite(array).all())
+# --- reading device values on the host ---------------------------------------------
+# On CuPy, every value read on the host (bool(), float(), int() of a device array)
+# waits for the GPU to finish all the work queued before it. A training step checks
+# hundreds of arrays (each gradient, each update, each BN statistic): it computes
+# their flags on the device, where nothing waits, and reads them all at once.
+def finite_flag(array):
+    """A 0-d boolean array on ``array``'s device: no entry is nan or inf. Nothing waits."""
+    return get_array_module(array).isfinite(array).all()
+
+
+def flags_all(flags):
+    """A 0-d boolean array on the flags' device: every one of ``flags`` (0-d
+    boolean arrays) is True; True for none. Nothing waits."""
+    flags = list(flags)
+    return get_array_module(*flags).stack(flags).all() if flags else np.True_
+
+
+def all_true(flags):
+    """Whether every one of ``flags`` is True: ONE read on the host."""
+    return bool(flags_all(flags))
+
+
+def read_on_host(*values):
+    """``values`` (0-d arrays on one device, or numbers) as Python floats: ONE read on the host."""
+    xp = get_array_module(*values)
+    return xp.stack([xp.asarray(value, dtype="float64").reshape(()) for value in values]).tolist()
+
+
+def all_finite(*arrays):
+    """True when no entry of ``arrays`` (NumPy or CuPy) is nan or inf: one read on the host."""
+    return all_true(finite_flag(array) for array in arrays)
 
 
 # --- argument checks: one clear error naming the argument, before anything runs -------
