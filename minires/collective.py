@@ -142,10 +142,6 @@ def world():
     return Alone()
 
 
-def rank():
-    return world().rank
-
-
 def leads():
     """False on the ranks other than 0 of a run that init() joined: rank 0 (or a
     process alone) is the one that prints progress and writes checkpoints."""
@@ -153,6 +149,7 @@ def leads():
 
 
 def size():
+    """How many ranks the run has (1 alone)."""
     return world().size
 
 

@@ -210,6 +210,15 @@ def python_alone(code, **env):
                           env={**os.environ, "PYTHONPATH": str(TESTS.parent), **env}, timeout=120)
 
 
+def test_importing_starts_no_mpi():
+    """MPI_Init is a process-wide act: init() does it, not an import."""
+    done = subprocess.run([sys.executable, "-c", "import sys, minires.distributed\n"
+                           "print(sorted(m for m in sys.modules if m.startswith('mpi4py')))"],
+                          capture_output=True, text=True, env={**os.environ,
+                                                               "PYTHONPATH": str(TESTS.parent)})
+    assert done.stdout.strip() == "[]", done.stderr
+
+
 def test_without_mpi4py_a_script_runs_alone():
     done = python_alone("from minires import distributed as hvd\nhvd.init()\n"
                         "print(hvd.size(), hvd.rank())")

@@ -27,7 +27,7 @@ def rank():
 
 def size():
     """How many processes train together (1 alone)."""
-    return collective.world().size
+    return collective.size()
 
 
 def local_rank():
