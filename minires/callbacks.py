@@ -47,6 +47,7 @@ class Callback:
     model = None
     optimizer = None
     params = {}
+    sets_learning_rate = False       # True: it writes the optimizer's rate (fit's schedule= would too)
 
     def set_model(self, model):
         self.model = model
@@ -351,6 +352,7 @@ class LearningRateScheduler(Callback):
     (minires.train.fit's own ``schedule`` argument is finer: a rate for every
     batch, from the fractional epoch. Use one or the other.)
     """
+    sets_learning_rate = True
 
     def __init__(self, schedule, verbose=0):
         if not callable(schedule):
@@ -398,6 +400,7 @@ class ReduceLROnPlateau(Callback):
 
     Logs the epoch's rate as 'learning_rate' (before this epoch's reduction).
     """
+    sets_learning_rate = True
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
                  min_delta=1e-4, cooldown=0, min_lr=0.0):

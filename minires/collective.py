@@ -108,6 +108,10 @@ def init(abort_on_error=True):
     return _world
 
 
+def initialized():
+    return _world is not None
+
+
 def connect():
     try:
         from mpi4py import MPI

@@ -52,6 +52,9 @@ class Optimizer:
     # False: weight decay is L2, wd * p added to the gradient (PyTorch's SGD and Adam);
     # True: decoupled, p <- p - lr * wd * p beside the update (every Keras 3 optimiser)
     decoupled_weight_decay = False
+    # True: the momentum accumulates lr * g, so a change of rate reaches only the new
+    # steps (Keras's SGD and RMSprop); warm-up corrects for it (Goyal et al. 2017)
+    rate_in_momentum = False
 
     def __init__(self, learning_rate, weight_decay):
         self._learning_rate = check_learning_rate(learning_rate,
@@ -271,6 +274,7 @@ class KerasSGD(Optimizer):
     decoupled.
     """
     decoupled_weight_decay = True
+    rate_in_momentum = True
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None,
                  **keras_options):
@@ -326,6 +330,7 @@ class KerasRMSprop(RMSprop):
     Keras's argument order (momentum third). Weight decay: decoupled.
     """
     decoupled_weight_decay = True
+    rate_in_momentum = True
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
                  weight_decay=None, **keras_options):

@@ -55,8 +55,7 @@ from . import collective, losses
 from . import metrics as metrics_module
 from . import optim
 from .backend import get_array_module, is_array, to_device
-from .callbacks import (History, LearningRateScheduler, Progbar, ProgbarLogger, ReduceLROnPlateau,
-                        callback_list, check_verbose)
+from .callbacks import History, Progbar, ProgbarLogger, callback_list, check_verbose
 from .initializers import draw_seed
 from .io.checkpoint import load_checkpoint, save_checkpoint
 from .optim import SGD, check_learning_rate
@@ -617,11 +616,11 @@ def prepare_callbacks(callbacks, model, optimizer, schedule, verbose, params):
     """(every callback of the run, its History): the user's, then the progress
     output (it shows what they log), then a History unless they gave one."""
     callbacks = list(callbacks)
-    if schedule is not None and any(isinstance(c, (LearningRateScheduler, ReduceLROnPlateau))
-                                    for c in callbacks):
-        raise ValueError("fit: give either schedule= (a rate per batch) or a LearningRateScheduler "
-                         "or ReduceLROnPlateau callback (a rate per epoch), not both: the "
-                         "schedule would overwrite the callback's rate at every batch")
+    setter = next((c for c in callbacks if c.sets_learning_rate), None)
+    if schedule is not None and setter is not None:
+        raise ValueError(f"fit: give either schedule= (a rate per batch) or the "
+                         f"{type(setter).__name__} callback, which sets the rate too, not both: "
+                         "the schedule would overwrite the callback's rate at every batch")
     if verbose:
         callbacks.append(ProgbarLogger(verbose))
     history = next((c for c in callbacks if isinstance(c, History)), None)

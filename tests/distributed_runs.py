@@ -4,6 +4,7 @@ single-process twins it compares them with.
     mpiexec -n 2 python tests/distributed_runs.py train OUT sync|plain
     mpiexec -n 2 python tests/distributed_runs.py renamed OUT
     mpiexec -n 2 python tests/distributed_runs.py broadcast OUT
+    mpiexec -n 2 python tests/distributed_runs.py collectives OUT
     mpiexec -n 2 python tests/distributed_runs.py raise OUT
     mpiexec -n 2 python tests/distributed_runs.py mismatch OUT gradients|broadcast
 
@@ -101,6 +102,21 @@ def run_broadcast(out):
     save(out, model)
 
 
+def run_collectives(out):
+    """hvd.allreduce and hvd.broadcast on what each rank holds: 1.0 on rank 0,
+    2.0 on rank 1; a DistributedOptimizer with op=Sum."""
+    mine = np.full(3, hvd.rank() + 1.0)
+    model = small_resnet(seed=0, batch_norm=BatchNormalization)     # each rank's own gradients
+    x, y = hvd.shard(*data())
+    model.compile(optimizer=hvd.DistributedOptimizer(SGD(0.0), op=hvd.Sum),
+                  loss=SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(x, y)
+    np.savez(os.path.join(out, f"rank{hvd.rank()}.npz"),
+             average=hvd.allreduce(mine), total=hvd.allreduce(mine.astype(np.int64), op=hvd.Sum),
+             broadcast=hvd.broadcast(mine.astype(np.float16), root_rank=1),
+             summed_gradient=model.get_layer("logits").grads["bias"])
+
+
 def run_raise(out):
     """Rank 1 fails after a first reduction; rank 0 goes on to the next one,
     which rank 1 never joins: without the abort it would wait forever."""
@@ -124,5 +140,5 @@ def run_mismatch(out, where):
 if __name__ == "__main__":
     program, out, *options = sys.argv[1:]
     hvd.init()
-    {"train": run_train, "renamed": run_renamed, "broadcast": run_broadcast, "raise": run_raise,
-     "mismatch": run_mismatch}[program](out, *options)
+    {"train": run_train, "renamed": run_renamed, "broadcast": run_broadcast,
+     "collectives": run_collectives, "raise": run_raise, "mismatch": run_mismatch}[program](out, *options)

@@ -449,7 +449,7 @@ def test_learning_rate_scheduler_refuses_a_bad_rate_and_a_second_schedule():
     with pytest.raises(TypeError, match=r"LearningRateScheduler: schedule\(0, 0\.1\): learning rate "
                                         r"must be a number, got None"):
         model.fit(x, y, callbacks=[LearningRateScheduler(lambda epoch, lr: None)], verbose=0)
-    with pytest.raises(ValueError, match="either schedule= .* or a LearningRateScheduler"):
+    with pytest.raises(ValueError, match="either schedule= .* or the LearningRateScheduler callback"):
         fit(model, x, y, schedule=lambda t: 0.1,
             callbacks=[LearningRateScheduler(lambda epoch, lr: lr)], verbose=0)
 

@@ -22,7 +22,8 @@ from minires import distributed as hvd
 from minires.backend import floatx_scope
 from minires.callbacks import ModelCheckpoint
 from minires.layers import BatchNormalization, SyncBatchNormalization
-from minires.optim import SGD, KerasAdam
+from minires.optim import SGD, KerasAdam, KerasSGD
+from minires.train import fit
 
 TESTS = Path(__file__).parent
 FAULT_SECONDS = 60          # a failing run must end every rank within this
@@ -119,6 +120,28 @@ def test_broadcast_weights_gives_every_rank_the_roots_weights(tmp_path):
     for weights in ranks_weights(tmp_path):
         assert all(np.array_equal(weights[n], root[n]) for n in root)
     assert not np.array_equal(root["conv0/kernel"], own["conv0/kernel"])
+
+
+@mpi
+def test_allreduce_broadcast_and_a_summing_optimizer_on_two_ranks(tmp_path):
+    code, output, _ = on_two_ranks("collectives", tmp_path)
+    assert code == 0, output
+    ranks = ranks_weights(tmp_path)
+    for got in ranks:
+        assert got["average"].tolist() == [1.5] * 3 and got["total"].tolist() == [3] * 3
+        assert got["total"].dtype == np.int64
+        assert got["broadcast"].tolist() == [2.0] * 3 and got["broadcast"].dtype == np.float16
+    # each rank's own gradient, for comparison: the sum is theirs added
+    model = runs.small_resnet(seed=0, batch_norm=BatchNormalization)
+    own = []
+    for rank in range(2):
+        x, y = runs.data()
+        x, y = x[rank::2], y[rank::2]
+        model.compile(optimizer=SGD(0.0), loss=runs.SparseCategoricalCrossentropy(from_logits=True))
+        model.train_on_batch(x, y)
+        own.append(model.get_layer("logits").grads["bias"].copy())
+    np.testing.assert_allclose(ranks[0]["summed_gradient"], own[0] + own[1], rtol=1e-12)
+    np.testing.assert_array_equal(ranks[0]["summed_gradient"], ranks[1]["summed_gradient"])
 
 
 @mpi
@@ -294,6 +317,58 @@ def test_distributed_optimizer_is_its_optimizer_alone():
         runs.train(model, x, y, optimizer)
         trained.append(runs.weights(model))
     assert all(np.array_equal(trained[0][n], trained[1][n]) for n in trained[0])
+
+
+def test_distributed_optimizer_takes_horovods_arguments_that_change_nothing():
+    hvd.DistributedOptimizer(SGD(0.1), compression=hvd.Compression.none, backward_passes_per_step=1,
+                             average_aggregated_gradients=True, name="opt")
+    with pytest.raises(TypeError, match="compression='fp16' is a Horovod option minires does not "
+                                        "implement"):
+        hvd.DistributedOptimizer(SGD(0.1), compression=hvd.Compression.fp16)
+    with pytest.raises(TypeError, match="backward_passes_per_step=2 is a Horovod option"):
+        hvd.DistributedOptimizer(SGD(0.1), backward_passes_per_step=2)
+    with pytest.raises(TypeError, match="clipnorm=1.0 is not an argument of it"):
+        hvd.DistributedOptimizer(SGD(0.1), clipnorm=1.0)
+    with pytest.raises(ValueError, match="op must be minires.distributed.Average or Sum"):
+        hvd.DistributedOptimizer(SGD(0.1), op="Max")
+
+
+class RecordingSGD(KerasSGD):
+    """Keras's SGD that notes the rate and momentum of every step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def step(self, model, learning_rate=None):
+        self.seen.append((learning_rate, self.momentum))
+        super().step(model, learning_rate)
+
+
+def test_learning_rate_warmup_climbs_from_lr_over_ranks_to_lr(as_rank):
+    """Horovod's formula on 2 ranks, 2 steps an epoch, 2 warm-up epochs:
+    lr (e (R - 1) / warmup + 1) / R at e = epoch + (batch + 1) / steps; Keras's
+    SGD has the rate in its momentum, scaled for the batch whose rate moved."""
+    as_rank(0)
+    x, y = runs.data()
+    model, optimizer = small_model(), RecordingSGD(0.4, momentum=0.9)
+    model.compile(optimizer=optimizer, loss=runs.SparseCategoricalCrossentropy(from_logits=True))
+    warmup = hvd.callbacks.LearningRateWarmupCallback(0.4, warmup_epochs=2)
+    history = model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[warmup])
+    rates = [rate for rate, _ in optimizer.seen]
+    assert rates == pytest.approx([0.4 * m for m in (0.625, 0.75, 0.875, 1.0, 1.0, 1.0)])
+    momenta = [momentum for _, momentum in optimizer.seen]
+    assert momenta[1:4] == pytest.approx([0.9 * 0.75 / 0.625, 0.9 * 0.875 / 0.75, 0.9 / 0.875])
+    assert momenta[4:] == [0.9, 0.9] and optimizer.momentum == 0.9
+    assert history.history["lr"] == pytest.approx([0.3, 0.4, 0.4])
+
+
+def test_learning_rate_warmup_is_one_more_rate_setter_than_fit_allows(as_rank):
+    x, y = runs.data()
+    with pytest.raises(ValueError, match="the LearningRateWarmupCallback callback, which sets the "
+                                         "rate too"):
+        fit(small_model(), x, y, schedule=lambda t: 0.1, verbose=0,
+            callbacks=[hvd.callbacks.LearningRateWarmupCallback(0.1)])
 
 
 def test_broadcast_callback_checks_its_root():

@@ -406,8 +406,8 @@ def test_reduce_lr_on_plateau_sets_the_rate_fit_trains_with():
     assert history.history["learning_rate"] == pytest.approx([0.2, 0.2, 0.1, 0.1])
     assert optimizer.rates == pytest.approx([0.2] * 4 + [0.1] * 4)
     assert optimizer.learning_rate == pytest.approx(0.05)
-    with pytest.raises(ValueError, match="either schedule= .* or a LearningRateScheduler or "
-                                         "ReduceLROnPlateau callback"):
+    with pytest.raises(ValueError, match="either schedule= .* or the ReduceLROnPlateau callback, "
+                                         "which sets the rate too"):
         train.fit(model, x, y, schedule=lambda t: 0.1, callbacks=[ReduceLROnPlateau()], verbose=0)
 
 

@@ -8,7 +8,8 @@
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, batch_size=32, epochs=10, callbacks=[
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),   # every rank starts from rank 0's weights
-        hvd.callbacks.MetricAverageCallback()])              # the epoch's logs averaged over ranks
+        hvd.callbacks.MetricAverageCallback(),               # the epoch's logs averaged over ranks
+        hvd.callbacks.LearningRateWarmupCallback(0.01 * hvd.size(), warmup_epochs=3)])
 
     mpiexec -n 4 python train.py                      # pip install 'minires[mpi]' gives mpiexec
 
@@ -37,9 +38,10 @@ rank naming the ranks that differ, at the first collective (minires/collective.p
 """
 from ..layers.normalization import SyncBatchNormalization
 from . import callbacks
-from .core import (Average, DistributedOptimizer, Sum, allreduce, broadcast_weights,
-                   convert_sync_batchnorm, init, local_rank, rank, shard, size)
+from .core import (Average, Compression, DistributedOptimizer, Sum, allreduce, broadcast,
+                   broadcast_weights, convert_sync_batchnorm, init, is_initialized, local_rank,
+                   rank, shard, size)
 
-__all__ = ["init", "rank", "size", "local_rank", "allreduce", "Average", "Sum", "broadcast_weights",
-           "DistributedOptimizer", "shard", "SyncBatchNormalization", "convert_sync_batchnorm",
-           "callbacks"]
+__all__ = ["init", "is_initialized", "rank", "size", "local_rank", "allreduce", "broadcast",
+           "Average", "Sum", "broadcast_weights", "DistributedOptimizer", "Compression", "shard",
+           "SyncBatchNormalization", "convert_sync_batchnorm", "callbacks"]

@@ -53,6 +53,22 @@ def allreduce(array, op=Average, name=None):
     return total / size() if op == Average else total
 
 
+def broadcast(array, root_rank=0, name=None):
+    """Rank ``root_rank``'s ``array`` on every rank (a new array on its device);
+    the ranks' shapes and dtypes are checked first, as allreduce's."""
+    root_rank = check_root(root_rank, "broadcast")
+    array = get_array_module(array).array(array)          # a contiguous copy: ours to send into
+    collective.check_same(f"broadcast {name or ''}".rstrip(), [f"{array.shape} {array.dtype}"],
+                          once=False)
+    received = collective.broadcast(array.reshape(-1).view(np.uint8), root_rank)
+    return received.view(array.dtype).reshape(array.shape)
+
+
+def is_initialized():
+    """Whether init() was called."""
+    return collective.initialized()
+
+
 def broadcast_weights(model, root_rank=0):
     """Give every rank rank ``root_rank``'s weights, all of them (BN's moving
     statistics too), in one message per float type. Call it once before
@@ -104,19 +120,34 @@ def split(flat, like):
         start += array.size
 
 
+class Compression:
+    """Horovod's gradient compression choices: ``none`` (what minires does: the
+    gradients travel in their own float type) and ``fp16`` (refused)."""
+    none, fp16 = "none", "fp16"
+
+
+# Horovod's DistributedOptimizer arguments minires has no machinery for, at the values
+# that change nothing; another value is refused by name
+HOROVOD_OPTIONS = {"compression": Compression.none, "backward_passes_per_step": 1,
+                   "gradient_predivide_factor": 1.0, "device_dense": "", "device_sparse": "",
+                   "num_groups": 0, "groups": None}
+HOROVOD_HARMLESS = ("name", "sparse_as_dense", "average_aggregated_gradients")   # no effect here
+
+
 class AveragingGradients:
     """What DistributedOptimizer adds to an optimizer's class: ``step`` first
-    averages every gradient over the ranks, in one allreduce per float type
-    (a flat buffer, not one message per array), then takes the step of the
-    optimizer's own rule on every rank alike."""
+    averages (or sums) every gradient over the ranks, in one allreduce per
+    float type (a flat buffer, not one message per array), then takes the step
+    of the optimizer's own rule on every rank alike."""
+    _gradient_op = Average
 
     def step(self, model, learning_rate=None):
-        average_gradients(model)
+        reduce_gradients(model, self._gradient_op)
         super().step(model, learning_rate)
 
 
-def average_gradients(model):
-    """Replace each trainable weight's gradient by its mean over the ranks."""
+def reduce_gradients(model, op=Average):
+    """Replace each trainable weight's gradient by its mean (or sum) over the ranks."""
     pairs = [(layer, name) for layer, name in model.parameters() if name in layer.grads]
     grads = [layer.grads[name] for layer, name in pairs]
     collective.check_same(f"DistributedOptimizer (model {model.name!r}): gradients",
@@ -126,25 +157,43 @@ def average_gradients(model):
     for group, flat in flat_groups(grads):
         # float16 has no MPI sum: its gradients travel as float32
         total = collective.allreduce_sum(flat.astype(np.promote_types(flat.dtype, np.float32)))
-        mean = (total / size()).astype(flat.dtype)
-        for index, piece in split(mean, [grads[i] for i in group]):
+        reduced = (total / size() if op == Average else total).astype(flat.dtype)
+        for index, piece in split(reduced, [grads[i] for i in group]):
             layer, name = pairs[group[index]]
             layer.grads[name] = piece
 
 
-def DistributedOptimizer(optimizer):
+def DistributedOptimizer(optimizer, op=Average, **horovod_options):
     """A copy of ``optimizer`` (minires.optim's, or Keras's name: 'sgd', ...)
-    whose step averages the gradients over the ranks first. Its class is a
-    subclass of the optimizer's, under the same name: hyper-parameters,
-    learning-rate callbacks, state and checkpoints are the optimizer's own."""
+    whose step averages the gradients over the ranks first (op=Sum: adds them).
+    Its class is a subclass of the optimizer's, under the same name:
+    hyper-parameters, learning-rate callbacks, state and checkpoints are the
+    optimizer's own. Horovod's other arguments are taken at the values that
+    change nothing (compression=Compression.none, backward_passes_per_step=1,
+    ...) and refused by name at any other."""
+    check_horovod_options(horovod_options)
+    if op not in (Average, Sum):
+        raise ValueError(f"DistributedOptimizer: op must be minires.distributed.Average or Sum, "
+                         f"got {op!r}")
     optimizer = optim.get(optimizer)
-    if isinstance(optimizer, AveragingGradients):
-        return optimizer
     kind = type(optimizer)
+    if isinstance(optimizer, AveragingGradients):
+        kind = kind.__mro__[2]                           # the optimizer's own class
     distributed = copy.deepcopy(optimizer)
     distributed.__class__ = type(kind.__name__, (AveragingGradients, kind),
                                  {"__module__": kind.__module__, "__doc__": kind.__doc__})
+    distributed._gradient_op = op
     return distributed
+
+
+def check_horovod_options(options):
+    for name, value in options.items():
+        if name in HOROVOD_HARMLESS or (name in HOROVOD_OPTIONS and value == HOROVOD_OPTIONS[name]):
+            continue
+        what = (f"a Horovod option minires does not implement (it reduces every gradient of "
+                f"every step, in its own float type); leave it at {HOROVOD_OPTIONS[name]!r}"
+                if name in HOROVOD_OPTIONS else "not an argument of it")
+        raise TypeError(f"DistributedOptimizer: {name}={value!r} is {what}")
 
 
 def convert_sync_batchnorm(model):
