@@ -112,7 +112,7 @@ def run_collectives(out):
                   loss=SparseCategoricalCrossentropy(from_logits=True))
     model.train_on_batch(x, y)
     np.savez(os.path.join(out, f"rank{hvd.rank()}.npz"),
-             average=hvd.allreduce(mine), total=hvd.allreduce(mine.astype(np.int64), op=hvd.Sum),
+             average=hvd.allreduce(mine), half=hvd.allreduce(mine.astype(np.float16)), total=hvd.allreduce(mine.astype(np.int64), op=hvd.Sum),
              broadcast=hvd.broadcast(mine.astype(np.float16), root_rank=1),
              summed_gradient=model.get_layer("logits").grads["bias"])
 

@@ -130,6 +130,7 @@ def test_allreduce_broadcast_and_a_summing_optimizer_on_two_ranks(tmp_path):
     for got in ranks:
         assert got["average"].tolist() == [1.5] * 3 and got["total"].tolist() == [3] * 3
         assert got["total"].dtype == np.int64
+        assert got["half"].tolist() == [1.5] * 3 and got["half"].dtype == np.float16
         assert got["broadcast"].tolist() == [2.0] * 3 and got["broadcast"].dtype == np.float16
     # each rank's own gradient, for comparison: the sum is theirs added
     model = runs.small_resnet(seed=0, batch_norm=BatchNormalization)

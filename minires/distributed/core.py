@@ -49,8 +49,10 @@ def allreduce(array, op=Average, name=None):
         raise TypeError(f"allreduce: a {array.dtype} array has no sum; give numbers")
     collective.check_same(f"allreduce {name or ''}".rstrip(), [f"{array.shape} {array.dtype}"],
                           once=False)
-    total = collective.allreduce_sum(array.copy())
-    return total / size() if op == Average else total
+    # float16 has no MPI sum: it is added up in float32 (astype copies: the input stays as it is)
+    total = collective.allreduce_sum(array.astype(np.promote_types(array.dtype, np.float32))
+                                     if array.dtype.kind == "f" else array.copy())
+    return (total / size() if op == Average else total).astype(array.dtype, copy=False)
 
 
 def broadcast(array, root_rank=0, name=None):
