@@ -49,7 +49,8 @@ def allreduce(array, op=Average, name=None):
         raise TypeError(f"allreduce: a {array.dtype} array has no sum; give numbers")
     collective.check_same(f"allreduce {name or ''}".rstrip(), [f"{array.shape} {array.dtype}"],
                           once=False)
-    # float16 has no MPI sum: it is added up in float32 (astype copies: the input stays as it is)
+    # float16 is added up in float32: one rounding at the end, and not every MPI has a float16
+    # type (MPICH has); astype copies, so the input stays as it is
     total = collective.allreduce_sum(array.astype(np.promote_types(array.dtype, np.float32))
                                      if array.dtype.kind == "f" else array.copy())
     return (total / size() if op == Average else total).astype(array.dtype, copy=False)
@@ -157,7 +158,7 @@ def reduce_gradients(model, op=Average):
     if size() == 1:
         return
     for group, flat in flat_groups(grads):
-        # float16 has no MPI sum: its gradients travel as float32
+        # float16 gradients travel and add up as float32 (see allreduce)
         total = collective.allreduce_sum(flat.astype(np.promote_types(flat.dtype, np.float32)))
         reduced = (total / size() if op == Average else total).astype(flat.dtype)
         for index, piece in split(reduced, [grads[i] for i in group]):
