@@ -9,8 +9,8 @@ API; pip install -e '.[mpi]' gives mpiexec): each rank takes every R-th
 training image and batch_size / R of each batch, its BatchNormalization
 layers made SyncBatchNormalization, and the gradients are averaged over the
 ranks, so R processes train the model one process trains on the whole batch.
-Only rank 0 prints, plots and writes the checkpoint. Give each rank its own
-core: OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 for 2 ranks on 2 cores.
+Only rank 0 prints, plots and writes the checkpoint; the ranks on one
+machine split its cores (minires.distributed.init).
 
 The data is scikit-learn's bundled digits set (1,797 8x8 grayscale images,
 no download), upsampled to 16x16 so that three stages of basic residual

@@ -21,7 +21,7 @@ about to send (``check_same``): different shapes would pair numbers that do not
 belong together, or block forever; instead every rank raises one ValueError
 naming the ranks that differ.
 
-init(abort_on_error=True) also makes an exception that no code catches end
+init(abort_on_error=True) makes an exception that no code catches end
 EVERY rank: the failing rank prints its traceback, then calls MPI_Abort, which
 mpiexec turns into the end of all ranks with a non-zero exit code. Without it
 the other ranks would wait forever in their next collective for the rank that
@@ -32,6 +32,7 @@ import sys
 
 import numpy as np
 
+from . import backend
 from .backend import like, to_device
 
 # What launchers tell each process about the run it is part of: MPICH's and Intel
@@ -43,7 +44,7 @@ _world = None          # the run's communicator, once init() connected to it
 
 class Alone:
     """A run of one rank: every collective returns its input."""
-    rank, size, local_rank = 0, 1, 0
+    rank, size, local_rank, local_size = 0, 1, 0, 1
 
     def allreduce_sum(self, host_array):
         return host_array
@@ -61,7 +62,8 @@ class OverMPI:
     def __init__(self, comm, mpi):
         self.comm, self.mpi = comm, mpi
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.local_rank = comm.Split_type(mpi.COMM_TYPE_SHARED).Get_rank()   # rank on its machine
+        on_this_machine = comm.Split_type(mpi.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = on_this_machine.Get_rank(), on_this_machine.Get_size()
 
     def allreduce_sum(self, host_array):
         total = np.empty_like(host_array)
@@ -96,15 +98,19 @@ class OverMPI:
         sys.excepthook = abort
 
 
-def init(abort_on_error=True):
+def init(abort_on_error=True, share_cores=True):
     """Join the run this process was started in (MPI_Init through mpi4py), once.
     Alone when not started by mpiexec, or when mpi4py is not installed and the
-    launcher (if any) started one process. Returns the communicator."""
+    launcher (if any) started one process. share_cores: the ranks on one
+    machine split its cores between their BLAS and Numba threads
+    (backend.share_cores). Returns the communicator."""
     global _world
     if _world is None:
         _world = connect()
         if _world.size > 1 and abort_on_error:
             _world.abort_on_uncaught_exceptions()
+        if share_cores:
+            backend.share_cores(_world.local_size)
     return _world
 
 

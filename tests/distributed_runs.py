@@ -5,6 +5,7 @@ single-process twins it compares them with.
     mpiexec -n 2 python tests/distributed_runs.py renamed OUT
     mpiexec -n 2 python tests/distributed_runs.py broadcast OUT
     mpiexec -n 2 python tests/distributed_runs.py collectives OUT
+    mpiexec -n 2 python tests/distributed_runs.py threads OUT
     mpiexec -n 2 python tests/distributed_runs.py raise OUT
     mpiexec -n 2 python tests/distributed_runs.py mismatch OUT gradients|broadcast
 
@@ -117,6 +118,15 @@ def run_collectives(out):
              summed_gradient=model.get_layer("logits").grads["bias"])
 
 
+def run_threads(out):
+    """How many threads this rank's BLAS and Numba run, after init()."""
+    import numba
+    from threadpoolctl import threadpool_info
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    np.savez(os.path.join(out, f"rank{hvd.rank()}.npz"), blas=blas,
+             numba=numba.get_num_threads(), local_size=hvd.local_size())
+
+
 def run_raise(out):
     """Rank 1 fails after a first reduction; rank 0 goes on to the next one,
     which rank 1 never joins: without the abort it would wait forever."""
@@ -141,4 +151,5 @@ if __name__ == "__main__":
     program, out, *options = sys.argv[1:]
     hvd.init()
     {"train": run_train, "renamed": run_renamed, "broadcast": run_broadcast,
-     "collectives": run_collectives, "raise": run_raise, "mismatch": run_mismatch}[program](out, *options)
+     "collectives": run_collectives, "threads": run_threads, "raise": run_raise,
+     "mismatch": run_mismatch}[program](out, *options)

@@ -46,11 +46,14 @@ def why_no_mpi():
 mpi = pytest.mark.skipif(bool(why_no_mpi()), reason=why_no_mpi() or "MPI is here")
 
 
-def on_two_ranks(*arguments, script=TESTS / "distributed_runs.py"):
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def on_two_ranks(*arguments, script=TESTS / "distributed_runs.py", **variables):
     """(exit code, what the ranks printed, seconds) of ``script arguments`` on 2
-    ranks, one thread each (the machine may have 2 cores)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]),
-           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    ranks, with no thread counts set (init() shares the cores) but ``variables``."""
+    env = {name: value for name, value in os.environ.items() if name not in THREAD_VARIABLES}
+    env.update(PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]), **variables)
     start = time.monotonic()
     done = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script),
                            *map(str, arguments)], env=env, capture_output=True, text=True,
@@ -143,6 +146,34 @@ def test_allreduce_broadcast_and_a_summing_optimizer_on_two_ranks(tmp_path):
         own.append(model.get_layer("logits").grads["bias"].copy())
     np.testing.assert_allclose(ranks[0]["summed_gradient"], own[0] + own[1], rtol=1e-12)
     np.testing.assert_array_equal(ranks[0]["summed_gradient"], ranks[1]["summed_gradient"])
+
+
+@mpi
+def test_ranks_on_one_machine_share_its_cores(tmp_path):
+    """Each of 2 ranks runs cores // 2 BLAS and Numba threads (unlimited, they
+    ran 2 x cores spinning threads: 15 times slower on 2 cores)."""
+    pytest.importorskip("threadpoolctl")
+    code, output, _ = on_two_ranks("threads", tmp_path)
+    assert code == 0, output
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    for threads in ranks_weights(tmp_path):
+        assert threads["local_size"] == 2 and threads["numba"] == min(share, numba_threads())
+        assert threads["blas"].tolist() and set(threads["blas"].tolist()) == {share}
+
+
+@mpi
+def test_thread_counts_you_set_are_yours(tmp_path):
+    pytest.importorskip("threadpoolctl")
+    """With one of them set, init() changes none: Numba keeps all its threads."""
+    code, output, _ = on_two_ranks("threads", tmp_path, OPENBLAS_NUM_THREADS="1")
+    assert code == 0, output
+    for threads in ranks_weights(tmp_path):
+        assert set(threads["blas"].tolist()) == {1} and threads["numba"] == numba_threads()
+
+
+def numba_threads():
+    import numba
+    return numba.config.NUMBA_NUM_THREADS
 
 
 @mpi

@@ -40,8 +40,8 @@ from ..layers.normalization import SyncBatchNormalization
 from . import callbacks
 from .core import (Average, Compression, DistributedOptimizer, Sum, allreduce, broadcast,
                    broadcast_weights, convert_sync_batchnorm, init, is_initialized, local_rank,
-                   rank, shard, size)
+                   local_size, rank, shard, size)
 
-__all__ = ["init", "is_initialized", "rank", "size", "local_rank", "allreduce", "broadcast",
+__all__ = ["init", "is_initialized", "rank", "size", "local_rank", "local_size", "allreduce", "broadcast",
            "Average", "Sum", "broadcast_weights", "DistributedOptimizer", "Compression", "shard",
            "SyncBatchNormalization", "convert_sync_batchnorm", "callbacks"]

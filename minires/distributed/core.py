@@ -13,11 +13,14 @@ from ..utils import check_int
 Average, Sum = "Average", "Sum"          # allreduce's ops, as hvd.Average and hvd.Sum
 
 
-def init(abort_on_error=True):
+def init(abort_on_error=True, share_cores=True):
     """Join the run that mpiexec started this process in (alone without one).
     abort_on_error: an uncaught exception on this rank ends every rank
-    (minires/collective.py); False leaves sys.excepthook alone."""
-    collective.init(abort_on_error)
+    (minires/collective.py); False leaves sys.excepthook alone. share_cores:
+    the ranks on one machine split its cores, each limiting its BLAS and Numba
+    threads to cores // ranks (minires.backend.share_cores; not where you set
+    OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS or NUMBA_NUM_THREADS)."""
+    collective.init(abort_on_error, share_cores)
 
 
 def rank():
@@ -33,6 +36,11 @@ def size():
 def local_rank():
     """This process's number among the ranks on its machine (pick its GPU with it)."""
     return collective.world().local_rank
+
+
+def local_size():
+    """How many ranks run on this process's machine."""
+    return collective.world().local_size
 
 
 def allreduce(array, op=Average, name=None):
