@@ -109,18 +109,20 @@ class CrossEntropy:
 
     def forward(self, outputs, targets, sample_weight=None, checks=None):
         """The mean loss of the batch; sample_weight: None or one weight >= 0 per row.
-        ``checks``: value checks queued before (a subclass's), read with this
-        forward's own in one go."""
+        ``checks``: None reads the checks of the inputs' values here, in one go,
+        before the loss is computed; a list gets them queued instead, for the
+        caller to read with its other values (minires.train: one wait for a GPU
+        per training step) and to raise from (run_checks) before using the loss."""
         xp = get_array_module(outputs)
-        checks = [] if checks is None else checks
+        queue = [] if checks is None else checks
         self._check_outputs(outputs)
-        t = self._targets(targets, outputs.shape, outputs.dtype, xp, checks)
+        t = self._targets(targets, outputs.shape, outputs.dtype, xp, queue)
         if sample_weight is not None:
-            weights = sample_weights(sample_weight, len(t), type(self).__name__, checks)
+            weights = sample_weights(sample_weight, len(t), type(self).__name__, queue)
             t = t * xp.asarray(weights, dtype=outputs.dtype)[:, None]
-        if not self.from_logits:
-            self._check_probabilities(outputs, checks)
-        run_checks(checks)
+        self.check_output_values(outputs, queue)
+        if checks is None:
+            run_checks(queue)
         if self.from_logits:
             log_p = log_softmax(outputs)
             p = xp.exp(log_p)
@@ -160,6 +162,11 @@ class CrossEntropy:
                              "shape (N, classes), got "
                              f"{getattr(outputs, 'shape', type(outputs).__name__)} "
                              f"{getattr(outputs, 'dtype', '')}")
+
+    def check_output_values(self, outputs, checks):
+        """Queue the checks of the outputs' values in ``checks``."""
+        if not self.from_logits:
+            self._check_probabilities(outputs, checks)
 
     def _check_probabilities(self, p, checks):
         """Logits passed to a loss that expects probabilities give a finite, wrong
@@ -274,17 +281,15 @@ class SoftmaxCrossEntropy(CrossEntropy):
         super().__init__(from_logits=True)
         self.refuse_probabilities = refuse_probabilities
 
-    def forward(self, outputs, targets, sample_weight=None):
+    def check_output_values(self, outputs, checks):
         def refuse():
             raise ValueError("SoftmaxCrossEntropy: the model's outputs are probabilities already "
                              "(rows in [0, 1] summing to 1), but no softmax was seen at its output, "
                              "so this loss, picked for logits, would apply a second one; give the "
                              "loss: 'sparse_categorical_crossentropy' (class indices) or "
                              "'categorical_crossentropy' (one-hot rows), which take probabilities")
-        checks = []
-        if self.refuse_probabilities and getattr(outputs, "ndim", 0) == 2 and outputs.shape[1] > 1:
+        if self.refuse_probabilities and outputs.shape[1] > 1:
             check_later(checks, ~are_probabilities(outputs), refuse)
-        return super().forward(outputs, targets, sample_weight, checks)
 
 
 class KerasCall:

@@ -141,23 +141,28 @@ class Mean(Metric):
         self.reset_state()
 
     def update_state(self, values, sample_weight=None):
-        values = to_device(values, "cpu").astype(np.float64)
+        # on the values' device, in float64; the count on the host: on a GPU nothing
+        # waits here (fit reads the results with the loss, once a step)
+        xp = get_array_module(values)
+        values = xp.asarray(values).astype(np.float64)
         per_sample = values.reshape(len(values), -1).mean(axis=1) if values.ndim else values[None]
         if sample_weight is None:
-            weights = np.ones_like(per_sample)
+            self.total = self.total + per_sample.sum()
+            self.count += len(per_sample)
+            return
+        weights = to_device(sample_weight, "cpu").astype(np.float64)
+        if weights.ndim == 0:
+            per_sample, weights = per_sample.mean(keepdims=True), weights[None]
+        elif weights.shape in ((len(per_sample),), (len(per_sample), 1)):
+            weights = weights.reshape(-1)
         else:
-            weights = to_device(sample_weight, "cpu").astype(np.float64)
-            if weights.ndim == 0:
-                per_sample, weights = per_sample.mean(keepdims=True), weights[None]
-            elif weights.shape in ((len(per_sample),), (len(per_sample), 1)):
-                weights = weights.reshape(-1)
-            else:
-                raise ValueError(f"{self.name}: sample_weight of shape {weights.shape} does not "
-                                 f"fit {len(per_sample)} values; give one weight per sample")
-        self.total += float((per_sample * weights).sum())
+            raise ValueError(f"{self.name}: sample_weight of shape {weights.shape} does not "
+                             f"fit {len(per_sample)} values; give one weight per sample")
+        self.total = self.total + (per_sample * xp.asarray(weights)).sum()
         self.count += float(weights.sum())
 
     def result(self):
+        """total / count: a number, or a 0-d array on the values' device."""
         return self.total / self.count if self.count else 0.0
 
     def reset_state(self):
@@ -257,7 +262,9 @@ def reset(metrics):
 
 
 def update(metrics, y_true, y_pred):
-    """Add a batch to every metric; {name: result so far}."""
+    """Add a batch to every metric; {name: result so far}, as the metrics give
+    them (on a GPU, 0-d arrays not read yet: float() each, or read them with
+    other values at once, as minires.train does)."""
     for metric in metrics.values():
         metric.update_state(y_true, y_pred)
-    return {name: float(metric.result()) for name, metric in metrics.items()}
+    return {name: metric.result() for name, metric in metrics.items()}

@@ -59,7 +59,7 @@ class LayersAndWeights:
     @property
     def losses(self):
         """The weight penalties of the trainable parameters (kernel_regularizer ...),
-        one float each, as ``keras.Model.losses``."""
+        one number each (a 0-d array on a GPU, not read), as ``keras.Model.losses``."""
         return [layer.regularizers[name](layer.params[name]) for layer, name in self.parameters()
                 if name in layer.regularizers]
 

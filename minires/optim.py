@@ -27,7 +27,7 @@ Two conventions, each under its own name:
 import math
 
 from .backend import get_array_module, quiet_overflow
-from .utils import all_true, check_flag, check_number, finite_flag
+from .utils import check_flag, check_number, finite_flag, flags_all
 
 
 def check_learning_rate(rate, where):
@@ -78,6 +78,13 @@ class Optimizer:
         checked first, then written. A missing or non-finite gradient, or an update
         that would make a weight nan or inf, raises and changes nothing (weights,
         state arrays, iterations)."""
+        self.planned_step(model, learning_rate).apply()
+
+    def planned_step(self, model, learning_rate=None):
+        """The step ``step`` takes, computed but not written: a PlannedStep whose
+        ``finite`` (a flag on the device, not read yet) says whether it can be
+        taken, and whose ``apply()`` takes it. minires.train reads that flag
+        with the loss and the metrics: on a GPU, one wait per training step."""
         name = type(self).__name__
         lr = self.learning_rate if learning_rate is None else \
             check_learning_rate(learning_rate, f"{name}.step(learning_rate=...)")
@@ -88,9 +95,10 @@ class Optimizer:
                                    f"for {param_name!r}; run model.backward(...) before step()")
         t = self.iterations + 1
         updates = [self.planned_update(layer, param_name, lr, t) for layer, param_name in pairs]
-        # every flag read at once: on CuPy one wait for the GPU per step, not two per parameter
-        if not all_true(flag for _, _, flags in updates for flag in flags):
-            self.refuse_non_finite(pairs, [flags for _, _, flags in updates], lr)
+        return PlannedStep(self, pairs, updates, lr, t)
+
+    def write(self, pairs, updates, t):
+        """Subtract each update from its parameter; keep the state arrays; step t done."""
         for (layer, param_name), (update, slots, _) in zip(pairs, updates):
             layer.params[param_name] -= update
             layer.weights_changed()              # in place, so say so: a folded inference plan is stale
@@ -156,6 +164,46 @@ class Optimizer:
             if full_key != "iterations":
                 kind, key = full_key.split("/", 1)
                 self.slots.setdefault(kind, {})[key] = value.copy()   # ours, not the caller's
+
+
+class PlannedStep:
+    """An optimiser's step, every update computed and none written yet
+    (Optimizer.planned_step). ``finite``: a 0-d flag on the parameters' device,
+    not read: every gradient, and every parameter after its update, is finite."""
+
+    def __init__(self, optimizer, pairs, updates, lr, t):
+        self.optimizer, self.pairs, self.updates, self.lr, self.t = optimizer, pairs, updates, lr, t
+        self.finite = flags_all(flag for _, _, flags in updates for flag in flags)
+
+    def apply(self, finite=None):
+        """Take the step, all or nothing: where ``finite`` (as the caller read it;
+        None: read here) is False, raise the error of the first parameter at
+        fault and write nothing."""
+        if not (bool(self.finite) if finite is None else finite):
+            self.optimizer.refuse_non_finite(self.pairs, [flags for _, _, flags in self.updates],
+                                             self.lr)
+        self.optimizer.write(self.pairs, self.updates, self.t)
+
+
+class StepAsWritten:
+    """The step of an optimiser whose class writes its own ``step`` (or has no
+    planned_step): taken by calling that step, which checks what it writes,
+    rather than bypassed. ``finite`` is True: there is nothing to read first."""
+    finite = True
+
+    def __init__(self, optimizer, model, lr):
+        self.optimizer, self.model, self.lr = optimizer, model, lr
+
+    def apply(self, finite=None):
+        self.optimizer.step(self.model, self.lr)
+
+
+def plan_step(optimizer, model, learning_rate):
+    """``optimizer``'s step on ``model``, computed and not written (PlannedStep),
+    or for an optimiser that overrides ``step``, that step to call (StepAsWritten)."""
+    if isinstance(optimizer, Optimizer) and type(optimizer).step is Optimizer.step:
+        return optimizer.planned_step(model, learning_rate)
+    return StepAsWritten(optimizer, model, learning_rate)
 
 
 def check_fraction(value, where):

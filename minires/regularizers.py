@@ -28,7 +28,7 @@ class L1L2:
 
     def __call__(self, w):
         xp = get_array_module(w)
-        return float(self.l1 * xp.abs(w).sum() + self.l2 * (w * w).sum())
+        return self.l1 * xp.abs(w).sum() + self.l2 * (w * w).sum()    # on a GPU: unread
 
     def gradient(self, w):
         return self.l1 * get_array_module(w).sign(w) + (2 * self.l2) * w

@@ -43,6 +43,7 @@ draws the seed from minires's global generator: runs repeat after
 keras.utils.set_random_seed(s), and differ without it.
 """
 import contextlib
+import copy
 import inspect
 import math
 import numbers
@@ -54,7 +55,7 @@ import numpy as np
 from . import collective, losses
 from . import metrics as metrics_module
 from . import optim
-from .backend import get_array_module, is_array, to_device
+from .backend import get_array_module, is_array, quiet_overflow, to_device
 from .callbacks import History, Progbar, ProgbarLogger, callback_list, check_verbose
 from .initializers import draw_seed
 from .io.checkpoint import load_checkpoint, save_checkpoint
@@ -168,52 +169,67 @@ def train_step(model, x_batch, y_batch, optimizer, loss, metrics, learning_rate,
                sample_weight=None):
     """One step of gradient descent on one batch; {'loss': value, metric: result},
     the loss (``total_loss``) measured before the step, the metrics updated
-    with this batch. All or nothing: if anything fails (a loss that is not
-    finite, a metric, the backward pass, the optimizer), the model's BN
-    statistics are put back and no weight or optimizer state has changed."""
+    with this batch. All or nothing: if anything fails (the loss's inputs, a
+    loss that is not finite, a metric, the backward pass, the optimizer), the
+    model's BN statistics and the metrics are put back and no weight or
+    optimizer state has changed.
+
+    Everything the step checks (the loss's inputs, the loss, BN's statistics,
+    every gradient and updated weight) and reports (the loss, the metrics) is
+    read on the host in ONE go, before anything is written: on a GPU the host
+    waits for it once a step (minires/utils.py)."""
     learning_rate = check_learning_rate(learning_rate, "train_step")
     x_batch, y_batch, sample_weight = (to_model(model, a) for a in (x_batch, y_batch, sample_weight))
-    with all_or_nothing(model) as undo:
+    with all_or_nothing(model, metrics) as undo, quiet_overflow():   # nan and inf: found below
         outputs = model.forward(x_batch, training=True)
-        statistics_finite = flags_all(finite_flag(layer.params[name])       # not read yet
-                                      for layer, name in state_arrays(model))
-        value, statistics_finite = total_loss(model, loss, outputs, y_batch, sample_weight,
-                                              statistics_finite)
-        if not math.isfinite(value):
-            undo()                               # first: the cause is read from the model as it was
-            raise FloatingPointError(f"the loss became {value}{at}: "
-                                     f"{why_not_finite(model, x_batch, y_batch, learning_rate)}; "
-                                     "nothing of this step was applied")
-        if not statistics_finite:
-            check_statistics(model, learning_rate, at)
-        logs = {"loss": value, **metrics_module.update(metrics, y_batch, outputs)}
+        checks = []                              # the loss's checks of its inputs, read below
+        value = total_loss(model, loss, outputs, y_batch, sample_weight, checks)
+        results = metrics_module.update(metrics, y_batch, outputs)
         backpropagate(model, loss)
         model.add_penalty_gradients()            # once per step, whatever the calls of a layer
-        optimizer.step(model, learning_rate)
-    return logs
+        step = optim.plan_step(optimizer, model, learning_rate)   # computed, nothing written yet
+        good = flags_all([*(flag for flag, _ in checks), statistics_finite(model), step.finite])
+        value, good, *results = read_on_host(value, good, *results.values())
+        if not (good and math.isfinite(value)):
+            refuse_step(model, (x_batch, y_batch), checks, value, step, at, undo)
+        step.apply(finite=True)
+    return {"loss": value, **dict(zip(metrics, results))}
 
 
-def total_loss(model, loss, outputs, targets, sample_weight, statistics_finite=None):
+def refuse_step(model, batch, checks, value, step, at, undo):
+    """Raise what made a step fail, in the order its parts ran: the loss's
+    inputs, the loss, BN's statistics, then the optimizer's gradients and updates."""
+    losses.run_checks(checks)
+    if not math.isfinite(value):
+        undo()                                   # first: the cause is read from the model as it was
+        raise FloatingPointError(f"the loss became {value}{at}: "
+                                 f"{why_not_finite(model, *batch, step.lr)}; "
+                                 "nothing of this step was applied")
+    check_statistics(model, step.lr, at)
+    step.apply()                                 # raises the optimizer's error, writes nothing
+
+
+def total_loss(model, loss, outputs, targets, sample_weight, checks=None):
     """The loss of a batch as Keras's fit and evaluate report it: the loss's
     mean over the batch (each sample's term weighted: sum_n w_n L_n / N) plus
-    the weight penalties of the model's weights (``model.losses``). Given
-    ``statistics_finite`` (a 0-d boolean array), (that loss, the flag): the
-    two read on the host together, one wait for a GPU instead of two."""
-    weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
-    value = loss.forward(outputs, targets, **weighted)
-    if statistics_finite is None:
-        return float(value) + sum(model.losses)
-    value, statistics_finite = read_on_host(value, statistics_finite)
-    return value + sum(model.losses), bool(statistics_finite)
+    the weight penalties of the model's weights (``model.losses``). Not read:
+    on a GPU a 0-d array. ``checks``: where loss.forward queues its input checks
+    (None, or a loss whose forward takes no ``checks``: it reads them itself)."""
+    arguments = {} if sample_weight is None else {"sample_weight": sample_weight}
+    if checks is not None and "checks" in inspect.signature(loss.forward).parameters:
+        arguments["checks"] = checks
+    return loss.forward(outputs, targets, **arguments) + sum(model.losses)
 
 
 @contextlib.contextmanager
-def all_or_nothing(model):
-    """Put back what a training forward writes, the model's non-trainable
-    weights (BN's moving statistics), if the block raises; yields the function
-    that puts them back. Only these are copied: the weights change in
-    optimizer.step alone, which checks everything before it writes."""
+def all_or_nothing(model, metrics=None):
+    """Put back what a training step writes before its end, the model's
+    non-trainable weights (BN's moving statistics) and the metrics' states,
+    if the block raises; yields the function that puts back the weights.
+    Only these are copied: the weights change in the optimizer's step alone,
+    which checks everything before it writes."""
     saved = [(layer, name, layer.params[name].copy()) for layer, name in state_arrays(model)]
+    metric_states = [(metric, copy.deepcopy(vars(metric))) for metric in (metrics or {}).values()]
 
     def undo():
         for layer, name, value in saved:
@@ -224,7 +240,15 @@ def all_or_nothing(model):
         yield undo
     except BaseException:                        # an interrupt halfway through a forward too
         undo()
+        for metric, state in metric_states:
+            vars(metric).update(state)
         raise
+
+
+def statistics_finite(model):
+    """A 0-d flag on the model's device, not read: every non-trainable weight
+    (BN's moving statistics) is finite."""
+    return flags_all(finite_flag(layer.params[name]) for layer, name in state_arrays(model))
 
 
 def state_arrays(model):
@@ -303,8 +327,10 @@ def test_step(model, x_batch, y_batch, loss, metrics, sample_weight=None):
     """{'loss': value, metric: result} of one batch, in inference mode."""
     x_batch, y_batch, sample_weight = (to_model(model, a) for a in (x_batch, y_batch, sample_weight))
     outputs = model.forward(x_batch, training=False)
-    return {"loss": total_loss(model, loss, outputs, y_batch, sample_weight),
-            **metrics_module.update(metrics, y_batch, outputs)}
+    value = total_loss(model, loss, outputs, y_batch, sample_weight)
+    results = metrics_module.update(metrics, y_batch, outputs)
+    value, *results = read_on_host(value, *results.values())       # one wait for a GPU
+    return {"loss": value, **dict(zip(metrics, results))}
 
 
 def why_not_finite(model, x, y, learning_rate=None):

@@ -100,6 +100,21 @@ def test_the_control_a_good_step_moves_weights_statistics_and_optimizer():
     assert not np.array_equal(statistics[0], moving_statistics(model)[0])
 
 
+def test_a_failed_step_leaves_the_metrics_as_they_were():
+    """The metrics are updated before the step's one read of the device; a step
+    that fails after that (here the optimizer's update overflows) puts them back."""
+    model, metrics, loss = compiled(optimizer=SGD(0.1)), get_metrics(["accuracy"]), \
+        SparseCategoricalCrossentropy()
+    train.train_step(model, *data(), model.compiled.optimizer, loss, metrics, 0.1)
+    before = everything(model), {name: dict(vars(m)) for name, m in metrics.items()}
+    with pytest.raises(FloatingPointError, match="a step at learning rate 1e[+]39 would make"):
+        train.train_step(model, *data(seed=2), model.compiled.optimizer, loss, metrics, 1e39)
+    assert {name: dict(vars(m)) for name, m in metrics.items()} == before[1]
+    assert_unchanged(model, before[0])
+    train.train_step(model, *data(seed=2), model.compiled.optimizer, loss, metrics, 0.1)   # control
+    assert {name: dict(vars(m)) for name, m in metrics.items()} != before[1]
+
+
 @pytest.mark.parametrize("call", ["fit", "train_on_batch"])
 def test_a_logits_model_with_a_probability_loss_puts_bn_statistics_back(call):
     """Found only by the loss, after the forward moved BN's statistics: put back."""

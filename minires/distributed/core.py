@@ -152,9 +152,9 @@ class AveragingGradients:
     of the optimizer's own rule on every rank alike."""
     _gradient_op = Average
 
-    def step(self, model, learning_rate=None):
+    def planned_step(self, model, learning_rate=None):          # what step() takes, too
         reduce_gradients(model, self._gradient_op)
-        super().step(model, learning_rate)
+        return super().planned_step(model, learning_rate)
 
 
 def reduce_gradients(model, op=Average):
