@@ -61,6 +61,12 @@ def run_checks(checks):
         next(refuse for good, refuse in checks if not bool(good))()
 
 
+def terms(t, log_p):
+    """-t log p, entry by entry; where t is 0 its term is 0, even where log p is
+    -inf (p underflowed): not 0 * -inf = nan."""
+    return -(t * get_array_module(t).where(t == 0, 0, log_p))
+
+
 class CrossEntropy:
     """The cross-entropy both ways; below, one row, without the 1/N, s = sum_k t_k
     (s = 1 for one-hot and soft targets).
@@ -123,16 +129,26 @@ class CrossEntropy:
         self.check_output_values(outputs, queue)
         if checks is None:
             run_checks(queue)
+        p, log_p = self.probabilities(outputs)
+        self.probs, self.targets = p, t
+        # each term divided by N before the sum, so that a mean below the float range is not inf
+        return terms(t, log_p / outputs.shape[0]).sum()
+
+    def sample_losses(self, outputs, targets):
+        """Each sample's loss, (N,): Keras's loss functions (categorical_crossentropy ...)."""
+        xp = get_array_module(outputs)
+        self._check_outputs(outputs)
+        t = self._targets(targets, outputs.shape, outputs.dtype, xp, None)
+        self.check_output_values(outputs, None)
+        return terms(t, self.probabilities(outputs)[1]).sum(axis=1)
+
+    def probabilities(self, outputs):
+        """(p, log p) of the outputs: softmax'd logits, or probabilities as they are."""
+        xp = get_array_module(outputs)
         if self.from_logits:
             log_p = log_softmax(outputs)
-            p = xp.exp(log_p)
-        else:
-            p = outputs
-            log_p = xp.log(xp.clip(p, EPSILON, 1 - EPSILON))
-        self.probs, self.targets = p, t
-        # where t is 0 its term is 0, even where log p is -inf (p underflowed): not 0 * -inf = nan;
-        # each term divided by N before the sum, so that a mean below the float range is not inf
-        return -(t * xp.where(t == 0, 0, log_p / outputs.shape[0])).sum()
+            return xp.exp(log_p), log_p
+        return outputs, xp.log(xp.clip(outputs, EPSILON, 1 - EPSILON))
 
     def backward(self, dloss=1.0, logits_grad=False):
         """dL/d(outputs), or with ``logits_grad=True`` (from_logits=False only)
@@ -318,17 +334,33 @@ class SparseCategoricalCrossentropy(KerasCall, CrossEntropy):
         super().__init__(from_logits)
 
 
+def categorical_crossentropy(y_true, y_pred, from_logits=False):
+    """Keras's function: each sample's cross-entropy, (N,), from target rows (N, K).
+    compile(loss=categorical_crossentropy) trains with CategoricalCrossentropy."""
+    return CategoricalCrossentropy(from_logits).sample_losses(y_pred, y_true)
+
+
+def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
+    """Keras's function: each sample's cross-entropy, (N,), from class indices (N,)."""
+    return SparseCategoricalCrossentropy(from_logits).sample_losses(y_pred, y_true)
+
+
 _BY_NAME = {"categorical_crossentropy": CategoricalCrossentropy,
             "sparse_categorical_crossentropy": SparseCategoricalCrossentropy}
+_BY_FUNCTION = {categorical_crossentropy: CategoricalCrossentropy,
+                sparse_categorical_crossentropy: SparseCategoricalCrossentropy}
 
 
 def get(identifier):
-    """A loss from Keras's name (a new one, on probabilities, as in Keras), or a loss
-    object (anything with forward and backward, a loss of your own too) as it is."""
+    """A loss from Keras's name or function (a new one, on probabilities, as in
+    Keras), or a loss object (anything with forward and backward, a loss of your
+    own too) as it is."""
     if not isinstance(identifier, (str, type)) and all(
             callable(getattr(identifier, method, None)) for method in ("forward", "backward")):
         return identifier
     if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
         return _BY_NAME[identifier.lower()]()
+    if callable(identifier) and identifier in _BY_FUNCTION:   # keras.losses.categorical_crossentropy
+        return _BY_FUNCTION[identifier]()
     raise ValueError(f"unknown loss {identifier!r}; use a loss object or one of "
                      f"{', '.join(map(repr, _BY_NAME))}")

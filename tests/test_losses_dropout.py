@@ -460,3 +460,29 @@ def test_a_keras_loss_object_is_called_as_keras_calls_it(rng, from_logits):
         weights = rng.uniform(0.5, 2.0, N)
         assert float(loss(targets, outputs, weights)) == pytest.approx(
             float(type(loss)(from_logits).forward(outputs, targets, weights)))
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_keras_loss_functions_give_each_samples_loss_as_keras(from_logits):
+    """keras.losses.categorical_crossentropy and sparse_categorical_crossentropy
+    (compile(loss=...) in Keras 2 tutorials, Horovod's keras_mnist): per-sample
+    losses as Keras's, and compile trains with the matching loss class."""
+    from minires.keras import losses as keras_losses
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("needs KERAS_BACKEND=torch")
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 4)).astype("float32")
+    outputs = logits if from_logits else np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = rng.integers(0, 4, 6)
+    for name, targets in [("categorical_crossentropy", np.eye(4, dtype="float32")[labels]),
+                          ("sparse_categorical_crossentropy", labels)]:
+        ours = getattr(keras_losses, name)(targets, outputs, from_logits=from_logits)
+        theirs = keras.ops.convert_to_numpy(getattr(keras.losses, name)(targets, outputs,
+                                                                        from_logits=from_logits))
+        assert ours.shape == (6,)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert type(keras_losses.get(keras_losses.categorical_crossentropy)) is CategoricalCrossentropy
+    with pytest.raises(ValueError, match="labels must lie in"):
+        keras_losses.sparse_categorical_crossentropy(labels + 4, outputs, from_logits=from_logits)

@@ -1,7 +1,9 @@
-"""keras.losses: the cross-entropies, by class or by Keras's string names."""
-from ..losses import CategoricalCrossentropy, SparseCategoricalCrossentropy, get  # noqa: F401
+"""keras.losses: the cross-entropies, by class, function or Keras's string names."""
+from ..losses import (CategoricalCrossentropy, SparseCategoricalCrossentropy,  # noqa: F401
+                      categorical_crossentropy, get, sparse_categorical_crossentropy)
 from .coverage import missing_from
 
-__all__ = ["CategoricalCrossentropy", "SparseCategoricalCrossentropy", "get"]
+__all__ = ["CategoricalCrossentropy", "SparseCategoricalCrossentropy", "categorical_crossentropy",
+           "sparse_categorical_crossentropy", "get"]
 
 __getattr__ = missing_from(__name__, __all__)
