@@ -6,6 +6,7 @@ single-process twins it compares them with.
     mpiexec -n 2 python tests/distributed_runs.py broadcast OUT
     mpiexec -n 2 python tests/distributed_runs.py collectives OUT
     mpiexec -n 2 python tests/distributed_runs.py threads OUT
+    mpiexec -n 2 python tests/distributed_runs.py horovod OUT
     mpiexec -n 2 python tests/distributed_runs.py raise OUT
     mpiexec -n 2 python tests/distributed_runs.py mismatch OUT gradients|broadcast
 
@@ -127,6 +128,41 @@ def run_threads(out):
              numba=numba.get_num_threads(), local_size=hvd.local_size())
 
 
+def run_horovod_keras(out):
+    """Horovod's examples/keras/keras_mnist.py, its imports changed (random
+    12x12 images for MNIST's: no download here): the Keras namespace, Keras's
+    SGD scaled by size(), the warm-up, a checkpoint callback on rank 0 only."""
+    import math
+
+    from minires import keras
+    from minires.keras.layers import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
+    from minires.keras.models import Sequential
+    num_classes, epochs = 10, int(math.ceil(4.0 / hvd.size()))
+    rng = np.random.default_rng(0)
+    x_train, y_train = rng.random((128, 12, 12, 1)).astype("float32"), rng.integers(0, 10, 128)
+    x_test, y_test = rng.random((32, 12, 12, 1)).astype("float32"), rng.integers(0, 10, 32)
+    y_train = keras.utils.to_categorical(y_train, num_classes)
+    y_test = keras.utils.to_categorical(y_test, num_classes)
+    model = Sequential()
+    model.add(Conv2D(8, kernel_size=(3, 3), activation="relu", input_shape=(12, 12, 1)))
+    model.add(MaxPooling2D(pool_size=(2, 2)))
+    model.add(Dropout(0.25))
+    model.add(Flatten())
+    model.add(Dense(num_classes, activation="softmax"))
+    opt = hvd.DistributedOptimizer(keras.optimizers.SGD(0.01 * hvd.size(), momentum=0.9))
+    model.compile(loss=keras.losses.categorical_crossentropy, optimizer=opt, metrics=["accuracy"])
+    callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+                 hvd.callbacks.MetricAverageCallback(),
+                 hvd.callbacks.LearningRateWarmupCallback(initial_lr=0.01 * hvd.size(),
+                                                          warmup_epochs=1, verbose=1)]
+    if hvd.rank() == 0:
+        callbacks.append(keras.callbacks.ModelCheckpoint(os.path.join(out, "checkpoint-{epoch}.h5")))
+    model.fit(x_train, y_train, batch_size=32, callbacks=callbacks, epochs=epochs,
+              verbose=1 if hvd.rank() == 0 else 0, validation_data=(x_test, y_test))
+    score = model.evaluate(x_test, y_test, verbose=0)
+    print("Test loss:", score[0], "Test accuracy:", score[1])
+
+
 def run_raise(out):
     """Rank 1 fails after a first reduction; rank 0 goes on to the next one,
     which rank 1 never joins: without the abort it would wait forever."""
@@ -151,5 +187,6 @@ if __name__ == "__main__":
     program, out, *options = sys.argv[1:]
     hvd.init()
     {"train": run_train, "renamed": run_renamed, "broadcast": run_broadcast,
-     "collectives": run_collectives, "threads": run_threads, "raise": run_raise,
+     "collectives": run_collectives, "threads": run_threads, "horovod": run_horovod_keras,
+     "raise": run_raise,
      "mismatch": run_mismatch}[program](out, *options)

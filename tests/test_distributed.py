@@ -177,6 +177,18 @@ def numba_threads():
 
 
 @mpi
+def test_horovods_keras_mnist_runs_with_its_imports_changed(tmp_path):
+    """Both ranks evaluate the same model; rank 0 alone reports and checkpoints."""
+    code, output, _ = on_two_ranks("horovod", tmp_path)
+    assert code == 0, output
+    scores = re.findall(r"Test loss: (\S+) Test accuracy: (\S+)", output)
+    assert len(scores) == 2 and scores[0] == scores[1]
+    assert output.count("finished gradual learning rate warmup to 0.02") == 1
+    assert output.count("Epoch 2/2") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1.h5", "checkpoint-2.h5"]
+
+
+@mpi
 def test_a_rank_that_raises_ends_every_rank(tmp_path):
     """Rank 0 waits in a reduction that rank 1 never joins: the abort ends it."""
     code, output, seconds = on_two_ranks("raise", tmp_path)
