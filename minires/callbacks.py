@@ -47,7 +47,7 @@ class Callback:
     model = None
     optimizer = None
     params = {}
-    sets_learning_rate = False       # True: it writes the optimizer's rate (fit's schedule= would too)
+    sets_learning_rate = False       # True: it writes the optimizer's rate, as fit's schedule= does
 
     def set_model(self, model):
         self.model = model
@@ -82,6 +82,13 @@ class Callback:
 
 HOOKS = ("set_model", "set_params", "on_train_begin", "on_train_end", "on_epoch_begin",
          "on_epoch_end", "on_train_batch_begin", "on_train_batch_end")
+
+
+def announce(message):
+    """Print a callback's message, flushed, on rank 0 alone: one copy per run
+    however many ranks train it (minires.distributed)."""
+    if collective.leads():
+        print(message, flush=True)
 
 
 def callback_list(callbacks, caller):
@@ -213,7 +220,7 @@ class ModelCheckpoint(Callback):
             self.best = current
         else:
             self.say(f"Epoch {epoch + 1}: saving model to {path}")
-        if not collective.leads():           # one file per run, not one per rank (minires.distributed)
+        if not collective.leads():           # one file per run, not per rank (minires.distributed)
             return
         directory = os.path.dirname(path)
         if directory:
@@ -228,8 +235,8 @@ class ModelCheckpoint(Callback):
                            f"not among epoch and the logs' keys {list(logs)}") from None
 
     def say(self, message):
-        if self.verbose and collective.leads():        # rank 0 alone speaks
-            print(f"\n{message}", flush=True)
+        if self.verbose:
+            announce(f"\n{message}")
 
 
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".npz")     # what model.save_weights writes
@@ -334,12 +341,12 @@ class EarlyStopping(Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.stopped_epoch > 0 and self.verbose and collective.leads():
-            print(f"Epoch {self.stopped_epoch + 1}: early stopping", flush=True)
+        if self.stopped_epoch > 0 and self.verbose:
+            announce(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self.best_weights is not None:
-            if self.verbose and collective.leads():
-                print(f"Restoring model weights from the end of the best epoch: "
-                      f"{self.best_epoch + 1}.", flush=True)
+            if self.verbose:
+                announce(f"Restoring model weights from the end of the best epoch: "
+                         f"{self.best_epoch + 1}.")
             self.model.set_weights(self.best_weights)
 
 
@@ -366,9 +373,8 @@ class LearningRateScheduler(Callback):
         asked = (epoch, lr)[:self.arguments]
         rate = set_learning_rate(self.optimizer, self.schedule(*asked), "LearningRateScheduler: "
                                  f"schedule({', '.join(map(str, asked))})")
-        if self.verbose and collective.leads():
-            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {rate}.",
-                  flush=True)
+        if self.verbose:
+            announce(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {rate}.")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -440,9 +446,8 @@ class ReduceLROnPlateau(Callback):
             return False
         rate = set_learning_rate(self.optimizer, max(rate * self.factor, self.min_lr),
                                  f"ReduceLROnPlateau at epoch {epoch + 1}")
-        if self.verbose and collective.leads():
-            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {rate}.",
-                  flush=True)
+        if self.verbose:
+            announce(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {rate}.")
         return True
 
 

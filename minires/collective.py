@@ -212,7 +212,8 @@ def check_same(place, items, labels=None, once=True):
 def difference(described, compared, other):
     """'rank 0 has 4 arrays, rank 1 has 4; first difference: ... on rank 0, ... on rank 1'."""
     ours, theirs = compared[0], compared[other]
-    first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b),
+                 min(len(ours), len(theirs)))
 
     def shown(rank):
         lines = described[rank]

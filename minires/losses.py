@@ -119,6 +119,21 @@ class CrossEntropy:
         before the loss is computed; a list gets them queued instead, for the
         caller to read with its other values (minires.train: one wait for a GPU
         per training step) and to raise from (run_checks) before using the loss."""
+        t = self.checked_targets(outputs, targets, sample_weight, checks)
+        p, log_p = self.probabilities(outputs)
+        self.probs, self.targets = p, t
+        # each term divided by N before the sum, so that a mean below the float range is not inf
+        return terms(t, log_p / outputs.shape[0]).sum()
+
+    def sample_losses(self, outputs, targets):
+        """Each sample's loss, (N,): Keras's loss functions (categorical_crossentropy ...)."""
+        t = self.checked_targets(outputs, targets, None, None)
+        return terms(t, self.probabilities(outputs)[1]).sum(axis=1)
+
+    def checked_targets(self, outputs, targets, sample_weight, checks):
+        """The (N, K) float targets, each row times its sample's weight, once the
+        inputs' checks pass (read here, in one go, with ``checks`` None; else
+        queued there, as forward says)."""
         xp = get_array_module(outputs)
         queue = [] if checks is None else checks
         self._check_outputs(outputs)
@@ -129,18 +144,7 @@ class CrossEntropy:
         self.check_output_values(outputs, queue)
         if checks is None:
             run_checks(queue)
-        p, log_p = self.probabilities(outputs)
-        self.probs, self.targets = p, t
-        # each term divided by N before the sum, so that a mean below the float range is not inf
-        return terms(t, log_p / outputs.shape[0]).sum()
-
-    def sample_losses(self, outputs, targets):
-        """Each sample's loss, (N,): Keras's loss functions (categorical_crossentropy ...)."""
-        xp = get_array_module(outputs)
-        self._check_outputs(outputs)
-        t = self._targets(targets, outputs.shape, outputs.dtype, xp, None)
-        self.check_output_values(outputs, None)
-        return terms(t, self.probabilities(outputs)[1]).sum(axis=1)
+        return t
 
     def probabilities(self, outputs):
         """(p, log p) of the outputs: softmax'd logits, or probabilities as they are."""

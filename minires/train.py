@@ -262,7 +262,7 @@ def check_statistics(model, learning_rate, at):
     """A FloatingPointError if the forward left a non-trainable weight (a BN
     moving statistic) nan or inf: a batch variance that overflowed, though the
     loss (which reads the batch's statistics) may still be finite. Array by
-    array: train_step calls it once it knows that one is not finite."""
+    array: refuse_step calls it, once a step has failed, to name the array."""
     for layer, name in state_arrays(model):
         if not all_finite(layer.params[name]):
             raise FloatingPointError(f"{layer.name}/{name} became nan or inf{at}: the activations "

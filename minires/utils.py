@@ -84,9 +84,9 @@ def read_on_host(*values):
     return xp.stack([xp.asarray(value, dtype="float64").reshape(()) for value in values]).tolist()
 
 
-def all_finite(*arrays):
-    """True when no entry of ``arrays`` (NumPy or CuPy) is nan or inf: one read on the host."""
-    return all_true(finite_flag(array) for array in arrays)
+def all_finite(array):
+    """True when no entry of ``array`` (NumPy or CuPy) is nan or inf: one read on the host."""
+    return bool(finite_flag(array))
 
 
 # --- argument checks: one clear error naming the argument, before anything runs -------

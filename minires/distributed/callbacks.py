@@ -6,7 +6,7 @@
                ReduceLROnPlateau(...), ...]
 """
 from .. import collective
-from ..callbacks import Callback, set_learning_rate
+from ..callbacks import Callback, announce, set_learning_rate
 from ..optim import check_learning_rate
 from ..utils import check_flag, check_number
 from .core import Average, allreduce, broadcast_weights, check_root, size
@@ -97,6 +97,6 @@ class LearningRateWarmupCallback(Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["lr"] = float(self.optimizer.learning_rate)
-        if epoch + 1 == self.warmup_epochs and self.verbose and collective.leads():
-            print(f"\nEpoch {epoch + 1}: finished gradual learning rate warmup to "
-                  f"{self.optimizer.learning_rate:g}.", flush=True)
+        if epoch + 1 == self.warmup_epochs and self.verbose:
+            announce(f"\nEpoch {epoch + 1}: finished gradual learning rate warmup to "
+                     f"{self.optimizer.learning_rate:g}.")

@@ -57,8 +57,13 @@ def allreduce(array, op=Average, name=None):
         raise TypeError(f"allreduce: a {array.dtype} array has no sum; give numbers")
     collective.check_same(f"allreduce {name or ''}".rstrip(), [f"{array.shape} {array.dtype}"],
                           once=False)
-    # float16 is added up in float32: one rounding at the end, and not every MPI has a float16
-    # type (MPICH has); astype copies, so the input stays as it is
+    return reduced(array, op)
+
+
+def reduced(array, op):
+    """``array`` (numbers of one type on every rank) summed or averaged over the
+    ranks, a new array of its type. float16 is added up in float32: one rounding
+    at the end, and not every MPI has a float16 type (MPICH has)."""
     total = collective.allreduce_sum(array.astype(np.promote_types(array.dtype, np.float32))
                                      if array.dtype.kind == "f" else array.copy())
     return (total / size() if op == Average else total).astype(array.dtype, copy=False)
@@ -166,10 +171,7 @@ def reduce_gradients(model, op=Average):
     if size() == 1:
         return
     for group, flat in flat_groups(grads):
-        # float16 gradients travel and add up as float32 (see allreduce)
-        total = collective.allreduce_sum(flat.astype(np.promote_types(flat.dtype, np.float32)))
-        reduced = (total / size() if op == Average else total).astype(flat.dtype)
-        for index, piece in split(reduced, [grads[i] for i in group]):
+        for index, piece in split(reduced(flat, op), [grads[i] for i in group]):
             layer, name = pairs[group[index]]
             layer.grads[name] = piece
 

@@ -155,28 +155,30 @@ class SyncBatchNormalization(BatchNormalization):
         mean, var = super().batch_moments(x)
         if collective.size() == 1:
             return mean, var
-        xp, channels, m = get_array_module(x), mean.shape[0], x.size // mean.shape[0]
-        local = xp.concatenate([m * mean.astype(np.float64),
-                                m * (var.astype(np.float64) + mean.astype(np.float64) ** 2),
-                                xp.full(1, m, np.float64)])
         collective.check_same(f"SyncBatchNormalization {self.name!r}: batch statistics",
-                              [f"{channels} channels"])
-        total = collective.allreduce_sum(local)
-        count = total[-1]
-        mean = total[:channels] / count
-        var = xp.maximum(total[channels:-1] / count - mean * mean, 0.0)   # rounding may go below 0
+                              [f"{mean.shape[0]} channels"])
+        mean, var, m = mean.astype(np.float64), var.astype(np.float64), x.size // mean.shape[0]
+        (s1, s2), count = summed_over_ranks([m * mean, m * (var + mean * mean)], m)
+        mean = s1 / count
+        var = get_array_module(x).maximum(s2 / count - mean * mean, 0.0)   # rounding may go below 0
         return mean, var
 
     def batch_totals(self, dbeta, dgamma, xhat):
         sum_dy, sum_dy_xhat, m = super().batch_totals(dbeta, dgamma, xhat)
         if collective.size() == 1:
             return sum_dy, sum_dy_xhat, m
-        xp, channels = get_array_module(dbeta), dbeta.shape[0]
-        local = xp.concatenate([sum_dy.astype(np.float64), sum_dy_xhat.astype(np.float64),
-                                xp.full(1, m, np.float64)])
-        total = collective.allreduce_sum(local)
-        dtype = dbeta.dtype
-        return total[:channels].astype(dtype), total[channels:-1].astype(dtype), total[-1].item()
+        (sum_dy, sum_dy_xhat), count = summed_over_ranks([sum_dy, sum_dy_xhat], m)
+        return sum_dy.astype(dbeta.dtype), sum_dy_xhat.astype(dbeta.dtype), count
+
+
+def summed_over_ranks(per_channel, count):
+    """([each (C,) array summed over the ranks], the counts' sum), in float64, in
+    ONE allreduce of len(per_channel) * C + 1 numbers."""
+    xp = get_array_module(*per_channel)
+    total = collective.allreduce_sum(xp.concatenate(
+        [*(a.astype(np.float64) for a in per_channel), xp.full(1, count, np.float64)]))
+    channels = per_channel[0].shape[0]
+    return [total[i * channels:(i + 1) * channels] for i in range(len(per_channel))], total[-1].item()
 
 
 class BatchNormReLU:
