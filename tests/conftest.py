@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from minires import backend
+from minires.callbacks import Callback
 from minires.initializers import set_random_seed
 from minires.layers import clear_session
 
@@ -162,3 +163,13 @@ def with_imports(module, imports):
     namespace = {}
     exec(source[:start] + imports + source[end:], namespace)
     return namespace
+
+
+class Scores(Callback):
+    """logs['score'] = scores[epoch]: a monitored value the test chooses."""
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["score"] = self.scores[epoch]

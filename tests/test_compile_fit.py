@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import on_cpu
+from conftest import Scores, on_cpu
 
 from minires.applications import CifarResNet
 from minires.callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint
@@ -54,16 +54,6 @@ class Recorder(Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.weights.append(weights_of(self.model))
         self.logs.append(dict(logs))
-
-
-class Scores(Callback):
-    """Puts logs['score'] = scores[epoch]: a monitored value the test chooses."""
-
-    def __init__(self, scores):
-        self.scores = scores
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["score"] = self.scores[epoch]
 
 
 # --- the API ------------------------------------------------------------------------

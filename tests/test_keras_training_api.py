@@ -15,7 +15,7 @@ import pytest
 
 from minires import keras as mk
 from minires import train
-from minires.callbacks import Callback, ReduceLROnPlateau
+from minires.callbacks import ReduceLROnPlateau
 from minires.initializers import set_random_seed
 from minires.layers import Dense, Dropout, Input
 from minires.metrics import (Accuracy, BinaryAccuracy, CategoricalAccuracy, Mean,
@@ -24,7 +24,7 @@ from minires.models import Model
 from minires.optim import SGD, Adam, KerasAdam, KerasRMSprop, KerasSGD
 from minires.regularizers import L2
 
-from conftest import on_cpu
+from conftest import Scores, on_cpu
 
 RTOL, ATOL = 2e-5, 1e-6          # float32 against Keras's float32
 
@@ -387,14 +387,6 @@ class RecordingSGD(KerasSGD):
     def step(self, model, learning_rate=None):
         self.rates.append(self.learning_rate if learning_rate is None else learning_rate)
         super().step(model, learning_rate)
-
-
-class Scores(Callback):
-    def __init__(self, scores):
-        self.scores = scores
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["score"] = self.scores[epoch]
 
 
 def test_reduce_lr_on_plateau_sets_the_rate_fit_trains_with():

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import Scores
 
 from minires.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from minires.initializers import set_random_seed
@@ -117,16 +118,6 @@ def test_batch_logs_are_the_mean_over_the_samples_seen_so_far():
     running = np.cumsum(values * sizes) / np.cumsum(sizes)
     np.testing.assert_allclose([log["loss"] for log in logger.logs], running, rtol=1e-12)
     assert history.history["loss"] == [pytest.approx(running[-1], rel=1e-12)]
-
-
-class Scores(Callback):
-    """logs['score'] = scores[epoch]: a monitored value the test chooses."""
-
-    def __init__(self, scores):
-        self.scores = scores
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["score"] = self.scores[epoch]
 
 
 def test_stop_training_is_reset_at_the_start_of_every_fit():
